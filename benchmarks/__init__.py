@@ -1,0 +1,1 @@
+"""Timing scripts: each prints our time, a baseline measured in the same run, and the ratio."""

@@ -1,0 +1,5 @@
+"""Planning side of the MedGMAE toolkit, and the small runtime pieces every command shares.
+
+Kept free of heavy imports: `paths`, `atomic` and `runtime` are imported by every CLI before
+nnU-Net is (nnU-Net reads its folder variables at import time).
+"""

@@ -1,0 +1,101 @@
+"""What every command shares: one-line errors, common flags, progress bars, run logs and JSON.
+
+A command's `main(argv)` builds its parser with `add_common_flags`, and is wrapped by `cli_entry`
+so that bad input (a `UserError`) prints one line naming the file, exits non-zero, and shows a
+traceback only with `--verbose`.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from .atomic import write_json_atomic
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """Bad input or a refused request: reported as one line, exit code 2."""
+
+
+def add_common_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--no-pbar", action="store_true", help="disable progress bars")
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks and debug logging")
+    return parser
+
+
+def cli_entry(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence[str] | None], int]:
+    """Wrap `main(argv)` into a console-script entry point with the toolkit's error contract."""
+
+    @functools.wraps(main)
+    def entry(argv: Sequence[str] | None = None) -> int:
+        args = list(sys.argv[1:] if argv is None else argv)
+        verbose = "--verbose" in args
+        prog = Path(sys.argv[0]).name if argv is None else main.__module__
+        try:
+            result = main(args)
+        except UserError as err:
+            if verbose:
+                raise
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
+        return int(result or 0)
+
+    return entry
+
+
+def progress(iterable: Iterable | None = None, *, enabled: bool = True, **kwargs):
+    """A tqdm bar, off when `enabled` is False or stderr is not a terminal."""
+    from tqdm.auto import tqdm
+
+    disable = (not enabled) or not sys.stderr.isatty()
+    return tqdm(iterable, disable=disable, dynamic_ncols=True, **kwargs)
+
+
+def setup_run_log(out_dir: str | Path, name: str, verbose: bool = False) -> logging.Logger:
+    """Log to the console and to `<out_dir>/<name>.log` (appended, so a resumed run keeps its history)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(f"medgmae.{name}")
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    file_handler = logging.FileHandler(out_dir / f"{name}.log")
+    file_handler.setFormatter(fmt)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(file_handler)
+    logger.addHandler(console)
+    return logger
+
+
+def write_run_json(out_dir: str | Path, name: str, settings: dict, results: dict | None = None) -> Path:
+    """Write `<out_dir>/<name>.json` with the run's settings, results and environment."""
+    path = Path(out_dir) / f"{name}.json"
+    payload = {
+        "command": name,
+        "argv": sys.argv,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "python": platform.python_version(),
+        "settings": _jsonable(settings),
+        "results": _jsonable(results or {}),
+    }
+    write_json_atomic(path, payload)
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))

@@ -1,0 +1,1 @@
+"""Networks, pretraining and fine-tuning. Importing this package (and `networks`) needs torch alone."""

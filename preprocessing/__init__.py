@@ -1,0 +1,1 @@
+"""Dataset conversion (real datasets, the synthetic phantom) and pretraining crop sampling."""
