@@ -1,0 +1,50 @@
+"""medgmae_make_phantom: write the synthetic abdominal CT phantom as an nnU-Net raw dataset."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from medgmae_plans.paths import nnunet_folder
+from medgmae_plans.runtime import UserError, add_common_flags, cli_entry
+
+from .dataset import DEFAULT_DATASET_ID
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="medgmae_make_phantom",
+        description="Write the synthetic abdominal CT phantom to $nnUNet_raw/Dataset990_AbdomenPhantom "
+                    "(nnU-Net v2 raw format, AMOS22 task-1 labels). Reuses an identical existing dataset.")
+    p.add_argument("-n", type=int, default=20, help="labelled training cases (default 20)")
+    p.add_argument("--test", type=int, default=0, help="labelled test cases (imagesTs/labelsTs)")
+    p.add_argument("--unlabeled", type=int, default=0, help="unlabelled images for pretraining (imagesUnlabeled)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset-id", type=int, default=DEFAULT_DATASET_ID)
+    p.add_argument("--preview", type=Path, help="write a PNG montage of the first cases here")
+    p.add_argument("--spacing-scale", type=float, default=1.0,
+                   help="multiply every spacing (e.g. 3 for small volumes in quick tests)")
+    p.add_argument("-np", "--workers", type=int, default=None, help="processes (default: all cores)")
+    return add_common_flags(p)
+
+
+@cli_entry
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .dataset import generate_dataset
+    from .preview import write_preview
+
+    raw = nnunet_folder("nnUNet_raw")
+    folder = generate_dataset(raw, n_train=args.n, n_test=args.test, n_unlabeled=args.unlabeled,
+                              seed=args.seed, dataset_id=args.dataset_id, spacing_scale=args.spacing_scale,
+                              workers=args.workers, pbar=not args.no_pbar)
+    if args.preview:
+        try:
+            write_preview(folder, args.preview)
+        except OSError as err:
+            raise UserError(f"cannot write preview {args.preview}: {err.strerror or err}") from None
+        print(f"preview: {args.preview}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

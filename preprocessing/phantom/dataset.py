@@ -1,0 +1,200 @@
+"""Write phantom cases as an nnU-Net v2 raw dataset, atomically and deterministically.
+
+    $nnUNet_raw/Dataset990_AbdomenPhantom/
+        imagesTr/phantom_000_0000.nii.gz   labelsTr/phantom_000.nii.gz
+        imagesTs/phantom_ts000_0000.nii.gz labelsTs/phantom_ts000.nii.gz
+        imagesUnlabeled/phantom_unl000_0000.nii.gz      (images only, for pretraining)
+        dataset.json                       nnU-Net's dataset description (AMOS's 15 labels)
+        phantom_cases.json                 per case: spacing, size, orientation, organs expected
+        phantom.json / generation.log      the settings and results of the run that wrote it
+
+Case i of each kind is drawn from the seed and its own index alone, so a dataset with more cases
+contains the smaller one's cases byte for byte.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from medgmae_plans.atomic import atomic_directory, write_json_atomic, write_text_atomic
+from medgmae_plans.paths import dataset_folder_name
+from medgmae_plans.runtime import UserError, progress
+
+from ..labels import AMOS_LABELS
+from .anatomy import CaseSpec, expected_labels, sample_case
+from .render import render_case
+
+DATASET_NAME = "AbdomenPhantom"
+DEFAULT_DATASET_ID = 990
+GENERATOR_VERSION = 1  # bump when the anatomy or rendering changes what a seed produces
+KINDS = {"train": ("imagesTr", "labelsTr", "phantom_{:03d}"),
+         "test": ("imagesTs", "labelsTs", "phantom_ts{:03d}"),
+         "unlabeled": ("imagesUnlabeled", None, "phantom_unl{:03d}")}
+_KIND_CODE = {"train": 0, "test": 1, "unlabeled": 2}
+
+
+def case_spec(seed: int, kind: str, index: int, spacing_scale: float = 1.0) -> tuple[CaseSpec, int]:
+    """The spec and noise seed of case `index` of `kind`, independent of how many cases are made."""
+    seq = np.random.SeedSequence([seed, _KIND_CODE[kind], index])
+    spec_seed, noise_seed = seq.spawn(2)
+    spec = sample_case(np.random.default_rng(spec_seed))
+    if spacing_scale != 1.0:
+        spec = CaseSpec(**{**asdict(spec), "spacing": tuple(round(s * spacing_scale, 4) for s in spec.spacing)})
+    return spec, int(noise_seed.generate_state(1)[0])
+
+
+def generate_dataset(raw_root: str | Path, n_train: int = 20, n_test: int = 0, n_unlabeled: int = 0,
+                     seed: int = 0, dataset_id: int = DEFAULT_DATASET_ID, spacing_scale: float = 1.0,
+                     workers: int | None = None, pbar: bool = True, log=print) -> Path:
+    """Write (or reuse) the phantom dataset under `raw_root`; returns its folder.
+
+    An existing folder written with the same settings is reused; one with other content is refused
+    (UserError), as is any other dataset already holding `dataset_id`.
+    """
+    settings = {"generator_version": GENERATOR_VERSION, "n_train": n_train, "n_test": n_test,
+                "n_unlabeled": n_unlabeled, "seed": seed, "dataset_id": dataset_id,
+                "spacing_scale": spacing_scale}
+    _validate(settings)
+    raw_root = Path(raw_root)
+    target = raw_root / dataset_folder_name(dataset_id, DATASET_NAME)
+    if _reusable(target, settings, raw_root):
+        log(f"{target} already holds this phantom (seed {seed}); reusing it")
+        return target
+    _ensure_writable(raw_root)
+    jobs = [(kind, i, seed, spacing_scale) for kind, n in (("train", n_train), ("test", n_test),
+                                                           ("unlabeled", n_unlabeled)) for i in range(n)]
+    start = time.time()
+    with atomic_directory(target) as tmp:
+        for images, labels, _ in KINDS.values():
+            (tmp / images).mkdir()
+            if labels:
+                (tmp / labels).mkdir()
+        cases = _write_cases(tmp, jobs, workers, pbar)
+        elapsed = time.time() - start
+        write_json_atomic(tmp / "dataset.json", _dataset_json(n_train, n_test, n_unlabeled))
+        write_json_atomic(tmp / "phantom_cases.json", cases)
+        results = {"seconds": round(elapsed, 1), "cases": len(cases)}
+        write_json_atomic(tmp / "phantom.json", {"settings": settings, "results": results})
+        write_text_atomic(tmp / "generation.log", _log_text(settings, cases, elapsed))
+    log(f"wrote {len(cases)} cases to {target} in {elapsed:.1f} s")
+    return target
+
+
+def _validate(settings: dict) -> None:
+    if settings["n_train"] < 1:
+        raise UserError(f"-n must be at least 1 (got {settings['n_train']}): nnU-Net needs training cases")
+    for key in ("n_test", "n_unlabeled"):
+        if settings[key] < 0:
+            raise UserError(f"--{key[2:]} must be >= 0 (got {settings[key]})")
+    if not 1 <= settings["dataset_id"] <= 999:
+        raise UserError(f"--dataset-id must be in 1..999 (got {settings['dataset_id']})")
+    if settings["spacing_scale"] <= 0:
+        raise UserError(f"--spacing-scale must be > 0 (got {settings['spacing_scale']})")
+
+
+def _reusable(target: Path, settings: dict, raw_root: Path) -> bool:
+    prefix = f"Dataset{settings['dataset_id']:03d}_"
+    if raw_root.is_dir():
+        clash = [p.name for p in raw_root.iterdir() if p.name.startswith(prefix) and p != target]
+        if clash:
+            raise UserError(f"dataset id {settings['dataset_id']} is already taken by {raw_root / clash[0]}; "
+                            "choose another --dataset-id")
+    if not target.exists():
+        return False
+    manifest = target / "phantom.json"
+    try:
+        existing = json.loads(manifest.read_text())["settings"]
+    except (OSError, ValueError, KeyError):
+        existing = None
+    if existing == settings:
+        return True
+    raise UserError(f"{target} already exists with different content "
+                    f"({'no phantom.json' if existing is None else 'other settings'}); "
+                    "remove it or choose another --dataset-id")
+
+
+def _ensure_writable(raw_root: Path) -> None:
+    try:
+        raw_root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create output folder {raw_root}: {err.strerror or err}") from None
+    if not os.access(raw_root, os.W_OK | os.X_OK):
+        raise UserError(f"output folder {raw_root} is not writable")
+
+
+def _write_cases(folder: Path, jobs: list, workers: int | None, pbar: bool) -> list[dict]:
+    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    bar = progress(total=len(jobs), enabled=pbar, desc="phantom cases", unit="case")
+    if workers <= 1:
+        cases = []
+        for job in jobs:
+            cases.append(_write_case(folder, *job))
+            bar.update()
+    else:
+        # spawn: no inherited threads or locks from the parent (nnU-Net and torch may be imported there)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            futures = [pool.submit(_write_case, folder, *job) for job in jobs]
+            cases = []
+            for fut in futures:
+                cases.append(fut.result())
+                bar.update()
+    bar.close()
+    return cases
+
+
+def _write_case(folder: Path, kind: str, index: int, seed: int, spacing_scale: float) -> dict:
+    import SimpleITK as sitk
+
+    images, labels, pattern = KINDS[kind]
+    case_id = pattern.format(index)
+    spec, noise_seed = case_spec(seed, kind, index, spacing_scale)
+    case = render_case(spec, noise_seed)
+    direction = np.diag([-1.0 if f else 1.0 for f in reversed(case.flips)]).ravel().tolist()
+
+    def to_image(array):
+        img = sitk.GetImageFromArray(array)
+        img.SetSpacing(tuple(float(s) for s in reversed(case.spacing)))
+        img.SetOrigin(tuple(float(o) for o in reversed(case.origin)))
+        img.SetDirection(direction)
+        return img
+
+    sitk.WriteImage(to_image(case.hu), str(folder / images / f"{case_id}_0000.nii.gz"))
+    present = sorted(int(v) for v in np.unique(case.label) if v)
+    if labels:
+        sitk.WriteImage(to_image(case.label), str(folder / labels / f"{case_id}.nii.gz"))
+    return {"case": case_id, "kind": kind, "shape_zyx": list(case.hu.shape),
+            "spacing_zyx": list(case.spacing), "flips_zyx": list(case.flips),
+            "pelvis": spec.pelvis, "female": spec.female,
+            "labels_expected": expected_labels(spec), "labels_present": present}
+
+
+def _dataset_json(n_train: int, n_test: int, n_unlabeled: int) -> dict:
+    return {
+        "name": DATASET_NAME,
+        "description": "Synthetic abdominal CT phantom (MedGMAE toolkit): HU images, AMOS22 task-1 labels",
+        "reference": "generated by medgmae_make_phantom",
+        "licence": "CC0-1.0",
+        "release": f"{GENERATOR_VERSION}",
+        "channel_names": {"0": "CT"},
+        "labels": dict(AMOS_LABELS),
+        "numTraining": n_train,
+        "numTest": n_test,
+        "numUnlabeled": n_unlabeled,
+        "file_ending": ".nii.gz",
+    }
+
+
+def _log_text(settings: dict, cases: list[dict], elapsed: float) -> str:
+    lines = [f"medgmae_make_phantom: {json.dumps(settings)}", f"{len(cases)} cases in {elapsed:.1f} s"]
+    for c in cases:
+        lines.append(f"{c['case']:>14}  shape {c['shape_zyx']}  spacing {c['spacing_zyx']}  "
+                     f"flips {c['flips_zyx']}  pelvis {c['pelvis']}  labels {c['labels_present']}")
+    return "\n".join(lines) + "\n"
