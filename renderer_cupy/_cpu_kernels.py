@@ -1,0 +1,149 @@
+"""Numba kernels of the ``"cpu"`` backend (imported lazily: ``import renderer_cupy`` needs no numba).
+
+Both kernels visit only the voxels of each Gaussian's ellipsoid, never the whole volume:
+the z range comes from the culling box, and for every (z, y) row the x range is solved from the
+quadratic q(dx) = a dx^2 + 2 b dx + c <= cutoff^2. Those ranges get one voxel of slack on each
+side and every voxel is still tested with q <= cutoff^2, so the result is exactly the ellipsoid
+rule of the contract, whatever rounding does to the range arithmetic.
+
+Parallelism avoids write conflicts instead of locking: the forward pass gives each thread whole
+(batch, z) slices of the output, the backward pass gives each thread whole Gaussians (each one
+accumulates its own ten moments over its own ellipsoid). All arithmetic is float64; outputs take
+the dtype of the arrays they are written to.
+
+Inputs (C-contiguous numpy arrays, float32 or float64; see ``geometry`` for the layouts):
+    means [B,K,3], conics [B,K,6], intensities [B,K], radii [B,K,3],
+    mask uint8 [B,D,H,W] (or any 4-d array when use_mask is False).
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, inline="always")
+def _index_range(centre, lo, hi, n):
+    """Voxel indices i in [0, n) whose centre offset (i + .5)/n - centre may lie in [lo, hi],
+    widened by one voxel each side; returns (first, last), empty when first > last."""
+    first = math.ceil((centre + lo) * n - 0.5) - 1.0
+    last = math.floor((centre + hi) * n - 0.5) + 1.0
+    first = max(first, 0.0)
+    last = min(last, n - 1.0)
+    if first > last:
+        return 0, -1
+    return int(first), int(last)
+
+
+@numba.njit(cache=True, inline="always")
+def _row_range(a, b, c, cutoff2, centre, n):
+    """Voxel range of one row where a dx^2 + 2 b dx + c <= cutoff2 (dx from ``centre``)."""
+    if a <= 0.0:  # cannot happen for a valid conic; render the whole row rather than guess
+        return 0, n - 1
+    disc = b * b - a * (c - cutoff2)
+    if disc < 0.0:
+        return 0, -1
+    root = math.sqrt(disc)
+    return _index_range(centre, (-b - root) / a, (-b + root) / a, n)
+
+
+@numba.njit(parallel=True, cache=True)
+def render_forward(means, conics, intensities, radii, mask, use_mask, cutoff2, out):
+    """out [B,D,H,W] (zero-initialised) += sum of Gaussians over their ellipsoids."""
+    B, D, H, W = out.shape
+    K = means.shape[1]
+    for bz in numba.prange(B * D):
+        b = bz // D
+        z = bz - b * D
+        dz_slack = 1.0 / D
+        for k in range(K):
+            mz = np.float64(means[b, k, 0])
+            dz = (z + 0.5) / D - mz
+            if abs(dz) > radii[b, k, 0] + dz_slack:
+                continue
+            my = np.float64(means[b, k, 1])
+            mx = np.float64(means[b, k, 2])
+            ry = np.float64(radii[b, k, 1])
+            y0, y1 = _index_range(my, -ry, ry, H)
+            azz = np.float64(conics[b, k, 0])
+            azy = np.float64(conics[b, k, 1])
+            azx = np.float64(conics[b, k, 2])
+            ayy = np.float64(conics[b, k, 3])
+            ayx = np.float64(conics[b, k, 4])
+            axx = np.float64(conics[b, k, 5])
+            inten = np.float64(intensities[b, k])
+            for y in range(y0, y1 + 1):
+                dy = (y + 0.5) / H - my
+                lin = azx * dz + ayx * dy
+                const = azz * dz * dz + 2.0 * azy * dz * dy + ayy * dy * dy
+                x0, x1 = _row_range(axx, lin, const, cutoff2, mx, W)
+                for x in range(x0, x1 + 1):
+                    if use_mask and mask[b, z, y, x] == 0:
+                        continue
+                    dx = (x + 0.5) / W - mx
+                    q = (axx * dx + 2.0 * lin) * dx + const
+                    if q <= cutoff2:
+                        out[b, z, y, x] += inten * math.exp(-0.5 * max(q, 0.0))
+
+
+@numba.njit(parallel=True, cache=True)
+def render_backward(means, conics, radii, mask, use_mask, cutoff2, grad_out, moments):
+    """moments [B,K,10] = per-Gaussian moments of grad_out [B,D,H,W] over its ellipsoid."""
+    B, D, H, W = grad_out.shape
+    K = means.shape[1]
+    for bk in numba.prange(B * K):
+        b = bk // K
+        k = bk - b * K
+        mz = np.float64(means[b, k, 0])
+        my = np.float64(means[b, k, 1])
+        mx = np.float64(means[b, k, 2])
+        azz = np.float64(conics[b, k, 0])
+        azy = np.float64(conics[b, k, 1])
+        azx = np.float64(conics[b, k, 2])
+        ayy = np.float64(conics[b, k, 3])
+        ayx = np.float64(conics[b, k, 4])
+        axx = np.float64(conics[b, k, 5])
+        rz = np.float64(radii[b, k, 0])
+        ry = np.float64(radii[b, k, 1])
+        z0, z1 = _index_range(mz, -rz, rz, D)
+        y0, y1 = _index_range(my, -ry, ry, H)
+        s0 = s1z = s1y = s1x = 0.0
+        szz = szy = szx = syy = syx = sxx = 0.0
+        for z in range(z0, z1 + 1):
+            dz = (z + 0.5) / D - mz
+            for y in range(y0, y1 + 1):
+                dy = (y + 0.5) / H - my
+                lin = azx * dz + ayx * dy
+                const = azz * dz * dz + 2.0 * azy * dz * dy + ayy * dy * dy
+                x0, x1 = _row_range(axx, lin, const, cutoff2, mx, W)
+                for x in range(x0, x1 + 1):
+                    if use_mask and mask[b, z, y, x] == 0:
+                        continue
+                    g = np.float64(grad_out[b, z, y, x])
+                    if g == 0.0:
+                        continue
+                    dx = (x + 0.5) / W - mx
+                    q = (axx * dx + 2.0 * lin) * dx + const
+                    if q <= cutoff2:
+                        w = g * math.exp(-0.5 * max(q, 0.0))
+                        s0 += w
+                        s1z += w * dz
+                        s1y += w * dy
+                        s1x += w * dx
+                        szz += w * dz * dz
+                        szy += w * dz * dy
+                        szx += w * dz * dx
+                        syy += w * dy * dy
+                        syx += w * dy * dx
+                        sxx += w * dx * dx
+        moments[b, k, 0] = s0
+        moments[b, k, 1] = s1z
+        moments[b, k, 2] = s1y
+        moments[b, k, 3] = s1x
+        moments[b, k, 4] = szz
+        moments[b, k, 5] = szy
+        moments[b, k, 6] = szx
+        moments[b, k, 7] = syy
+        moments[b, k, 8] = syx
+        moments[b, k, 9] = sxx

@@ -1,0 +1,66 @@
+"""The ``"cpu"`` backend: a thin autograd Function around the numba kernels in ``_cpu_kernels``.
+
+numba is imported on first use, so ``import renderer_cupy`` needs only torch. The first call in a
+fresh environment compiles the kernels (cached on disk by numba, ``cache=True``, afterwards).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .geometry import gradients_from_moments
+
+_kernels = None
+
+
+def _load_kernels():
+    global _kernels
+    if _kernels is None:
+        from . import _cpu_kernels
+
+        _kernels = _cpu_kernels
+    return _kernels
+
+
+def _as_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().contiguous().numpy()
+
+
+def _mask_args(mask, B):
+    """(uint8 mask array, use_mask); a 1-voxel dummy keeps the kernel signature fixed."""
+    if mask is None:
+        return np.ones((max(B, 1), 1, 1, 1), dtype=np.uint8), False
+    return _as_numpy(mask).view(np.uint8), True
+
+
+class CpuRender(torch.autograd.Function):
+    """means [B,K,3], conics [B,K,6], intensities [B,K], radii [B,K,3] -> [B,D,H,W]."""
+
+    @staticmethod
+    def forward(ctx, means, conics, intensities, radii, mask, shape, cutoff):
+        kernels = _load_kernels()
+        B = means.shape[0]
+        out = torch.zeros((B, *shape), dtype=means.dtype)
+        mask_np, use_mask = _mask_args(mask, B)
+        kernels.render_forward(
+            _as_numpy(means), _as_numpy(conics), _as_numpy(intensities), _as_numpy(radii),
+            mask_np, use_mask, float(cutoff) ** 2, out.numpy(),
+        )
+        ctx.save_for_backward(means, conics, intensities, radii, mask)
+        ctx.shape, ctx.cutoff = shape, cutoff
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        means, conics, intensities, radii, mask = ctx.saved_tensors
+        kernels = _load_kernels()
+        B, K = intensities.shape
+        moments = torch.zeros((B, K, 10), dtype=means.dtype)
+        mask_np, use_mask = _mask_args(mask, B)
+        kernels.render_backward(
+            _as_numpy(means), _as_numpy(conics), _as_numpy(radii), mask_np, use_mask,
+            float(ctx.cutoff) ** 2, _as_numpy(grad_out.to(means.dtype)), moments.numpy(),
+        )
+        grad_means, grad_conics, grad_int = gradients_from_moments(moments, conics, intensities)
+        return grad_means, grad_conics, grad_int, None, None, None, None
