@@ -92,6 +92,6 @@ def write_preview(dataset_dir: Path, out_png: Path, n_cases: int = 2) -> Path:
     fig.suptitle(f"{dataset_dir.name}: soft-tissue window [{WINDOW[0]}, {WINDOW[1]}] HU", fontsize=12)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=80)
+        fig.savefig(tmp, dpi=64)
     plt.close(fig)
     return Path(out_png)
