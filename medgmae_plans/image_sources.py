@@ -1,0 +1,117 @@
+"""Finding and reading the images of an unlabelled collection: NIfTI-like files or DICOM series.
+
+A collection folder may mix both. Files with an image ending (`.nii.gz`, `.nii`, `.mha`, `.mhd`,
+`.nrrd`) are one image each; any folder holding DICOM files contributes one image per series
+(read with SimpleITK's GDCM series reader, which applies the rescale slope and intercept, so voxels
+are HU). Case ids are the file names without ending and without nnU-Net's `_0000` channel suffix,
+or the DICOM folder's path relative to the collection (with `_sN` when a folder holds several
+series).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .runtime import UserError
+from .validate import check_ct_image, read_image
+
+IMAGE_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+_CHANNEL_SUFFIX = re.compile(r"_0000$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    case_id: str
+    path: str                      # the file, or the DICOM folder
+    dicom_files: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        return self.path if not self.dicom_files else f"{self.path} (DICOM series)"
+
+
+def _image_ending(name: str) -> str | None:
+    lower = name.lower()
+    return next((e for e in IMAGE_ENDINGS if lower.endswith(e)), None)
+
+
+def _dicom_sources(folder: Path, root: Path) -> list[ImageSource]:
+    reader = sitk.ImageSeriesReader
+    series_ids = reader.GetGDCMSeriesIDs(str(folder)) or ()
+    rel = folder.relative_to(root).as_posix() if folder != root else folder.name
+    base = _UNSAFE.sub("_", rel.replace("/", "_")).strip("_") or "series"
+    sources = []
+    for n, series in enumerate(sorted(series_ids)):
+        files = tuple(reader.GetGDCMSeriesFileNames(str(folder), series))
+        case_id = base if len(series_ids) == 1 else f"{base}_s{n}"
+        sources.append(ImageSource(case_id, str(folder), files))
+    return sources
+
+
+def find_images(folder: Path) -> list[ImageSource]:
+    """Every image in `folder` (recursively), sorted by case id; `UserError` when there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: not a folder")
+    sources: list[ImageSource] = []
+    dicom_folders: set[Path] = set()
+    for path in sorted(folder.rglob("*")):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        ending = _image_ending(path.name)
+        if ending:
+            case_id = _CHANNEL_SUFFIX.sub("", path.name[: -len(ending)])
+            sources.append(ImageSource(case_id, str(path)))
+        elif path.suffix.lower() not in (".json", ".txt", ".csv", ".md", ".raw", ".zraw"):
+            dicom_folders.add(path.parent)
+    for dicom_folder in sorted(dicom_folders):
+        sources.extend(_dicom_sources(dicom_folder, folder))
+    if not sources:
+        raise UserError(f"{folder}: no images found (looked for {', '.join(IMAGE_ENDINGS)} files and DICOM series)")
+    seen: dict[str, str] = {}
+    for source in sources:
+        if source.case_id in seen:
+            raise UserError(f"{source.describe()}: case id {source.case_id!r} is also used by {seen[source.case_id]}")
+        seen[source.case_id] = source.describe()
+    return sorted(sources, key=lambda s: s.case_id)
+
+
+def read_source(source: ImageSource) -> sitk.Image:
+    if not source.dicom_files:
+        return read_image(source.path)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(source.dicom_files))
+    try:
+        return reader.Execute()
+    except RuntimeError:
+        raise UserError(f"{source.describe()}: cannot be read as a DICOM series") from None
+
+
+def load_ct(source: ImageSource) -> tuple[np.ndarray, dict]:
+    """Voxels `[1, z, y, x]` float32 and properties in the layout of nnU-Net's `SimpleITKIO`."""
+    image = read_source(source)
+    voxels = check_ct_image(image, source.describe())
+    properties = {
+        "sitk_stuff": {"spacing": image.GetSpacing(), "origin": image.GetOrigin(),
+                       "direction": image.GetDirection()},
+        "spacing": [abs(float(s)) for s in image.GetSpacing()[::-1]],
+    }
+    return voxels.astype(np.float32)[None], properties
+
+
+def source_geometry(source: ImageSource) -> tuple[list[float], list[int]]:
+    """Spacing and shape (z, y, x) for planning; files are read header-only, DICOM series in full."""
+    if source.dicom_files:
+        image = read_source(source)
+    else:
+        image = sitk.ImageFileReader()
+        image.SetFileName(source.path)
+        try:
+            image.ReadImageInformation()
+        except RuntimeError:
+            raise UserError(f"{source.path}: cannot be read as an image") from None
+    return [abs(float(s)) for s in image.GetSpacing()[::-1]], [int(n) for n in image.GetSize()[::-1]]

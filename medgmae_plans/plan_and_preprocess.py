@@ -1,0 +1,224 @@
+"""`medgmae_plan_and_preprocess`: fingerprint, MedGMAE plans and preprocessing, the nnU-Net way.
+
+    medgmae_plan_and_preprocess -d AMOS [-d FLARE22 ...] [-c 3d_fullres] [-np N] [--verify] [--clean]
+    medgmae_plan_and_preprocess --images DIR --name NAME [-np N]
+
+Labelled datasets (`-d`, an id, a full name or an alias) are checked (`validate`), fingerprinted
+with nnU-Net's own extractor (reused on later runs unless the raw files changed or `--clean`),
+planned by `MedGMAEPlanner` and preprocessed with nnU-Net's `DefaultPreprocessor`, giving
+`nnUNet_preprocessed/<Dataset>/MedGMAEPlans.json` and `.../MedGMAEPlans_3d_fullres/`.
+
+Unlabelled collections (`--images DIR --name NAME`: NIfTI files and/or DICOM series) get the same
+spacing, window and file format in `nnUNet_preprocessed/Collection_<NAME>/` (see
+`preprocessing.collections` for the layout and the reader the pretraining uses).
+
+Each run writes `medgmae_plan_and_preprocess.log` and `.json` beside its outputs.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .atomic import write_json_atomic
+from .datasets import dataset_id, resolve_dataset
+from .paths import ensure_nnunet_env, nnunet_folder
+from .runtime import UserError, add_common_flags, cli_entry, progress, setup_run_log, write_run_json
+
+RUN_NAME = "medgmae_plan_and_preprocess"
+COLLECTION_PREFIX = "Collection_"
+FINGERPRINT_SOURCE = "medgmae_fingerprint_source.json"
+
+
+def default_num_processes() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medgmae_plan_and_preprocess",
+        description="nnU-Net fingerprint + MedGMAE plans (1.5 mm, HU [-175, 250] -> [0, 1], 96^3) + preprocessing")
+    parser.add_argument("-d", dest="datasets", action="append", default=[], metavar="DATASET",
+                        help="dataset id, full DatasetXXX_Name or alias (AMOS, FLARE22, BTCV, SegTHOR, "
+                             "AbdomenAtlas, Phantom); repeatable")
+    parser.add_argument("-c", dest="configurations", nargs="+", default=["3d_fullres"], choices=["3d_fullres"],
+                        help="configurations to preprocess (MedGMAE plans have only 3d_fullres)")
+    parser.add_argument("-np", dest="num_processes", type=int, default=default_num_processes(),
+                        help="worker processes (default: %(default)s)")
+    parser.add_argument("--verify", action="store_true",
+                        help="also run nnU-Net's own dataset integrity check")
+    parser.add_argument("--clean", action="store_true",
+                        help="recompute the fingerprint even if the raw files did not change")
+    parser.add_argument("--images", type=Path, metavar="DIR",
+                        help="an unlabelled collection: a folder of NIfTI files and/or DICOM series")
+    parser.add_argument("--name", help="the collection's name (with --images)")
+    return add_common_flags(parser)
+
+
+def _bar(enabled: bool, desc: str):
+    return lambda items: progress(items, enabled=enabled, desc=desc, total=len(items))
+
+
+def _source_signature(raw_folder: Path, cases: dict) -> str:
+    """Names, sizes and modification times of the raw files: when they change, the fingerprint is stale."""
+    digest = hashlib.sha256()
+    files = [raw_folder / "dataset.json"] + [Path(p) for c in cases.values() for p in (*c["images"], c["label"])]
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(raw_folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _fingerprint(name: str, raw_folder: Path, out_folder: Path, cases: dict, args) -> str:
+    """nnU-Net's fingerprint, recomputed when missing, stale or with --clean; returns what happened."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset
+
+    signature = _source_signature(raw_folder, cases)
+    source_file = out_folder / FINGERPRINT_SOURCE
+    fingerprint_file = out_folder / "dataset_fingerprint.json"
+    if not args.clean and fingerprint_file.is_file() and source_file.is_file():
+        try:
+            if json.loads(source_file.read_text()).get("signature") == signature:
+                return "reused"
+        except ValueError:
+            pass
+    source_file.unlink(missing_ok=True)
+    try:
+        extract_fingerprint_dataset(dataset_id(name), num_processes=args.num_processes, clean=True,
+                                    verbose=args.verbose, show_progress_bar=not args.no_pbar)
+    except Exception as err:
+        if args.verbose:
+            raise
+        raise UserError(f"{raw_folder}: nnU-Net fingerprint extraction failed ({type(err).__name__}: {err})") from err
+    # written last: a fingerprint without a matching signature is never reused
+    write_json_atomic(source_file, {"signature": signature})
+    return "extracted"
+
+
+def _verify_with_nnunet(raw_folder: Path, args) -> None:
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    try:
+        verify_dataset_integrity(str(raw_folder), args.num_processes)
+    except Exception as err:
+        raise UserError(f"{raw_folder}: nnU-Net's integrity check failed ({type(err).__name__}: {err})") from None
+
+
+def plan_and_preprocess_dataset(name: str, args) -> dict:
+    from .validate import check_dataset
+
+    raw_folder = nnunet_folder("nnUNet_raw") / name
+    out_folder = nnunet_folder("nnUNet_preprocessed") / name
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    meta, cases = check_dataset(raw_folder, args.num_processes, _bar(not args.no_pbar, f"Checking {name}"))
+    timings["check_s"] = time.perf_counter() - start
+    log = setup_run_log(out_folder, RUN_NAME, args.verbose)
+    log.info(f"{name}: {len(cases)} cases passed the input checks ({timings['check_s']:.1f} s)")
+    if args.verify:
+        _verify_with_nnunet(raw_folder, args)
+
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset
+
+    from .planner import DATA_IDENTIFIER, PLANS_NAME, MedGMAEPlanner
+    from .preprocess import CaseJob, copy_ground_truth, preprocess_into
+
+    step = time.perf_counter()
+    fingerprint = _fingerprint(name, raw_folder, out_folder, cases, args)
+    timings["fingerprint_s"] = time.perf_counter() - step
+    log.info(f"fingerprint {fingerprint} ({timings['fingerprint_s']:.1f} s)")
+
+    step = time.perf_counter()
+    plans, _ = plan_experiment_dataset(dataset_id(name), MedGMAEPlanner)
+    timings["plan_s"] = time.perf_counter() - step
+    config = plans["configurations"]["3d_fullres"]
+    log.info(f"plans {out_folder / (PLANS_NAME + '.json')}: spacing {config['spacing']}, patch {config['patch_size']}, "
+             f"median shape {config['median_image_size_in_voxels']}")
+
+    step = time.perf_counter()
+    jobs = [CaseJob(case_id, tuple(files["images"]), files["label"]) for case_id, files in cases.items()]
+    results = preprocess_into(out_folder / DATA_IDENTIFIER, jobs, plans, meta, args.num_processes,
+                              _bar(not args.no_pbar, f"Preprocessing {name}"))
+    copy_ground_truth(cases, out_folder / "gt_segmentations", meta["file_ending"])
+    timings["preprocess_s"] = time.perf_counter() - step
+    timings["total_s"] = time.perf_counter() - start
+    log.info(f"preprocessed {len(results)} cases into {out_folder / DATA_IDENTIFIER} "
+             f"({timings['preprocess_s']:.1f} s; total {timings['total_s']:.1f} s)")
+    summary = {"dataset": name, "cases": len(results), "fingerprint": fingerprint, "timings": timings,
+               "plans_file": str(out_folder / f"{PLANS_NAME}.json"),
+               "data_folder": str(out_folder / DATA_IDENTIFIER), "case_shapes": {r["case"]: r["shape"] for r in results}}
+    write_run_json(out_folder, RUN_NAME, _settings(args), summary)
+    return summary
+
+
+def preprocess_collection(images: Path, name: str, args) -> dict:
+    from .image_sources import find_images, source_geometry
+    from .validate import run_jobs
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise UserError(f"collection name {name!r}: use letters, digits, '_', '-' and '.'")
+    images = images.expanduser().resolve()
+    sources = find_images(images)
+    start = time.perf_counter()
+    geometry = run_jobs([(s,) for s in sources], source_geometry, args.num_processes,
+                        _bar(not args.no_pbar, f"Reading {name} headers"))
+
+    from .planner import DATA_IDENTIFIER, PLANS_NAME, build_plans, save_plans_file
+    from .preprocess import CaseJob, preprocess_into
+
+    collection = COLLECTION_PREFIX + name
+    out_folder = nnunet_folder("nnUNet_preprocessed") / collection
+    plans = build_plans(collection, [g[0] for g in geometry], [g[1] for g in geometry],
+                        planner_name="MedGMAEPlanner (unlabelled collection)")
+    dataset_json = {"name": name, "description": f"unlabelled CT collection from {images}",
+                    "channel_names": {"0": "CT"}, "labels": {"background": 0}, "numTraining": len(sources),
+                    "file_ending": ".nii.gz", "labelled": False}
+    jobs = [CaseJob(s.case_id, source=s) for s in sources]
+    results = preprocess_into(out_folder / DATA_IDENTIFIER, jobs, plans, dataset_json, args.num_processes,
+                              _bar(not args.no_pbar, f"Preprocessing {name}"))
+    # plans and dataset.json after the data: the reader lists cases from the data folder
+    save_plans_file(plans, out_folder / f"{PLANS_NAME}.json")
+    write_json_atomic(out_folder / "dataset.json", dataset_json)
+    write_json_atomic(out_folder / "sources.json", {s.case_id: s.describe() for s in sources})
+    log = setup_run_log(out_folder, RUN_NAME, args.verbose)
+    total = time.perf_counter() - start
+    log.info(f"collection {name}: preprocessed {len(results)} images from {images} into "
+             f"{out_folder / DATA_IDENTIFIER} ({total:.1f} s)")
+    summary = {"collection": collection, "source": str(images), "cases": len(results), "total_s": total,
+               "data_folder": str(out_folder / DATA_IDENTIFIER),
+               "case_shapes": {r["case"]: r["shape"] for r in results}}
+    write_run_json(out_folder, RUN_NAME, _settings(args), summary)
+    return summary
+
+
+def _settings(args) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.datasets and args.images is None:
+        parser.error("give -d DATASET (repeatable) and/or --images DIR --name NAME")
+    if (args.images is None) != (args.name is None):
+        parser.error("--images and --name go together")
+    if args.num_processes < 1:
+        parser.error("-np must be at least 1")
+    ensure_nnunet_env()
+    raw_root = nnunet_folder("nnUNet_raw")
+    names = [resolve_dataset(text, roots=[raw_root]) for text in args.datasets]
+    for name in dict.fromkeys(names):
+        plan_and_preprocess_dataset(name, args)
+    if args.images is not None:
+        preprocess_collection(args.images, args.name, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""Running nnU-Net's preprocessing for every case, into a folder that appears only when complete.
+
+nnU-Net's `DefaultPreprocessor.run` deletes its output folder and writes cases into it in place, so
+a failure leaves half a dataset. Here each case still goes through nnU-Net's own
+`DefaultPreprocessor` (crop, CT normalisation, resampling, foreground sampling, blosc2 files), but
+the folder is built under a temporary name and swapped in at the end; a case that fails is reported
+with its file name. Collections (no labels, possibly DICOM) use the same per-case code on voxels
+read by `image_sources.load_ct`.
+
+Each case's properties get one extra key, `spacing_after_resampling` (the plan's 1.5 mm);
+nnU-Net's `spacing` key stays the original spacing, which its exporter needs.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from .atomic import atomic_path, replaced_directory
+from .image_sources import ImageSource, load_ct
+from .planner import CONFIGURATION
+from .runtime import UserError
+from .validate import run_jobs
+
+
+@dataclass(frozen=True)
+class CaseJob:
+    """One case to preprocess: nnU-Net raw files (`images`, `label`) or a collection `source`."""
+    case_id: str
+    images: tuple[str, ...] = ()
+    label: str | None = None
+    source: ImageSource | None = None
+
+    def describe(self) -> str:
+        return self.source.describe() if self.source is not None else self.images[0]
+
+
+class MedGMAEPreprocessor(DefaultPreprocessor):
+    """nnU-Net's DefaultPreprocessor, recording the target spacing in each case's properties."""
+
+    def run_case_npy(self, data, seg, properties, plans_manager, configuration_manager, dataset_json):
+        data, seg, properties = super().run_case_npy(data, seg, properties, plans_manager,
+                                                     configuration_manager, dataset_json)
+        properties["spacing_after_resampling"] = [float(s) for s in configuration_manager.spacing]
+        return data, seg, properties
+
+
+def _save_case(data: np.ndarray, seg: np.ndarray, properties: dict, out_truncated: str, patch_size) -> None:
+    """What `DefaultPreprocessor.run_case_save` does after `run_case`, for voxels we read ourselves."""
+    data = data.astype(np.float32, copy=False)
+    seg = seg.astype(np.int16, copy=False)
+    blocks, chunks = comp_blosc2_params(data.shape, tuple(patch_size), data.itemsize)
+    blocks_seg, chunks_seg = comp_blosc2_params(seg.shape, tuple(patch_size), seg.itemsize)
+    nnUNetDatasetBlosc2.save_case(data, seg, properties, out_truncated, chunks=chunks, blocks=blocks,
+                                  chunks_seg=chunks_seg, blocks_seg=blocks_seg)
+
+
+def preprocess_case(job: CaseJob, out_folder: str, plans: dict, dataset_json: dict) -> dict:
+    """Preprocess one case into `out_folder`; errors become a `UserError` naming the input file."""
+    plans_manager = PlansManager(plans)
+    config = plans_manager.get_configuration(CONFIGURATION)
+    preprocessor = MedGMAEPreprocessor(verbose=False)
+    try:
+        if job.source is not None:
+            data, properties = load_ct(job.source)
+            data, seg, properties = preprocessor.run_case_npy(data, None, properties, plans_manager, config,
+                                                              dataset_json)
+        else:
+            data, seg, properties = preprocessor.run_case(list(job.images), job.label, plans_manager, config,
+                                                          dataset_json)
+        _save_case(data, seg, properties, os.path.join(out_folder, job.case_id), config.patch_size)
+    except UserError:
+        raise
+    except Exception as err:  # nnU-Net reports with asserts and bare RuntimeErrors: name the case
+        raise UserError(f"{job.describe()}: preprocessing failed ({type(err).__name__}: {err})") from err
+    return {"case": job.case_id, "shape": [int(s) for s in data.shape[1:]],
+            "original_spacing": [float(s) for s in properties["spacing"]]}
+
+
+def preprocess_into(folder: Path, jobs: Sequence[CaseJob], plans: dict, dataset_json: dict,
+                    num_processes: int, bar=lambda it: it) -> list[dict]:
+    """Preprocess all `jobs` into `folder`, which is replaced only when every case succeeded."""
+    with replaced_directory(folder) as tmp:
+        calls = [(job, str(tmp), plans, dataset_json) for job in jobs]
+        return run_jobs(calls, preprocess_case, num_processes, bar)
+
+
+def copy_ground_truth(cases: dict, out_folder: Path, file_ending: str) -> int:
+    """Copy labels to `gt_segmentations/` as nnU-Net's preprocessing does (validation reads them there)."""
+    out_folder.mkdir(parents=True, exist_ok=True)
+    copied = 0
+    for case_id, files in cases.items():
+        src = Path(files["label"])
+        dst = out_folder / f"{case_id}{file_ending}"
+        if dst.is_file() and dst.stat().st_size == src.stat().st_size and dst.stat().st_mtime >= src.stat().st_mtime:
+            continue
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+        copied += 1
+    return copied

@@ -1,0 +1,184 @@
+"""Checks that run before anything is written, so bad input fails with one line naming the file.
+
+nnU-Net's own checks fail late (after workers started, sometimes after files were written) and
+with assertions that do not say which case is wrong. These read every image and label once:
+
+- `dataset.json` exists, parses, has one channel and it is CT, a background label, a file ending;
+- every case has exactly one channel file (`_0000`) and a label;
+- each file opens as a 3D, single-component image with finite voxels;
+- each label has its image's geometry (size, spacing, origin, direction) and only declared labels.
+
+Only SimpleITK and numpy are imported, so the checks can run in cheap worker processes.
+"""
+from __future__ import annotations
+
+import json
+import re
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .runtime import UserError
+
+SPACING_RTOL = 1e-3
+ORIGIN_ATOL_MM = 0.05
+DIRECTION_ATOL = 1e-3
+
+
+def load_dataset_json(raw_folder: Path) -> dict:
+    """The raw dataset's `dataset.json`, checked for what a CT-only MedGMAE plan needs."""
+    path = Path(raw_folder) / "dataset.json"
+    if not path.is_file():
+        raise UserError(f"{path}: missing (every nnU-Net raw dataset needs a dataset.json)")
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from None
+    channels = meta.get("channel_names", meta.get("modality"))
+    if not isinstance(channels, dict) or not channels:
+        raise UserError(f"{path}: no 'channel_names'")
+    if len(channels) != 1 or str(next(iter(channels.values()))).strip().lower() != "ct":
+        raise UserError(f"{path}: MedGMAE plans need exactly one CT channel, found channel_names {channels}")
+    labels = meta.get("labels")
+    if not isinstance(labels, dict) or labels.get("background") != 0:
+        raise UserError(f"{path}: 'labels' must map names to ids and include background: 0")
+    if "regions_class_order" in meta:
+        raise UserError(f"{path}: region-based labels are not supported by MedGMAE plans")
+    if not meta.get("file_ending"):
+        raise UserError(f"{path}: no 'file_ending'")
+    return meta
+
+
+def list_cases(raw_folder: Path, meta: dict, subfolder: str = "imagesTr", labels: str | None = "labelsTr") -> dict:
+    """`{case_id: {"images": [path], "label": path or None}}`, refusing extra channels and missing labels."""
+    raw_folder = Path(raw_folder)
+    ending = meta["file_ending"]
+    folder = raw_folder / subfolder
+    if not folder.is_dir():
+        raise UserError(f"{folder}: missing")
+    channel = re.compile(r"^(.+)_(\d{4})" + re.escape(ending) + "$")
+    cases: dict[str, dict] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.name.endswith(ending):
+            continue
+        match = channel.match(path.name)
+        if not match:
+            raise UserError(f"{path}: image names must end in _0000{ending} (nnU-Net's channel suffix)")
+        if match.group(2) != "0000":
+            raise UserError(f"{path}: a second channel ({match.group(2)}); MedGMAE plans take CT only (_0000)")
+        label = None
+        if labels is not None:
+            label = raw_folder / labels / f"{match.group(1)}{ending}"
+            if not label.is_file():
+                raise UserError(f"{label}: missing (label of {path.name})")
+        cases[match.group(1)] = {"images": [str(path)], "label": None if label is None else str(label)}
+    if not cases:
+        raise UserError(f"{folder}: no images ending in _0000{ending}")
+    declared = meta.get("numTraining")
+    if labels is not None and declared is not None and int(declared) != len(cases):
+        raise UserError(f"{raw_folder / 'dataset.json'}: numTraining is {declared} but {folder} has {len(cases)} cases")
+    return cases
+
+
+def read_image(path: str | Path) -> sitk.Image:
+    """Read one image, turning reader failures into a one-line `UserError` naming the file."""
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        first = next((line.strip() for line in str(err).splitlines() if "ERROR" in line or "rror" in line), "")
+        raise UserError(f"{path}: cannot be read as an image ({first or 'unreadable'})") from None
+
+
+def check_ct_image(image: sitk.Image, path: str | Path) -> np.ndarray:
+    """Check one CT image (3D, one component, finite voxels); return its voxels [z, y, x]."""
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise UserError(f"{path}: {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+                        "a CT image has one channel")
+    if image.GetDimension() != 3:
+        raise UserError(f"{path}: a {image.GetDimension()}D image; MedGMAE needs 3D CT volumes")
+    voxels = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(voxels.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(voxels)))
+        if bad:
+            raise UserError(f"{path}: {bad} voxels are NaN or infinite")
+    return voxels
+
+
+def _same_geometry(a: sitk.Image, b: sitk.Image) -> str | None:
+    if a.GetSize() != b.GetSize():
+        return f"size {b.GetSize()} differs from the image's {a.GetSize()}"
+    if not np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=SPACING_RTOL, atol=0):
+        return f"spacing {b.GetSpacing()} differs from the image's {a.GetSpacing()}"
+    if not np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=ORIGIN_ATOL_MM):
+        return f"origin {b.GetOrigin()} differs from the image's {a.GetOrigin()}"
+    if not np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=DIRECTION_ATOL):
+        return "direction matrix differs from the image's"
+    return None
+
+
+def label_values(voxels: np.ndarray, path: str | Path) -> list[int]:
+    """The distinct values of a label map, refusing non-integer or negative values."""
+    if np.issubdtype(voxels.dtype, np.floating):
+        if not np.all(np.isfinite(voxels)) or np.any(voxels != np.round(voxels)):
+            raise UserError(f"{path}: label map has non-integer values")
+    flat = voxels.ravel()
+    if flat.size and flat.min() < 0:
+        raise UserError(f"{path}: label map has negative values")
+    if flat.size and flat.max() < 1 << 16:
+        return [int(v) for v in np.flatnonzero(np.bincount(flat.astype(np.int64)))]
+    return [int(v) for v in np.unique(flat)]
+
+
+def check_case(case_id: str, images: Sequence[str], label: str | None, allowed: Sequence[int]) -> dict:
+    """Read and check one case; returns its size and spacing (x, y, z as SimpleITK reports them)."""
+    image = read_image(images[0])
+    check_ct_image(image, images[0])
+    summary = {"case": case_id, "size": list(image.GetSize()), "spacing": list(image.GetSpacing())}
+    if label is None:
+        return summary
+    seg = read_image(label)
+    if seg.GetNumberOfComponentsPerPixel() != 1 or seg.GetDimension() != 3:
+        raise UserError(f"{label}: a label map must be a 3D single-component image")
+    problem = _same_geometry(image, seg)
+    if problem:
+        raise UserError(f"{label}: {problem} ({images[0]})")
+    unexpected = sorted(set(label_values(sitk.GetArrayViewFromImage(seg), label)) - set(allowed))
+    if unexpected:
+        raise UserError(f"{label}: label values {unexpected} are not declared in dataset.json")
+    return summary
+
+
+def run_jobs(jobs: Sequence[tuple], fn: Callable, num_processes: int,
+               bar: Callable[[Iterable], Iterable] = lambda it: it) -> list:
+    """Run `fn(*job)` for each job, in worker processes when `num_processes > 1`; first error wins."""
+    if num_processes <= 1 or len(jobs) <= 1:
+        return [fn(*job) for job in bar(jobs)]
+    # spawn: the parent may already hold threads (torch, blosc2), which fork does not copy safely
+    with ProcessPoolExecutor(min(num_processes, len(jobs)), mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(fn, *job) for job in jobs]
+        results = []
+        for future in bar(futures):
+            try:
+                results.append(future.result())
+            except BaseException:
+                for other in futures:
+                    other.cancel()
+                raise
+        return results
+
+
+def check_dataset(raw_folder: Path, num_processes: int = 1, bar=lambda it: it) -> tuple[dict, dict]:
+    """Check a whole raw dataset; returns (dataset.json, cases)."""
+    meta = load_dataset_json(raw_folder)
+    if "dataset" in meta:
+        raise UserError(f"{Path(raw_folder) / 'dataset.json'}: a 'dataset' file list is not supported; "
+                        "use the imagesTr/labelsTr layout")
+    cases = list_cases(raw_folder, meta)
+    allowed = [int(v) for v in meta["labels"].values()]
+    jobs = [(case_id, files["images"], files["label"], allowed) for case_id, files in cases.items()]
+    run_jobs(jobs, check_case, num_processes, bar)
+    return meta, cases

@@ -1,0 +1,124 @@
+"""Reading preprocessed CT for pretraining: labelled datasets and unlabelled collections alike.
+
+Layout under `nnUNet_preprocessed` (both written by `medgmae_plan_and_preprocess`):
+
+    Dataset218_AMOS2022_postChallenge_task1/      a labelled dataset (`-d AMOS`)
+        MedGMAEPlans.json, dataset.json, dataset_fingerprint.json, gt_segmentations/
+        MedGMAEPlans_3d_fullres/<case>.b2nd       image  float32 [1, D, H, W], 1.5 mm, HU window -> [0, 1]
+                                <case>_seg.b2nd   labels int16   [1, D, H, W] (-1 = outside the body crop)
+                                <case>.pkl        nnU-Net properties (+ spacing_after_resampling)
+    Collection_<NAME>/                            an unlabelled collection (`--images DIR --name NAME`)
+        MedGMAEPlans.json, dataset.json, sources.json (case -> original file or DICOM folder)
+        MedGMAEPlans_3d_fullres/<case>.b2nd       same image format
+                                <case>_seg.b2nd   only nnU-Net's body mask (0 / -1), not labels
+                                <case>.pkl
+
+Both data folders are ordinary nnU-Net preprocessed folders (`infer_dataset_class(folder)(folder)`
+reads them). Datasets are named as everywhere else (id, full name or alias, see
+`medgmae_plans.datasets.resolve_dataset`); collections by the NAME given when preprocessing them
+(with or without the `Collection_` prefix).
+
+    cases = list_pretraining_cases(["AMOS", "990"], ["FLARE22_unlabelled"])
+    image, seg = load_case(cases[0])   # float32 [1,D,H,W]; int16 [1,D,H,W] or None for collections
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from medgmae_plans.datasets import available_datasets, resolve_dataset
+from medgmae_plans.paths import nnunet_folder
+from medgmae_plans.runtime import UserError
+
+PLANS_NAME = "MedGMAEPlans"
+DATA_IDENTIFIER = f"{PLANS_NAME}_3d_fullres"
+COLLECTION_PREFIX = "Collection_"
+
+
+@dataclass(frozen=True)
+class CaseRef:
+    """One preprocessed case: where it lives and whether it has organ labels."""
+    source: str        # "Dataset990_AbdomenPhantom" or "Collection_NAME"
+    case_id: str
+    folder: Path       # the MedGMAEPlans_3d_fullres folder holding it
+    labelled: bool
+
+    @property
+    def image_file(self) -> Path:
+        return self.folder / f"{self.case_id}.b2nd"
+
+
+def dataset_data_folder(dataset: str, preprocessed: Path | None = None) -> Path:
+    """The MedGMAE data folder of a labelled dataset (id, full name or alias)."""
+    root = Path(preprocessed) if preprocessed is not None else nnunet_folder("nnUNet_preprocessed")
+    roots = [root] if preprocessed is not None else None
+    name = resolve_dataset(dataset, roots=roots)
+    folder = root / name / DATA_IDENTIFIER
+    if not folder.is_dir():
+        raise UserError(f"{folder}: missing; run `medgmae_plan_and_preprocess -d {dataset}` first")
+    return folder
+
+
+def collection_data_folder(name: str, preprocessed: Path | None = None) -> Path:
+    """The data folder of an unlabelled collection (`NAME` or `Collection_NAME`)."""
+    root = Path(preprocessed) if preprocessed is not None else nnunet_folder("nnUNet_preprocessed")
+    bare = name[len(COLLECTION_PREFIX):] if name.startswith(COLLECTION_PREFIX) else name
+    folder = root / f"{COLLECTION_PREFIX}{bare}" / DATA_IDENTIFIER
+    if not folder.is_dir():
+        existing = sorted(p.name[len(COLLECTION_PREFIX):] for p in root.glob(f"{COLLECTION_PREFIX}*")) if root.is_dir() else []
+        raise UserError(f"{folder}: missing; run `medgmae_plan_and_preprocess --images DIR --name {bare}` first "
+                        f"(collections that exist: {', '.join(existing) or 'none'})")
+    return folder
+
+
+def _case_ids(folder: Path) -> list[str]:
+    return sorted(p.name[:-5] for p in folder.glob("*.b2nd") if not p.name.endswith("_seg.b2nd"))
+
+
+def list_pretraining_cases(datasets: Sequence[str] = (), image_collections: Sequence[str] = (),
+                           preprocessed: Path | None = None) -> list[CaseRef]:
+    """Every preprocessed case of the named datasets and collections, in a stable order."""
+    cases: list[CaseRef] = []
+    for dataset in datasets:
+        folder = dataset_data_folder(dataset, preprocessed)
+        cases += [CaseRef(folder.parent.name, c, folder, True) for c in _case_ids(folder)]
+    for name in image_collections:
+        folder = collection_data_folder(name, preprocessed)
+        cases += [CaseRef(folder.parent.name, c, folder, False) for c in _case_ids(folder)]
+    if not cases and (datasets or image_collections):
+        raise UserError(f"no preprocessed cases in {', '.join([*datasets, *image_collections])}")
+    return cases
+
+
+def load_case(ref: CaseRef) -> tuple[np.ndarray, np.ndarray | None]:
+    """(image float32 [1,D,H,W] in [0,1], labels int16 [1,D,H,W] or None for unlabelled collections)."""
+    import blosc2
+
+    try:
+        image = np.asarray(blosc2.open(urlpath=str(ref.image_file), mode="r")[:], dtype=np.float32)
+        seg = None
+        if ref.labelled:
+            seg = np.asarray(blosc2.open(urlpath=str(ref.folder / f"{ref.case_id}_seg.b2nd"), mode="r")[:],
+                             dtype=np.int16)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise UserError(f"{ref.image_file}: cannot be read ({err})") from None
+    return image, seg
+
+
+def load_properties(ref: CaseRef) -> dict:
+    """nnU-Net's per-case properties (original spacing, crop box, `class_locations` for labelled cases)."""
+    with open(ref.folder / f"{ref.case_id}.pkl", "rb") as f:
+        return pickle.load(f)
+
+
+def available_sources(preprocessed: Path | None = None) -> dict[str, list[str]]:
+    """What could be listed: labelled datasets with MedGMAE data, and collection names."""
+    root = Path(preprocessed) if preprocessed is not None else nnunet_folder("nnUNet_preprocessed")
+    datasets = [n for n in available_datasets([root]) if (root / n / DATA_IDENTIFIER).is_dir()]
+    collections = sorted(p.parent.name[len(COLLECTION_PREFIX):]
+                         for p in root.glob(f"{COLLECTION_PREFIX}*/{DATA_IDENTIFIER}")) if root.is_dir() else []
+    return {"datasets": datasets, "collections": collections}
