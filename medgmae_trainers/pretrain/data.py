@@ -1,0 +1,55 @@
+"""From `-d` / `--images` names to the pool of pretraining cases, and the metadata fine-tuning reads.
+
+The cases come from `preprocessing.collections` (labelled nnU-Net preprocessed datasets and
+unlabelled collections, both at the MedGMAE plans' spacing and intensity window).
+"""
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+from medgmae_plans.runtime import UserError
+from preprocessing.collections import CaseRef, list_pretraining_cases, load_case, load_properties
+from preprocessing.pretrain_sampling import PretrainCase
+
+PLANS_FILE = "MedGMAEPlans.json"
+# The toolkit's preprocessing (DESIGN.md); the plans of every source are checked against each other.
+NORMALISATION = {"scheme": "CTNormalization", "hu_window": [-175.0, 250.0], "range": [0.0, 1.0],
+                 "formula": "(clip(HU, -175, 250) + 175) / 425"}
+
+
+class CaseLoader:
+    """Picklable loader: (image [1, D, H, W], labels [1, D, H, W] or None, nnU-Net properties)."""
+
+    def __init__(self, ref: CaseRef):
+        self.ref = ref
+
+    def __call__(self):
+        image, seg = load_case(self.ref)
+        return image, seg, load_properties(self.ref) if self.ref.labelled else {}
+
+
+def _plans_spacing(ref: CaseRef) -> list[float]:
+    plans_json = ref.folder.parent / PLANS_FILE
+    try:
+        return [float(v) for v in json.loads(plans_json.read_text())["configurations"]["3d_fullres"]["spacing"]]
+    except (OSError, KeyError, ValueError) as err:
+        raise UserError(f"{plans_json}: cannot read the 3d_fullres spacing ({err})") from None
+
+
+def pretraining_cases(datasets: Sequence[str], image_collections: Sequence[str]) -> tuple[list[PretrainCase], dict]:
+    """All cases of the named datasets and collections, and the data part of the checkpoint metadata."""
+    refs = list_pretraining_cases(datasets, image_collections)
+    sources = list(dict.fromkeys(r.source for r in refs))
+    first = {r.source: r for r in reversed(refs)}
+    spacings = {s: _plans_spacing(first[s]) for s in sources}
+    if len({tuple(v) for v in spacings.values()}) > 1:
+        raise UserError(f"the sources were preprocessed at different spacings {spacings}; "
+                        "pretraining mixes them only at one spacing")
+    cases = [PretrainCase(f"{r.source}/{r.case_id}", CaseLoader(r)) for r in refs]
+    metadata = {
+        "datasets": [s for s in sources if first[s].labelled],
+        "image_collections": [s for s in sources if not first[s].labelled],
+        "spacing": next(iter(spacings.values())), "normalisation": NORMALISATION, "num_cases": len(cases),
+    }
+    return cases, metadata

@@ -1,0 +1,76 @@
+"""The pretraining objective: encoder + decoder + (for Gaussians) the renderer + masked MSE.
+
+One `nn.Module` so DistributedDataParallel wraps all of it. Its forward:
+
+    imgs [B, 1, D, H, W] --encoder(mask r)--> latent [B, 1+n, C], token mask [B, N]
+    token mask --> voxel mask [B, D, H, W] (True = masked voxel)
+    gaussian / hierarchical: decoder(latent, ids_keep) -> K Gaussians -> render only masked voxels
+    voxel:                   decoder(latent, ids_restore) -> [B, N, p^3] -> unpatchify
+    loss = mean over masked voxels of (prediction - target)^2
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..networks import ViT3D, token_mask_to_voxels, unpatchify
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, voxel_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of (pred - target)^2 over voxel_mask. pred, target [B, 1, D, H, W]; voxel_mask bool [B, D, H, W]."""
+    m = voxel_mask.unsqueeze(1).to(pred.dtype)
+    return ((pred - target) ** 2 * m).sum() / m.sum().clamp_min(1.0)
+
+
+def render(gaussians: dict[str, torch.Tensor], shape, mask: torch.Tensor | None = None,
+           backend: str = "auto") -> torch.Tensor:
+    """Render Gaussians (float32, outside autocast) -> [B, 1, D, H, W]; `mask` bool [B, D, H, W] or None."""
+    from renderer_cupy import render_gaussians
+
+    with torch.autocast(device_type=gaussians["means"].device.type, enabled=False):
+        return render_gaussians(gaussians["means"].float(), gaussians["scales"].float(),
+                                gaussians["quats"].float(), gaussians["intensities"].float(),
+                                tuple(shape), mask=mask, backend=backend)
+
+
+class PretrainModel(nn.Module):
+    """MedGMAE (decoder_type "gaussian"), MedGMAE* ("hierarchical") or voxel MAE ("voxel")."""
+
+    def __init__(self, encoder: ViT3D, decoder: nn.Module, decoder_type: str, mask_ratio: float = 0.75,
+                 render_backend: str = "auto"):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.decoder_type = decoder_type
+        self.mask_ratio = mask_ratio
+        self.render_backend = render_backend
+
+    def forward(self, imgs: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """imgs [B, 1, D, H, W]; target defaults to imgs. Returns
+            loss        scalar, masked MSE
+            pred        [B, 1, D, H, W] prediction, 0 outside the masked voxels for the Gaussian decoders
+            voxel_mask  bool [B, D, H, W], True where masked
+            gaussians   dict of the predicted Gaussians (Gaussian decoders only)
+        """
+        target = imgs if target is None else target
+        enc = self.encoder
+        latent, mask, ids_restore, ids_keep = enc(imgs, self.mask_ratio)
+        voxel_mask = token_mask_to_voxels(mask, enc.grid, enc.patch_embed.patch_size)
+        out: dict = {"voxel_mask": voxel_mask}
+        if self.decoder_type == "voxel":
+            pred = unpatchify(self.decoder(latent, ids_restore), enc.grid, enc.patch_embed.patch_size).float()
+        else:
+            gaussians = self.decoder(latent, ids_keep)
+            pred = render(gaussians, imgs.shape[2:], mask=voxel_mask, backend=self.render_backend)
+            out["gaussians"] = gaussians
+        out["pred"] = pred
+        out["loss"] = masked_mse(pred, target.float(), voxel_mask)
+        return out
+
+    @torch.no_grad()
+    def reconstruct(self, imgs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """For pictures: like forward, but the prediction covers every voxel (the full render)."""
+        out = self.forward(imgs)
+        if "gaussians" in out:
+            out["pred"] = render(out["gaussians"], imgs.shape[2:], mask=None, backend=self.render_backend)
+        return out

@@ -1,0 +1,301 @@
+"""The pretraining loop: AdamW, warmup + cosine, clipping, bf16 on GPU, DDP, checkpoints, exact resume.
+
+`pretrain(settings, cases, metadata)` is what the command runs in each process. Every process
+builds the same model from the seed, draws its own masks (seed + rank) and its own crops (the
+data stream of `preprocessing.pretrain_sampling`, sharded by rank); rank 0 writes everything.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from medgmae_plans.runtime import UserError, progress
+from preprocessing.pretrain_sampling import CropChunks, PretrainCase, SamplingConfig, iterate_batches
+
+from ..networks import build_networks, network_config
+from . import checkpoint as ckpt
+from .distributed import DistInfo, all_reduce, barrier, cleanup_distributed, gather_objects, setup_distributed
+from .model import PretrainModel
+from .plots import plot_loss_curve, plot_snapshot
+
+# Training defaults per preset (table 9 for base/paper; tiny is sized for two CPU cores).
+RECIPES = {
+    "tiny": dict(steps=600, batch_size=2, lr=1e-3, warmup=50),
+    "base": dict(steps=100_000, batch_size=8, lr=1e-4, warmup=2000),
+    "paper": dict(steps=100_000, batch_size=8, lr=1e-4, warmup=2000),
+}
+
+
+@dataclass
+class PretrainSettings:
+    out: str
+    preset: str = "tiny"
+    decoder: str = "gaussian"
+    gaussians: int | None = None
+    patch: int | None = None
+    crop_size: int | None = None
+    mask_ratio: float = 0.75
+    steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    warmup: int | None = None
+    weight_decay: float = 0.05
+    clip: float = 1.0
+    seed: int = 41
+    device: str = "cpu"
+    workers: int = 0
+    sub_crops: int = 8
+    augment: bool = True
+    resume: bool = False
+    save_every: int = 250
+    png_every: int = 250
+    log_every: int = 10
+    render_backend: str = "auto"
+    threads: int | None = None
+    pbar: bool = True
+    datasets: list = field(default_factory=list)
+    images: list = field(default_factory=list)
+
+    def resolved(self) -> "PretrainSettings":
+        """Fill the preset's recipe into the fields left at None."""
+        recipe = RECIPES[self.preset]
+        for key, value in recipe.items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        return self
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; the latest checkpoint was saved. `code` is the exit status to use."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def lr_lambda(warmup: int, total: int):
+    """Linear warmup from 0 to 1 over `warmup` steps, then cosine from 1 to 0 at `total`."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress_ = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
+    return f
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norms, and the learnable tokens (cls, queries, mask token), as in MAE."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(("cls_token", "queries", "mask_token")) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_logger(out: Path, info: DistInfo) -> logging.Logger:
+    """Console + `log.txt` (appended) on rank 0; warnings only, console only, elsewhere."""
+    logger = logging.getLogger(f"medgmae.pretrain.rank{info.rank}")
+    logger.propagate = False
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    logger.setLevel(logging.INFO if info.is_main else logging.WARNING)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(message)s" if info.is_main else f"[rank {info.rank}] %(message)s"))
+    logger.addHandler(console)
+    if info.is_main:
+        fh = logging.FileHandler(out / "log.txt")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        logger.addHandler(fh)
+    return logger
+
+
+class _SignalFlag:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step (so it saves before leaving)."""
+
+    def __init__(self):
+        self.signum = 0
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop rows logged after `step` (by a run that died after its last checkpoint)."""
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        path.write_text("".join(r + "\n" for r in rows))
+
+
+def pretrain(settings: PretrainSettings, cases: Sequence[PretrainCase], metadata: dict | None = None) -> dict:
+    """Run (or resume) one pretraining; returns the results dict (rank 0's view)."""
+    s = settings.resolved()
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    if s.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible to torch")
+    info = setup_distributed(s.device)
+    try:
+        return _pretrain(s, cases, metadata or {}, info)
+    finally:
+        cleanup_distributed()
+
+
+def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dict:
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = make_logger(out, info)
+    latest, final = out / ckpt.LATEST, out / ckpt.FINAL
+    metrics_path = out / "metrics.jsonl"
+    if latest.exists() and not s.resume:
+        raise UserError(f"{latest} exists; pass --resume to continue that run, or choose another --out")
+
+    netcfg = network_config(s.preset, patch_size=s.patch, crop_size=s.crop_size, num_gaussians=s.gaussians)
+    torch.manual_seed(s.seed)  # identical initial weights on every rank
+    encoder, decoder = build_networks(netcfg, s.decoder)
+    model = PretrainModel(encoder, decoder, s.decoder, s.mask_ratio, s.render_backend).to(info.device)
+    crop = encoder.config["img_size"]
+    meta = {
+        **metadata, "preset": s.preset, "decoder_type": s.decoder, "patch_size": encoder.config["patch_size"],
+        "crop_size": [crop] * 3, "mask_ratio": s.mask_ratio, "num_gaussians": netcfg["gaussians"]["num_gaussians"],
+        "encoder_class": "medgmae_trainers.networks.ViT3D", "encoder_config": encoder.config,
+        "network_config": netcfg, "seed": s.seed,
+    }
+    optimizer = torch.optim.AdamW(param_groups(model, s.weight_decay), lr=s.lr, betas=(0.9, 0.95))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(s.warmup, s.steps))
+
+    step = 0
+    torch.manual_seed(s.seed + 1000 * info.rank)  # masks and drop-path differ per rank
+    if s.resume and latest.exists():
+        state = ckpt.load_checkpoint(latest)
+        for key in ("preset", "decoder_type", "patch_size", "crop_size"):
+            if state["metadata"].get(key) != meta[key]:
+                raise UserError(f"{latest}: saved {key} {state['metadata'].get(key)!r} differs from this "
+                                f"command's {meta[key]!r}; resume with the same settings")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+        if state["world_size"] == info.world_size:
+            ckpt.restore_rng(state["rng"][info.rank])
+        else:
+            log.warning(f"resuming with {info.world_size} processes, saved with {state['world_size']}: "
+                        "fresh RNG streams, so the run continues but is not bit-identical")
+        if info.is_main:
+            truncate_metrics(metrics_path, step)
+        log.info(f"resumed from {latest} at step {step}")
+    elif s.resume:
+        log.info(f"--resume: no {latest}, starting from step 0")
+
+    ddp = DistributedDataParallel(model) if info.distributed else model
+    sampling = SamplingConfig(crop_size=crop, sub_crops=s.sub_crops, augment=s.augment)
+    chunks = CropChunks(cases, sampling, seed=s.seed, rank=info.rank, world_size=info.world_size)
+    batches = iterate_batches(chunks, s.batch_size, start_step=step, workers=s.workers)
+    use_bf16 = info.device.type == "cuda"
+
+    if info.is_main:
+        log.info(f"pretraining {s.decoder} decoder, preset {s.preset}: {sum(p.numel() for p in model.parameters())/1e6:.2f} M "
+                 f"parameters, crop {crop}^3, patch {meta['patch_size']}, {len(cases)} cases, "
+                 f"{info.world_size} process(es) on {info.device.type}, batch {s.batch_size}/process, "
+                 f"steps {step}->{s.steps}")
+
+    def save_latest():
+        rng = gather_objects(ckpt.capture_rng(), info)
+        if info.is_main:
+            ckpt.save_latest(latest, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
+                             metadata=meta, rng_states=rng, settings=asdict(s))
+            plot_loss_curve(metrics_path, out / "loss_curve.png", f"{s.decoder} / {s.preset}")
+
+    window, t_window, start_time = [], time.time(), time.time()
+    bar = progress(total=s.steps, initial=step, enabled=s.pbar and info.is_main, desc="pretrain")
+    with _SignalFlag() as sig:
+        while step < s.steps:
+            imgs = next(batches).to(info.device, non_blocking=True)
+            ddp.train()
+            with torch.autocast(device_type=info.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                outputs = ddp(imgs)
+            loss = outputs["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.clip)
+            # One all-reduce per step: mean loss, max grad norm, and whether any rank got a signal.
+            stats = all_reduce(torch.tensor([loss.item() / info.world_size, float(sig.signum)]), info)
+            gmax = all_reduce(grad_norm.detach().float().reshape(1).cpu(), info, op=torch.distributed.ReduceOp.MAX)
+            if not (math.isfinite(stats[0].item()) and math.isfinite(gmax.item())):
+                what = "loss" if not math.isfinite(stats[0].item()) else "gradient norm"
+                raise UserError(f"non-finite {what} at step {step + 1} (lr {scheduler.get_last_lr()[0]:.2e}); "
+                                f"stopped without saving; the last good checkpoint is {latest} (if any). "
+                                "Try a lower --lr or a longer --warmup")
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            bar.update(1)
+            window.append(stats[0].item())
+
+            if info.is_main and (step % s.log_every == 0 or step == s.steps):
+                dt = time.time() - t_window
+                row = {"step": step, "loss": sum(window) / len(window), "lr": scheduler.get_last_lr()[0],
+                       "grad_norm": gmax.item(), "sec_per_step": dt / len(window),
+                       "crops_per_s": len(window) * s.batch_size * info.world_size / max(dt, 1e-9),
+                       "elapsed_s": time.time() - start_time}
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+                log.info(f"step {step}/{s.steps} loss {row['loss']:.5f} lr {row['lr']:.2e} "
+                         f"{row['sec_per_step']:.2f} s/step")
+                window, t_window = [], time.time()
+            if info.is_main and (step % s.png_every == 0 or step == s.steps):
+                snapshot(model, imgs[:1], out / "snapshots" / f"step_{step:07d}.png", f"step {step}")
+            if step % s.save_every == 0 and step < s.steps:
+                save_latest()
+            if int(stats[1].item()):
+                save_latest()
+                signum = int(stats[1].item())
+                raise Interrupted(f"interrupted by signal {signum} at step {step}; saved {latest}; "
+                                  "continue with the same command and --resume", 128 + signum)
+    bar.close()
+    save_latest()
+    if info.is_main:
+        ckpt.save_final(final, model=model, step=step, metadata=meta)
+        log.info(f"finished at step {step}; wrote {final}")
+    barrier(info)
+    rows = [json.loads(l) for l in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+    return {"step": step, "final_loss": rows[-1]["loss"] if rows else None,
+            "first_loss": rows[0]["loss"] if rows else None, "checkpoint": str(final),
+            "wall_s": time.time() - start_time}
+
+
+def snapshot(model: PretrainModel, imgs: torch.Tensor, png: Path, title: str) -> None:
+    """Save the picture of one crop without disturbing the training RNG streams."""
+    devices = [imgs.device] if imgs.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        was_training = model.training
+        model.eval()
+        out = model.reconstruct(imgs.float())
+        model.train(was_training)
+    g = out.get("gaussians")
+    gaussians = None if g is None else {k: g[k][0].float().cpu().numpy() for k in ("means", "scales", "intensities")}
+    plot_snapshot(imgs[0, 0].float().cpu().numpy(), out["voxel_mask"][0].cpu().numpy(),
+                  out["pred"][0, 0].float().cpu().numpy(), png, gaussians=gaussians,
+                  title=f"{title}: masked MSE {out['loss'].item():.4f}")
