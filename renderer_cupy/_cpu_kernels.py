@@ -6,10 +6,11 @@ quadratic q(dx) = a dx^2 + 2 b dx + c <= cutoff^2. Those ranges get one voxel of
 side and every voxel is still tested with q <= cutoff^2, so the result is exactly the ellipsoid
 rule of the contract, whatever rounding does to the range arithmetic.
 
-Parallelism avoids write conflicts instead of locking: the forward pass gives each thread whole
-(batch, z) slices of the output, the backward pass gives each thread whole Gaussians (each one
-accumulates its own ten moments over its own ellipsoid). All arithmetic is float64; outputs take
-the dtype of the arrays they are written to.
+Each kernel does one range of independent work items and releases the GIL (``nogil``), so the
+backend runs ranges on a plain thread pool: no second spinning OpenMP pool fighting torch's for
+the same cores. Work items never write to the same place: a forward item is one (batch, z) slice
+of the output, a backward item is one Gaussian (it accumulates its own ten moments over its own
+ellipsoid). All arithmetic is float64; outputs take the dtype of the arrays they are written to.
 
 Inputs (C-contiguous numpy arrays, float32 or float64; see ``geometry`` for the layouts):
     means [B,K,3], conics [B,K,6], intensities [B,K], radii [B,K,3],
@@ -48,12 +49,12 @@ def _row_range(a, b, c, cutoff2, centre, n):
     return _index_range(centre, (-b - root) / a, (-b + root) / a, n)
 
 
-@numba.njit(parallel=True, cache=True)
-def render_forward(means, conics, intensities, radii, mask, use_mask, cutoff2, out):
-    """out [B,D,H,W] (zero-initialised) += sum of Gaussians over their ellipsoids."""
+@numba.njit(nogil=True, cache=True)
+def render_forward(means, conics, intensities, radii, mask, use_mask, cutoff2, out, first, stop):
+    """out [B,D,H,W] (zero-initialised) += the Gaussians, for flat slices b*D + z in [first, stop)."""
     B, D, H, W = out.shape
     K = means.shape[1]
-    for bz in numba.prange(B * D):
+    for bz in range(first, stop):
         b = bz // D
         z = bz - b * D
         dz_slack = 1.0 / D
@@ -87,12 +88,12 @@ def render_forward(means, conics, intensities, radii, mask, use_mask, cutoff2, o
                         out[b, z, y, x] += inten * math.exp(-0.5 * max(q, 0.0))
 
 
-@numba.njit(parallel=True, cache=True)
-def render_backward(means, conics, radii, mask, use_mask, cutoff2, grad_out, moments):
-    """moments [B,K,10] = per-Gaussian moments of grad_out [B,D,H,W] over its ellipsoid."""
+@numba.njit(nogil=True, cache=True)
+def render_backward(means, conics, radii, mask, use_mask, cutoff2, grad_out, moments, first, stop):
+    """moments [B,K,10] of grad_out [B,D,H,W], for flat Gaussians b*K + k in [first, stop)."""
     B, D, H, W = grad_out.shape
     K = means.shape[1]
-    for bk in numba.prange(B * K):
+    for bk in range(first, stop):
         b = bk // K
         k = bk - b * K
         mz = np.float64(means[b, k, 0])

@@ -54,6 +54,8 @@ def render_dense(means, conics, intensities, shape, mask, cutoff: float) -> torc
 
     means [B,K,3], conics [B,K,6], intensities [B,K]; mask None or bool [B,D,H,W] (voxels outside
     it are 0; whole chunks outside it are skipped, the rest is computed densely and zeroed).
+    The first chunk is always evaluated, so the output stays attached to the autograd graph even
+    when nothing is rendered (B = 0, or an empty mask).
     """
     B, K = intensities.shape
     D, H, W = shape
@@ -65,7 +67,7 @@ def render_dense(means, conics, intensities, shape, mask, cutoff: float) -> torc
     pieces = []
     for start in range(0, V, step):
         stop = min(start + step, V)
-        if flat_mask is not None and not bool(flat_mask[:, start:stop].any()):
+        if flat_mask is not None and start > 0 and not bool(flat_mask[:, start:stop].any()):
             pieces.append(intensities.new_zeros(B, stop - start))
             continue
         pos = voxel_centres(shape, start, stop, means.device, means.dtype)

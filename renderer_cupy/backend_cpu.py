@@ -2,8 +2,13 @@
 
 numba is imported on first use, so ``import renderer_cupy`` needs only torch. The first call in a
 fresh environment compiles the kernels (cached on disk by numba, ``cache=True``, afterwards).
+Work is split into ranges run on a thread pool of ``torch.get_num_threads()`` workers (the
+kernels release the GIL); idle workers sleep, so they never compete with torch's own threads.
 """
 from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -11,6 +16,11 @@ import torch
 from .geometry import gradients_from_moments
 
 _kernels = None
+_pool = None
+_pool_threads = 0
+_pool_lock = threading.Lock()
+# Ranges per worker: enough for Gaussians (or slices) of uneven cost to balance out.
+_RANGES_PER_THREAD = 4
 
 
 def _load_kernels():
@@ -20,6 +30,27 @@ def _load_kernels():
 
         _kernels = _cpu_kernels
     return _kernels
+
+
+def _run_ranges(kernel, args, items: int):
+    """kernel(*args, first, stop) over [0, items), in ranges spread over the worker threads."""
+    global _pool, _pool_threads
+    threads = max(1, torch.get_num_threads())
+    if threads == 1 or items < 2:
+        kernel(*args, 0, items)
+        return
+    with _pool_lock:
+        if _pool_threads != threads:  # first use, or torch.set_num_threads changed
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="renderer_cpu")
+            _pool_threads = threads
+        pool = _pool
+    n = min(items, threads * _RANGES_PER_THREAD)
+    bounds = [items * i // n for i in range(n + 1)]
+    futures = [pool.submit(kernel, *args, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+    for f in futures:
+        f.result()
 
 
 def _as_numpy(t: torch.Tensor) -> np.ndarray:
@@ -42,10 +73,9 @@ class CpuRender(torch.autograd.Function):
         B = means.shape[0]
         out = torch.zeros((B, *shape), dtype=means.dtype)
         mask_np, use_mask = _mask_args(mask, B)
-        kernels.render_forward(
-            _as_numpy(means), _as_numpy(conics), _as_numpy(intensities), _as_numpy(radii),
-            mask_np, use_mask, float(cutoff) ** 2, out.numpy(),
-        )
+        args = (_as_numpy(means), _as_numpy(conics), _as_numpy(intensities), _as_numpy(radii),
+                mask_np, use_mask, float(cutoff) ** 2, out.numpy())
+        _run_ranges(kernels.render_forward, args, B * shape[0])
         ctx.save_for_backward(means, conics, intensities, radii, mask)
         ctx.shape, ctx.cutoff = shape, cutoff
         return out
@@ -58,9 +88,8 @@ class CpuRender(torch.autograd.Function):
         B, K = intensities.shape
         moments = torch.zeros((B, K, 10), dtype=means.dtype)
         mask_np, use_mask = _mask_args(mask, B)
-        kernels.render_backward(
-            _as_numpy(means), _as_numpy(conics), _as_numpy(radii), mask_np, use_mask,
-            float(ctx.cutoff) ** 2, _as_numpy(grad_out.to(means.dtype)), moments.numpy(),
-        )
+        args = (_as_numpy(means), _as_numpy(conics), _as_numpy(radii), mask_np, use_mask,
+                float(ctx.cutoff) ** 2, _as_numpy(grad_out.to(means.dtype)), moments.numpy())
+        _run_ranges(kernels.render_backward, args, B * K)
         grad_means, grad_conics, grad_int = gradients_from_moments(moments, conics, intensities)
         return grad_means, grad_conics, grad_int, None, None, None, None
