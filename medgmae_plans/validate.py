@@ -93,6 +93,18 @@ def read_image(path: str | Path) -> sitk.Image:
         raise UserError(f"{path}: cannot be read as an image ({first or 'unreadable'})") from None
 
 
+def _nifti_non_finite(path: str | Path) -> int:
+    """Non-finite voxels of a float NIfTI file, counted on the stored values.
+
+    SimpleITK's NIfTI reader (and so nnU-Net, which reads through it) returns NaN voxels as 0,
+    silently turning them into water; nibabel reads the stored values.
+    """
+    import nibabel
+
+    voxels = np.asarray(nibabel.load(str(path)).dataobj)
+    return int(np.count_nonzero(~np.isfinite(voxels))) if np.issubdtype(voxels.dtype, np.floating) else 0
+
+
 def check_ct_image(image: sitk.Image, path: str | Path) -> np.ndarray:
     """Check one CT image (3D, one component, finite voxels); return its voxels [z, y, x]."""
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -103,6 +115,8 @@ def check_ct_image(image: sitk.Image, path: str | Path) -> np.ndarray:
     voxels = sitk.GetArrayViewFromImage(image)
     if np.issubdtype(voxels.dtype, np.floating):
         bad = int(np.count_nonzero(~np.isfinite(voxels)))
+        if not bad and str(path).lower().endswith((".nii", ".nii.gz")):
+            bad = _nifti_non_finite(path)
         if bad:
             raise UserError(f"{path}: {bad} voxels are NaN or infinite")
     return voxels
