@@ -187,9 +187,11 @@ def iterate_batches(chunks: CropChunks, batch_size: int, start_step: int = 0, wo
 
     S = chunks.cfg.sub_crops
     first_crop = start_step * batch_size
+    # Our own generator: creating a DataLoader iterator draws a base seed, which must not come from
+    # (and shift) the global torch RNG that the masks use, or a resumed run would mask differently.
     loader = DataLoader(chunks, batch_size=None, sampler=itertools.count(first_crop // S), num_workers=workers,
                         worker_init_fn=_worker_init if workers else None, persistent_workers=False,
-                        prefetch_factor=2 if workers else None)
+                        prefetch_factor=2 if workers else None, generator=torch.Generator().manual_seed(chunks.seed))
     pending: list[np.ndarray] = []
     skip = first_crop % S
     for crops in loader:
