@@ -55,7 +55,7 @@ def time_steps(args, batch: torch.Tensor, device: torch.device) -> dict[str, flo
     for kind in DECODER_TYPES:
         torch.manual_seed(0)
         encoder, decoder = build_networks(cfg, kind)
-        model = PretrainModel(encoder, decoder, kind).to(device)
+        model = PretrainModel(encoder, decoder, kind, render_cutoff=cfg["gaussians"]["render_cutoff"]).to(device)
         opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4)
         runs[kind] = (model, opt, [])
     bf16 = device.type == "cuda"

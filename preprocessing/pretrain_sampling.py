@@ -172,9 +172,15 @@ class CropChunks:
 
 
 def _worker_init(_: int) -> None:
+    import signal
+
     import torch
 
     torch.set_num_threads(1)
+    # Ctrl-C / SIGTERM reach the whole process group: workers must not die first, or the main
+    # process fails on a dead worker instead of saving its checkpoint. They exit with their parent.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def iterate_batches(chunks: CropChunks, batch_size: int, start_step: int = 0, workers: int = 0) -> Iterator:

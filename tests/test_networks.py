@@ -122,7 +122,7 @@ def test_hierarchical_levels_follow_eq4():
     assert g["means"].shape == (2, 8 * (1 + 2 + 4), 3)
     assert g["level"].tolist() == [0] * 8 + [1] * 16 + [2] * 32
     base_s = g["scales"][:, :8]
-    for level, (m, ds) in enumerate([(2, 0.02), (4, 0.05)], start=1):
+    for level, (m, ds) in enumerate([(2, 0.006), (4, 0.015)], start=1):  # tiny's steps
         s = g["scales"][:, g["level"] == level].reshape(2, 8, m, 3)
         assert (s <= base_s.unsqueeze(2) + 0.1 - ds + 1e-6).all()  # s^l <= s^0 + sigma_scale - delta_s
         assert (s >= base_s.unsqueeze(2) - 0.1 - ds - 1e-6).all() and (s > 0).all()
@@ -131,7 +131,7 @@ def test_hierarchical_levels_follow_eq4():
         torch.nn.init.zeros_(level.residual.weight)
     g = decoder(latent, ids_keep)
     child = g["scales"][:, g["level"] == 2].reshape(2, 8, 4, 3)
-    assert torch.allclose(child, (g["scales"][:, :8].unsqueeze(2) - 0.05).clamp_min(1e-3).expand_as(child))
+    assert torch.allclose(child, (g["scales"][:, :8].unsqueeze(2) - 0.015).clamp_min(1e-3).expand_as(child))
     assert torch.allclose(g["means"][:, g["level"] == 1].reshape(2, 8, 2, 3),
                           g["means"][:, :8].unsqueeze(2).expand(2, 8, 2, 3))
 
@@ -147,6 +147,7 @@ def test_presets_build_the_stated_sizes():
     assert cfg["encoder"]["embed_dim"] == 1536 and cfg["encoder"]["depth"] == 12
     assert cfg["decoder"] == dict(dim=528, depth=8, num_heads=16, mlp_ratio=4.0, drop_path_rate=0.1)
     assert cfg["gaussians"]["num_gaussians"] == 512 and cfg["gaussians"]["max_scale"] == 0.5
+    assert cfg["gaussians"]["delta_scales"] == [0.02, 0.05] and cfg["gaussians"]["render_cutoff"] == 2.0
     base = network_config("base", patch_size=12)
     assert (base["encoder"]["embed_dim"], base["encoder"]["depth"], base["encoder"]["num_heads"]) == (768, 12, 12)
     encoder = ViT3D(**base["encoder"])

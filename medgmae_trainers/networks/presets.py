@@ -1,9 +1,14 @@
 """Network presets and the builder that turns (preset, decoder type, overrides) into modules.
 
-    tiny   runs on two CPU cores in minutes (ViT 192 wide, 6 deep; 64 Gaussians)
+    tiny   runs on two CPU cores in minutes (ViT 192 wide, 6 deep; 64 Gaussians of max scale 0.15:
+           the render cost grows with the Gaussians' volume, and with the paper's 0.5 the tiny model
+           learns crop-sized blurs whose rendering alone takes seconds per step on a CPU)
     base   ViT-B encoder (768, 12 layers, 12 heads) with a 4-layer 384-wide decoder, 512 Gaussians
     paper  appendix tables 6-7: encoder 1536 wide, 12 layers, 16 heads, drop path 0.1;
            decoder 528 wide, 8 layers, 16 heads, 512 Gaussians, max scale 0.5
+
+`render_cutoff` 2.0 is the paper's "2 sigma rule" (appendix 7.5): a Gaussian reaches the voxels
+within Mahalanobis distance 2 of its centre.
 """
 from __future__ import annotations
 
@@ -23,19 +28,23 @@ PRESETS: dict[str, dict[str, Any]] = {
         "encoder": dict(img_size=96, patch_size=16, embed_dim=192, depth=6, num_heads=3, mlp_ratio=4.0,
                         drop_path_rate=0.0),
         "decoder": dict(dim=96, depth=2, num_heads=3, mlp_ratio=4.0, drop_path_rate=0.0),
-        "gaussians": dict(num_gaussians=64, max_scale=0.5, multiplicities=(2, 4), delta_scales=(0.02, 0.05)),
+        # MedGMAE*'s scale steps shrink with the max scale (0.02, 0.05 at 0.5).
+        "gaussians": dict(num_gaussians=64, max_scale=0.15, multiplicities=(2, 4), delta_scales=(0.006, 0.015),
+                          render_cutoff=2.0),
     },
     "base": {
         "encoder": dict(img_size=96, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
                         drop_path_rate=0.1),
         "decoder": dict(dim=384, depth=4, num_heads=12, mlp_ratio=4.0, drop_path_rate=0.0),
-        "gaussians": dict(num_gaussians=512, max_scale=0.5, multiplicities=(2, 4), delta_scales=(0.02, 0.05)),
+        "gaussians": dict(num_gaussians=512, max_scale=0.5, multiplicities=(2, 4), delta_scales=(0.02, 0.05),
+                          render_cutoff=2.0),
     },
     "paper": {
         "encoder": dict(img_size=96, patch_size=16, embed_dim=1536, depth=12, num_heads=16, mlp_ratio=4.0,
                         drop_path_rate=0.1),
         "decoder": dict(dim=528, depth=8, num_heads=16, mlp_ratio=4.0, drop_path_rate=0.1),
-        "gaussians": dict(num_gaussians=512, max_scale=0.5, multiplicities=(2, 4), delta_scales=(0.02, 0.05)),
+        "gaussians": dict(num_gaussians=512, max_scale=0.5, multiplicities=(2, 4), delta_scales=(0.02, 0.05),
+                          render_cutoff=2.0),
     },
 }
 

@@ -23,27 +23,28 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, voxel_mask: torch.Tenso
 
 
 def render(gaussians: dict[str, torch.Tensor], shape, mask: torch.Tensor | None = None,
-           backend: str = "auto") -> torch.Tensor:
+           backend: str = "auto", cutoff: float = 2.0) -> torch.Tensor:
     """Render Gaussians (float32, outside autocast) -> [B, 1, D, H, W]; `mask` bool [B, D, H, W] or None."""
     from renderer_cupy import render_gaussians
 
     with torch.autocast(device_type=gaussians["means"].device.type, enabled=False):
         return render_gaussians(gaussians["means"].float(), gaussians["scales"].float(),
                                 gaussians["quats"].float(), gaussians["intensities"].float(),
-                                tuple(shape), mask=mask, backend=backend)
+                                tuple(shape), mask=mask, cutoff=cutoff, backend=backend)
 
 
 class PretrainModel(nn.Module):
     """MedGMAE (decoder_type "gaussian"), MedGMAE* ("hierarchical") or voxel MAE ("voxel")."""
 
     def __init__(self, encoder: ViT3D, decoder: nn.Module, decoder_type: str, mask_ratio: float = 0.75,
-                 render_backend: str = "auto"):
+                 render_backend: str = "auto", render_cutoff: float = 2.0):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.decoder_type = decoder_type
         self.mask_ratio = mask_ratio
         self.render_backend = render_backend
+        self.render_cutoff = render_cutoff
 
     def forward(self, imgs: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """imgs [B, 1, D, H, W]; target defaults to imgs. Returns
@@ -61,7 +62,8 @@ class PretrainModel(nn.Module):
             pred = unpatchify(self.decoder(latent, ids_restore), enc.grid, enc.patch_embed.patch_size).float()
         else:
             gaussians = self.decoder(latent, ids_keep)
-            pred = render(gaussians, imgs.shape[2:], mask=voxel_mask, backend=self.render_backend)
+            pred = render(gaussians, imgs.shape[2:], mask=voxel_mask, backend=self.render_backend,
+                          cutoff=self.render_cutoff)
             out["gaussians"] = gaussians
         out["pred"] = pred
         out["loss"] = masked_mse(pred, target.float(), voxel_mask)
@@ -72,5 +74,6 @@ class PretrainModel(nn.Module):
         """For pictures: like forward, but the prediction covers every voxel (the full render)."""
         out = self.forward(imgs)
         if "gaussians" in out:
-            out["pred"] = render(out["gaussians"], imgs.shape[2:], mask=None, backend=self.render_backend)
+            out["pred"] = render(out["gaussians"], imgs.shape[2:], mask=None, backend=self.render_backend,
+                                 cutoff=self.render_cutoff)
         return out

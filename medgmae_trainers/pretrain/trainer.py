@@ -174,7 +174,8 @@ def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dic
     netcfg = network_config(s.preset, patch_size=s.patch, crop_size=s.crop_size, num_gaussians=s.gaussians)
     torch.manual_seed(s.seed)  # identical initial weights on every rank
     encoder, decoder = build_networks(netcfg, s.decoder)
-    model = PretrainModel(encoder, decoder, s.decoder, s.mask_ratio, s.render_backend).to(info.device)
+    model = PretrainModel(encoder, decoder, s.decoder, s.mask_ratio, s.render_backend,
+                          netcfg["gaussians"]["render_cutoff"]).to(info.device)
     crop = encoder.config["img_size"]
     meta = {
         **metadata, "preset": s.preset, "decoder_type": s.decoder, "patch_size": encoder.config["patch_size"],
