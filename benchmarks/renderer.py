@@ -42,12 +42,13 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_backend(backend, setting, size, repeats, device):
-    """(forward seconds, backward seconds) per call, median over ``repeats`` after one warm-up."""
+def time_backend(backend, setting, size, repeats, device, warmup=True):
+    """(forward seconds, backward seconds) per call, median over ``repeats`` calls, after one
+    untimed warm-up call when ``warmup`` (the first call compiles kernels: numba / NVRTC)."""
     means, scales, quats, intensities, mask, target = setting
     params = [t.clone().requires_grad_() for t in (means, scales, quats, intensities)]
     fwd, bwd = [], []
-    for i in range(repeats + 1):
+    for i in range(repeats + int(warmup)):
         _sync(device)
         t0 = time.perf_counter()
         out = render_gaussians(*params, (size,) * 3, mask=mask, backend=backend)
@@ -58,7 +59,7 @@ def time_backend(backend, setting, size, repeats, device):
         loss.backward()
         _sync(device)
         t2 = time.perf_counter()
-        if i > 0 or repeats == 0:  # the first call compiles kernels (numba / NVRTC)
+        if i >= int(warmup):
             fwd.append(t1 - t0)
             bwd.append(t2 - t1)
         for p in params:
@@ -100,9 +101,11 @@ def main(argv=None):
 
     results = {}
     for backend in backends:
-        repeats = args.torch_repeats if backend == "torch" else args.repeats
-        fwd, bwd = time_backend(backend, setting, args.size, repeats, device)
+        dense = backend == "torch"  # nothing to compile, and one call is long enough to time
+        repeats = max(1, args.torch_repeats if dense else args.repeats)
+        fwd, bwd = time_backend(backend, setting, args.size, repeats, device, warmup=not dense or device.type == "cuda")
         results[backend] = (fwd / batch, bwd / batch)
+        print(f"  {backend}: measured", flush=True)
 
     base = results.get("torch")
     header = f"{'backend':<8} {'forward s/vol':>14} {'backward s/vol':>15} {'total s/vol':>12} {'total s/batch':>14} {'vs torch':>9}"
