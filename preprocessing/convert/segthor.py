@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import CaseSpec, Conversion, nifti_files, strip_nifti
-
 from medgmae_plans.runtime import UserError
+
+from .common import CaseSpec, Conversion, strip_nifti
 
 DATASET_ID = 55
 DATASET_NAME = "SegTHOR"
