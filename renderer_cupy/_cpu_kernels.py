@@ -147,6 +147,9 @@ def render_backward(means, conics, radii, mask, use_mask, cutoff2, grad_out, mom
                 if qc > cutoff2:
                     continue
                 ec = math.exp(-0.5 * max(qc, 0.0))
+                # dz and dy are constant along the row: sum w, w dx, w dx^2 here and expand
+                # them into the ten moments once per row.
+                rw = rwx = rwxx = 0.0
                 for step in (1, -1):
                     r = _first_ratio(axx, lin, dxc, h, step)
                     if step == 1:
@@ -159,19 +162,22 @@ def render_backward(means, conics, radii, mask, use_mask, cutoff2, grad_out, mom
                             break
                         if not use_mask or mask[b, z, y, x] != 0:
                             w = np.float64(grad_out[b, z, y, x]) * e
-                            s0 += w
-                            s1z += w * dz
-                            s1y += w * dy
-                            s1x += w * dx
-                            szz += w * dz * dz
-                            szy += w * dz * dy
-                            szx += w * dz * dx
-                            syy += w * dy * dy
-                            syx += w * dy * dx
-                            sxx += w * dx * dx
+                            rw += w
+                            rwx += w * dx
+                            rwxx += w * dx * dx
                         e *= r
                         r *= rho
                         x += step
+                s0 += rw
+                s1z += rw * dz
+                s1y += rw * dy
+                s1x += rwx
+                szz += rw * dz * dz
+                szy += rw * dz * dy
+                szx += rwx * dz
+                syy += rw * dy * dy
+                syx += rwx * dy
+                sxx += rwxx
         moments[b, k, 0] = s0
         moments[b, k, 1] = s1z
         moments[b, k, 2] = s1y

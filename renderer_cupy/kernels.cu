@@ -10,7 +10,7 @@
 //
 // Forward: every voxel sums its own contributions in a register; no atomics.
 // Backward: per (tile, Gaussian) the ten moments (see geometry.py) are reduced over a warp with
-// shuffles, over the block's warps in shared memory, and then added to global memory with one
+// shuffles (six of them: dz is constant within a warp), over the block's warps in shared memory, and then added to global memory with one
 // atomicAdd per moment: 256x fewer atomics than one per voxel-Gaussian pair.
 //
 // The result is defined by the ellipsoid test q = d^T A d <= cutoff^2 exactly as in the CPU and
@@ -29,6 +29,9 @@
 #define RED_BATCH 32       // Gaussians whose moments are reduced across warps per shared round
 #define NUM_MOMENTS 10
 #define FULL_MASK 0xffffffffu
+
+static_assert(TILE_Z * TILE_Y * TILE_X == BLOCK_THREADS, "one voxel per thread");
+static_assert((TILE_Y * TILE_X) % 32 == 0, "each warp must lie in one z-layer of the tile");
 
 __device__ __forceinline__ float gexp(float x) { return expf(x); }
 __device__ __forceinline__ double gexp(double x) { return exp(x); }
@@ -194,24 +197,33 @@ render_backward(const T* __restrict__ means, const T* __restrict__ conics,
                 T dz, dy, dx;
                 const T q = mahalanobis(s, j0 + jj, v, dz, dy, dx);
                 const T w = (active && q <= cutoff2) ? g * gexp(T(-0.5) * fmax(q, T(0))) : T(0);
-                T mom[NUM_MOMENTS] = {w, w * dz, w * dy, w * dx, w * dz * dz, w * dz * dy,
-                                      w * dz * dx, w * dy * dy, w * dy * dx, w * dx * dx};
+                // A warp spans one z-layer of the tile, so dz is warp-uniform: reduce the six
+                // sums that vary within the warp and expand them to the ten moments afterwards.
+                T red[6] = {w, w * dy, w * dx, w * dy * dy, w * dy * dx, w * dx * dx};
                 // Warp-uniform branch: whole warps outside the ellipsoid skip the shuffles.
                 if (__any_sync(FULL_MASK, w != T(0))) {
 #pragma unroll
-                    for (int c = 0; c < NUM_MOMENTS; ++c) {
+                    for (int c = 0; c < 6; ++c) {
 #pragma unroll
                         for (int off = 16; off > 0; off >>= 1)
-                            mom[c] += __shfl_down_sync(FULL_MASK, mom[c], off);
+                            red[c] += __shfl_down_sync(FULL_MASK, red[c], off);
                     }
                 } else {
 #pragma unroll
-                    for (int c = 0; c < NUM_MOMENTS; ++c) mom[c] = T(0);
+                    for (int c = 0; c < 6; ++c) red[c] = T(0);
                 }
                 if (lane == 0) {
-#pragma unroll
-                    for (int c = 0; c < NUM_MOMENTS; ++c)
-                        partial[(warp * RED_BATCH + jj) * NUM_MOMENTS + c] = mom[c];
+                    T* p = &partial[(warp * RED_BATCH + jj) * NUM_MOMENTS];
+                    p[0] = red[0];            // S0
+                    p[1] = dz * red[0];       // S1 z
+                    p[2] = red[1];            // S1 y
+                    p[3] = red[2];            // S1 x
+                    p[4] = dz * dz * red[0];  // S2 zz
+                    p[5] = dz * red[1];       // S2 zy
+                    p[6] = dz * red[2];       // S2 zx
+                    p[7] = red[3];            // S2 yy
+                    p[8] = red[4];            // S2 yx
+                    p[9] = red[5];            // S2 xx
                 }
             }
             __syncthreads();
