@@ -77,7 +77,8 @@ def main(argv=None):
     parser.add_argument("--patch", type=int, default=16)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per fast backend (default 3)")
-    parser.add_argument("--torch-repeats", type=int, default=1, help="timed calls of the dense baseline (default 1)")
+    parser.add_argument("--torch-repeats", type=int, default=1,
+                        help="timed calls of the dense baseline (default 1)")
     parser.add_argument("--backends", default=None, help="comma list; default: every available one")
     parser.add_argument("--quick", action="store_true", help="48^3 grid, K=128: a few seconds")
     args = parser.parse_args(argv)
@@ -102,12 +103,14 @@ def main(argv=None):
     for backend in backends:
         dense = backend == "torch"  # nothing to compile, and one call is long enough to time
         repeats = max(1, args.torch_repeats if dense else args.repeats)
-        fwd, bwd = time_backend(backend, setting, args.size, repeats, device, warmup=not dense or device.type == "cuda")
+        warmup = not dense or device.type == "cuda"
+        fwd, bwd = time_backend(backend, setting, args.size, repeats, device, warmup=warmup)
         results[backend] = (fwd / batch, bwd / batch)
         print(f"  {backend}: measured", flush=True)
 
     base = results.get("torch")
-    header = f"{'backend':<8} {'forward s/vol':>14} {'backward s/vol':>15} {'total s/vol':>12} {'total s/batch':>14} {'vs torch':>9}"
+    header = (f"{'backend':<8} {'forward s/vol':>14} {'backward s/vol':>15} {'total s/vol':>12} "
+              f"{'total s/batch':>14} {'vs torch':>9}")
     print(header)
     print("-" * len(header))
     for backend, (fwd, bwd) in results.items():

@@ -72,7 +72,9 @@ def render_dense(means, conics, intensities, shape, mask, cutoff: float) -> torc
             continue
         pos = voxel_centres(shape, start, stop, means.device, means.dtype)
         if track:
-            pieces.append(checkpoint(_render_chunk, pos, means, conics, intensities, cutoff2, use_reentrant=False))
+            pieces.append(
+                checkpoint(_render_chunk, pos, means, conics, intensities, cutoff2, use_reentrant=False)
+            )
         else:
             pieces.append(_render_chunk(pos, means, conics, intensities, cutoff2))
     out = torch.cat(pieces, dim=1) if pieces else intensities.new_zeros(B, 0)

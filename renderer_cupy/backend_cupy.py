@@ -21,7 +21,8 @@ KERNEL_NAMES = {
     for name in ("render_forward", "render_backward")
     for dtype, ctype in ((torch.float32, "float"), (torch.float64, "double"))
 }
-NVRTC_OPTIONS = ("--std=c++14",)
+# CuPy >= 14 adds -std=c++17 itself unless a standard is given; name it, spelled as CuPy does.
+NVRTC_OPTIONS = ("--std=c++17",)
 # Must match kernels.cu.
 TILE = (4, 8, 8)
 BLOCK_THREADS = 256

@@ -9,9 +9,10 @@
 // that covers 10^5 voxels spreads over ~400 tiles' worth of threads instead of serialising.
 //
 // Forward: every voxel sums its own contributions in a register; no atomics.
-// Backward: per (tile, Gaussian) the ten moments (see geometry.py) are reduced over a warp with
-// shuffles (six of them: dz is constant within a warp), over the block's warps in shared memory, and then added to global memory with one
-// atomicAdd per moment: 256x fewer atomics than one per voxel-Gaussian pair.
+// Backward: per (tile, Gaussian) the ten moments (see geometry.py) are reduced over each warp with
+// shuffles (six sums suffice: dz is constant within a warp), then over the block's warps in shared
+// memory, and added to global memory with one atomicAdd per moment: 256x fewer atomics than one
+// per voxel-Gaussian pair.
 //
 // The result is defined by the ellipsoid test q = d^T A d <= cutoff^2 exactly as in the CPU and
 // torch backends; the culling boxes get half a voxel of slack so rounding can only add work.

@@ -18,7 +18,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         if device.type != "cuda":
             raise ValueError(f"backend='cupy' needs CUDA tensors, but means is on {device}")
         if not cupy_available():
-            raise ValueError("backend='cupy' needs CuPy, which is not importable here (pip install cupy-cuda13x)")
+            raise ValueError("backend='cupy' needs CuPy, which is not importable here "
+                             "(pip install cupy-cuda13x)")
     return backend
 
 
@@ -49,8 +50,9 @@ def render_gaussians(means, scales, quats, intensities, shape, *, mask=None, cut
     dims = check_inputs(means, scales, quats, intensities, shape, mask, cutoff, backend)
     device = means.device
     backend = resolve_backend(backend, device)
-    dtype = torch.float64 if torch.float64 in (means.dtype, scales.dtype, quats.dtype, intensities.dtype) else torch.float32
-    means, scales, quats, intensities = (t.to(dtype) for t in (means, scales, quats, intensities))
+    params = (means, scales, quats, intensities)
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in params) else torch.float32
+    means, scales, quats, intensities = (t.to(dtype) for t in params)
 
     means = means.clamp(-MEAN_LIMIT, MEAN_LIMIT)
     conics, radii = gaussian_conics(scales, quats, float(cutoff))

@@ -6,7 +6,8 @@ import torch
 from .render import render_gaussians
 
 
-def random_gaussians(B=2, K=24, *, seed=0, dtype=torch.float64, device="cpu", outside=0.2, scale=(0.04, 0.25)):
+def random_gaussians(B=2, K=24, *, seed=0, dtype=torch.float64, device="cpu", outside=0.2,
+                     scale=(0.04, 0.25)):
     """Rotated anisotropic Gaussians; means in [-outside, 1+outside]^3, so some straddle the border
     and some lie wholly outside. Returns (means, scales, quats, intensities)."""
     g = torch.Generator().manual_seed(seed)

@@ -23,7 +23,10 @@ def check_shape(shape) -> tuple[int, int, int]:
         dims = tuple(shape)
     except TypeError:
         raise ValueError(f"shape must be a (D, H, W) sequence of positive ints, got {shape!r}") from None
-    if len(dims) != 3 or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in dims):
+    def positive_int(d):
+        return isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0
+
+    if len(dims) != 3 or not all(positive_int(d) for d in dims):
         raise ValueError(f"shape must be a (D, H, W) sequence of positive ints, got {shape!r}")
     return tuple(int(d) for d in dims)
 
@@ -49,7 +52,8 @@ def check_inputs(means, scales, quats, intensities, shape, mask, cutoff, backend
             raise ValueError(f"mask must have shape {[B, *dims]}, got {list(mask.shape)}")
         if mask.device != means.device:
             raise ValueError(f"mask is on {mask.device} but means is on {means.device}")
-    if isinstance(cutoff, bool) or not isinstance(cutoff, numbers.Real) or not (0 < float(cutoff) < float("inf")):
+    real = isinstance(cutoff, numbers.Real) and not isinstance(cutoff, bool)
+    if not real or not 0 < float(cutoff) < float("inf"):
         raise ValueError(f"cutoff must be a positive finite number, got {cutoff!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

@@ -60,8 +60,9 @@ def test_cpu_backward_kernel_matches_torch_twin():
     mask = random_mask(B, shape, seed=42)
     grad_out = torch.randn(B, *shape, dtype=torch.float64)
     moments = np.zeros((B, K, 10))
-    _load_kernels().render_backward(means.numpy(), conics.detach().numpy(), radii.numpy(), mask.numpy().view(np.uint8),
-                                    True, 2.5**2, grad_out.numpy(), moments, 0, B * K)
+    mask_u8 = mask.numpy().view(np.uint8)
+    _load_kernels().render_backward(means.numpy(), conics.detach().numpy(), radii.numpy(), mask_u8, True, 2.5**2,
+                                    grad_out.numpy(), moments, 0, B * K)
     twin = moments_dense(means, conics.detach(), grad_out, shape, mask, 2.5)
     np.testing.assert_allclose(moments, twin.numpy(), rtol=1e-9, atol=1e-12)
 

@@ -112,7 +112,8 @@ def test_cupy_matches_cpu_backend_float32():
     params = random_gaussians(B=2, K=128, seed=23, dtype=torch.float32)
     mask = random_mask(2, shape, seed=24)
     want, cot, want_g = value_and_grads(params, shape, backend="cpu", mask=mask)
-    got, _, got_g = value_and_grads(_cuda(params), shape, backend="cupy", mask=mask.cuda(), cotangent=cot.cuda())
+    got, _, got_g = value_and_grads(_cuda(params), shape, backend="cupy", mask=mask.cuda(),
+                                    cotangent=cot.cuda())
     torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-5)
     assert_grads_close(got_g, want_g, rtol=1e-3)
 
@@ -120,7 +121,8 @@ def test_cupy_matches_cpu_backend_float32():
 @pytest.mark.gpu
 def test_cupy_gradcheck():
     shape = (4, 5, 6)
-    params = [p.requires_grad_() for p in _cuda(random_gaussians(B=2, K=3, seed=51, outside=0.0, scale=(0.15, 0.4)))]
+    params = random_gaussians(B=2, K=3, seed=51, outside=0.0, scale=(0.15, 0.4))
+    params = [p.requires_grad_() for p in _cuda(params)]
     mask = random_mask(2, shape, seed=52, device="cuda")
     # nondet_tol: the gradient sums use atomics, so their order (last bits) varies between runs
     assert torch.autograd.gradcheck(lambda *p: render_gaussians(*p, shape, mask=mask, backend="cupy"), params,

@@ -68,7 +68,8 @@ def test_axis_order_voxel_centres_and_quaternion_convention(backend):
     assert rot[i + 1, j, k].item() == pytest.approx(2.0 * math.exp(-0.5 * (1 / D / 0.05) ** 2))
     assert rot[i, j + 1, k].item() == pytest.approx(2.0 * math.exp(-0.5 * (1 / H / 0.10) ** 2))
     # Quaternions are normalised inside: a scaled quaternion is the same rotation.
-    torch.testing.assert_close(render_gaussians(mu, s, 7.0 * quarter, inten, (D, H, W), backend=backend)[0, 0], rot)
+    scaled = render_gaussians(mu, s, 7.0 * quarter, inten, (D, H, W), backend=backend)[0, 0]
+    torch.testing.assert_close(scaled, rot)
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
@@ -91,7 +92,8 @@ def _mahalanobis_grid(mu, s, q, shape):
     w, x, y, z = (q[0, 0] / q[0, 0].norm()).tolist()
     rot = torch.tensor(Rotation.from_quat([x, y, z, w]).as_matrix())
     prec = torch.linalg.inv(rot @ torch.diag(s[0, 0] ** 2) @ rot.T)
-    grid = torch.stack(torch.meshgrid(*[(torch.arange(n, dtype=torch.float64) + 0.5) / n for n in shape], indexing="ij"), -1)
+    axes = [(torch.arange(n, dtype=torch.float64) + 0.5) / n for n in shape]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)
     d = grid - mu[0, 0]
     return torch.einsum("...i,ij,...j->...", d, prec, d)
 
@@ -151,8 +153,8 @@ def test_reference_chunks_agree_and_backward_holds_no_k_by_v_tensor(monkeypatch)
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 def test_degenerate_finite_inputs_give_finite_outputs_and_gradients(backend):
     shape = (6, 7, 8)
-    means = torch.tensor([[[0.5, 0.5, 0.5], [0.5, 0.5, 0.5], [1e6, -50.0, 0.3], [0.3, 0.4, 0.5], [0.51, 0.52, 0.53],
-                           [0.5, 0.2, 0.7]]])
+    means = torch.tensor([[[0.5, 0.5, 0.5], [0.5, 0.5, 0.5], [1e6, -50.0, 0.3], [0.3, 0.4, 0.5],
+                           [0.51, 0.52, 0.53], [0.5, 0.2, 0.7]]])
     scales = torch.tensor([[[0.0, 0.0, 0.0], [1e-30, 0.2, 1e-20], [0.1, 0.1, 0.1], [1e30, 1e20, 1.0],
                             [-0.1, 0.05, 0.2], [1e-7, 1e-7, 1e-7]]])
     quats = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [0.3, 0.5, -0.2, 0.1], [1.0, 0, 0, 0], [0.2, 0.2, 0.2, 0.2],
@@ -171,7 +173,8 @@ def test_degenerate_finite_inputs_give_finite_outputs_and_gradients(backend):
 def test_no_gaussians_and_no_batch(backend):
     shape = (3, 4, 5)
     for B, K in ((2, 0), (0, 4)):
-        leaves = [torch.zeros(B, K, n, requires_grad=True) for n in (3, 3, 4)] + [torch.zeros(B, K, requires_grad=True)]
+        leaves = [torch.zeros(B, K, n, requires_grad=True) for n in (3, 3, 4)]
+        leaves.append(torch.zeros(B, K, requires_grad=True))
         out = render_gaussians(*leaves, shape, mask=torch.ones(B, *shape, dtype=torch.bool), backend=backend)
         assert out.shape == (B, 1, *shape) and torch.all(out == 0)
         grads = torch.autograd.grad(out.sum(), leaves, allow_unused=True)
@@ -183,25 +186,33 @@ def _good():
     return random_gaussians(B=2, K=3, seed=11, dtype=torch.float32)
 
 
-@pytest.mark.parametrize(
-    "name, change",
-    [
-        ("means", lambda p: p.__setitem__(0, p[0].clone().index_put_((torch.tensor(0),), torch.tensor(float("nan"))))),
-        ("scales", lambda p: p.__setitem__(1, torch.full_like(p[1], float("inf")))),
-        ("quats", lambda p: p.__setitem__(2, p[2].clone().fill_(float("-inf")))),
-        ("intensities", lambda p: p.__setitem__(3, torch.full_like(p[3], float("nan")))),
-        ("means", lambda p: p.__setitem__(0, p[0][..., :2])),
-        ("scales", lambda p: p.__setitem__(1, p[1][:, :2])),
-        ("quats", lambda p: p.__setitem__(2, p[2][..., :3])),
-        ("intensities", lambda p: p.__setitem__(3, p[3][..., None])),
-        ("means", lambda p: p.__setitem__(0, p[0].to(torch.int64))),
-        ("scales", lambda p: p.__setitem__(1, p[1].numpy())),
-        ("quats", lambda p: p.__setitem__(2, torch.empty(2, 3, 4, device="meta"))),
-    ],
-)
+def _poke(t, value):
+    t = t.clone()
+    t.view(-1)[1] = value
+    return t
+
+
+NAMES = ("means", "scales", "quats", "intensities")
+BAD_PARAMETERS = [
+    ("means", lambda t: _poke(t, float("nan"))),
+    ("scales", lambda t: _poke(t, float("inf"))),
+    ("quats", lambda t: _poke(t, float("-inf"))),
+    ("intensities", lambda t: _poke(t, float("nan"))),
+    ("means", lambda t: t[..., :2]),  # [B, K, 2]
+    ("scales", lambda t: t[:, :2]),  # K differs from means
+    ("quats", lambda t: t[..., :3]),  # (w, x, y) only
+    ("intensities", lambda t: t[..., None]),  # [B, K, 1]
+    ("means", lambda t: t.to(torch.int64)),
+    ("scales", lambda t: t.numpy()),
+    ("quats", lambda t: torch.empty(t.shape, device="meta")),  # another device
+]
+
+
+@pytest.mark.parametrize("name, change", BAD_PARAMETERS)
 def test_bad_parameters_raise_value_error_naming_them(name, change):
     params = _good()
-    change(params)
+    i = NAMES.index(name)
+    params[i] = change(params[i])
     with pytest.raises(ValueError, match=name):
         render_gaussians(*params, (4, 4, 4), backend="cpu")
 
@@ -228,5 +239,5 @@ def test_bad_options_raise_value_error_naming_them(kwargs, name):
 
 
 def test_import_needs_neither_numba_nor_cupy():
-    code = "import sys, renderer_cupy; assert 'numba' not in sys.modules and 'cupy' not in sys.modules, sorted(sys.modules)"
+    code = "import sys, renderer_cupy; assert not {'numba', 'cupy'} & set(sys.modules), sorted(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
