@@ -51,11 +51,18 @@ def load_cases(datasets: list[str]) -> list:
 def time_steps(args, batch: torch.Tensor, device: torch.device) -> dict[str, float]:
     """Mean seconds per optimiser step for each decoder type, measured round-robin."""
     cfg = network_config(args.preset, patch_size=args.patch, crop_size=args.crop_size)
+    trained = {}
+    for path in args.weights:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        trained[ckpt["metadata"]["decoder_type"]] = ckpt["model"]
     runs = {}
     for kind in DECODER_TYPES:
         torch.manual_seed(0)
         encoder, decoder = build_networks(cfg, kind)
         model = PretrainModel(encoder, decoder, kind, render_cutoff=cfg["gaussians"]["render_cutoff"]).to(device)
+        if kind in trained:
+            # Trained Gaussians are larger than initial ones, and the render cost grows with their volume.
+            model.load_state_dict(trained[kind])
         opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4)
         runs[kind] = (model, opt, [])
     bf16 = device.type == "cuda"
@@ -103,6 +110,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--loader-batches", type=int, default=6, help="batches of 8 crops timed for crops/s")
+    p.add_argument("--weights", action="append", default=[], metavar="CKPT",
+                   help="time this decoder type with a run's trained weights (same preset); repeatable")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -116,7 +125,8 @@ def main(argv=None) -> int:
     times = time_steps(args, batch, device)
 
     print(f"pretraining step, preset {args.preset}, {device.type}, batch {args.batch_size}, crop {crop}^3, "
-          f"{torch.get_num_threads()} threads, median of {args.steps} steps")
+          f"{torch.get_num_threads()} threads, median of {args.steps} steps"
+          + (f", trained weights: {', '.join(args.weights)}" if args.weights else ", initial weights"))
     for kind in DECODER_TYPES:
         print(f"  {kind:<13} {times[kind] * 1000:9.1f} ms/step   {times[kind] / times['voxel']:5.2f}x voxel-MAE")
     ratio = times["gaussian"] / times["voxel"]

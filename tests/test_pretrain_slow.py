@@ -73,7 +73,7 @@ def test_tiny_preset_overfits_one_phantom_crop(phantom):
 
 def _command(env, out, *extra):
     return [sys.executable, "-m", "medgmae_trainers.pretrain.cli", "-d", "990", "--preset", "tiny",
-            "--crop-size", "32", "--patch", "8", "--gaussians", "16", "--batch-size", "2", "--workers", "0",
+            "--crop-size", "32", "--patch", "16", "--gaussians", "16", "--batch-size", "2", "--workers", "0",
             "--device", "cpu", "--threads", "1", "--no-pbar", "--out", str(out), "--log-every", "1", *extra]
 
 
