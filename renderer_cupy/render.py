@@ -52,20 +52,27 @@ def render_gaussians(means, scales, quats, intensities, shape, *, mask=None, cut
     backend = resolve_backend(backend, device)
     params = (means, scales, quats, intensities)
     dtype = torch.float64 if any(t.dtype == torch.float64 for t in params) else torch.float32
-    means, scales, quats, intensities = (t.to(dtype) for t in params)
-
-    means = means.clamp(-MEAN_LIMIT, MEAN_LIMIT)
-    conics, radii = gaussian_conics(scales, quats, float(cutoff))
-    if backend == "torch":
-        out = render_dense(means, conics, intensities, dims, mask, float(cutoff))
-    elif backend == "cupy":
-        out = CupyRender.apply(means, conics, intensities, radii, mask, dims, float(cutoff))
-    else:
-        if device.type != "cpu":  # "auto" without CuPy, or an explicit request: compute on the host
-            cpu = torch.device("cpu")
-            host_mask = None if mask is None else mask.to(cpu)
-            out = CpuRender.apply(means.to(cpu), conics.to(cpu), intensities.to(cpu), radii.to(cpu),
-                                  host_mask, dims, float(cutoff)).to(device)
-        else:
-            out = CpuRender.apply(means, conics, intensities, radii, mask, dims, float(cutoff))
+    # Under autocast (bf16 pretraining) the geometry's matmuls would drop to half precision;
+    # the renderer always computes in float32 or float64.
+    with torch.autocast(device_type=device.type, enabled=False):
+        means, scales, quats, intensities = (t.to(dtype) for t in params)
+        means = means.clamp(-MEAN_LIMIT, MEAN_LIMIT)
+        conics, radii = gaussian_conics(scales, quats, float(cutoff))
+        out = _rasterize(backend, means, conics, intensities, radii, mask, dims, float(cutoff))
     return out.unsqueeze(1)
+
+
+def _rasterize(backend, means, conics, intensities, radii, mask, dims, cutoff):
+    """[B, D, H, W] from the per-Gaussian geometry, on the chosen backend."""
+    if backend == "torch":
+        return render_dense(means, conics, intensities, dims, mask, cutoff)
+    if backend == "cupy":
+        return CupyRender.apply(means, conics, intensities, radii, mask, dims, cutoff)
+    device = means.device
+    if device.type != "cpu":  # "auto" without CuPy, or an explicit request: compute on the host
+        cpu = torch.device("cpu")
+        host_mask = None if mask is None else mask.to(cpu)
+        host = CpuRender.apply(means.to(cpu), conics.to(cpu), intensities.to(cpu), radii.to(cpu),
+                               host_mask, dims, cutoff)
+        return host.to(device)
+    return CpuRender.apply(means, conics, intensities, radii, mask, dims, cutoff)

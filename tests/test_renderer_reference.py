@@ -116,6 +116,17 @@ def test_mask_batch_and_output_format(backend):
     assert render_gaussians(*[p.half() for p in params], shape, backend=backend).dtype == torch.float32
 
 
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_autocast_does_not_lower_precision(backend):
+    shape = (6, 7, 8)
+    params = random_gaussians(B=1, K=5, seed=12, dtype=torch.float32)
+    want = render_gaussians(*[p.double() for p in params], shape, backend=backend)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = render_gaussians(*params, shape, backend=backend)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
 def test_gradcheck_torch_reference():
     shape = (4, 5, 6)
     params = [p.requires_grad_() for p in random_gaussians(B=2, K=3, seed=7, outside=0.0, scale=(0.15, 0.4))]
