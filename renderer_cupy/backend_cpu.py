@@ -7,6 +7,7 @@ kernels release the GIL); idle workers sleep, so they never compete with torch's
 """
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,7 +18,7 @@ from .geometry import gradients_from_moments
 
 _kernels = None
 _pool = None
-_pool_threads = 0
+_pool_key = None  # (process id, threads): a forked child or a new thread count gets a new pool
 _pool_lock = threading.Lock()
 # Ranges per worker: enough for Gaussians (or slices) of uneven cost to balance out.
 _RANGES_PER_THREAD = 4
@@ -34,17 +35,18 @@ def _load_kernels():
 
 def _run_ranges(kernel, args, items: int):
     """kernel(*args, first, stop) over [0, items), in ranges spread over the worker threads."""
-    global _pool, _pool_threads
+    global _pool, _pool_key
     threads = max(1, torch.get_num_threads())
     if threads == 1 or items < 2:
         kernel(*args, 0, items)
         return
     with _pool_lock:
-        if _pool_threads != threads:  # first use, or torch.set_num_threads changed
-            if _pool is not None:
+        key = (os.getpid(), threads)
+        if _pool_key != key:
+            if _pool is not None and _pool_key[0] == key[0]:
                 _pool.shutdown(wait=False)
             _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="renderer_cpu")
-            _pool_threads = threads
+            _pool_key = key
         pool = _pool
     n = min(items, threads * _RANGES_PER_THREAD)
     bounds = [items * i // n for i in range(n + 1)]

@@ -1,6 +1,9 @@
 """The numba ``"cpu"`` backend against the dense torch reference: forward, gradients, gradcheck."""
 from __future__ import annotations
 
+import multiprocessing
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -101,3 +104,27 @@ def test_auto_picks_cpu_for_cpu_tensors(monkeypatch):
     params = random_gaussians(B=1, K=3, seed=71, dtype=torch.float32)
     render_gaussians(*params, (4, 4, 4))
     assert calls == [1]
+
+
+def _render_in_child():
+    params = random_gaussians(B=2, K=8, seed=81, dtype=torch.float32)
+    out = render_gaussians(*params, (8, 8, 8), backend="cpu")
+    sys.exit(0 if torch.isfinite(out).all() else 1)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+def test_cpu_backend_works_in_a_forked_child():
+    # the parent's worker threads do not survive fork(); a DataLoader-style child must not hang
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(max(2, before))  # so that the parent does start its worker pool
+        render_gaussians(*random_gaussians(B=2, K=8, seed=80, dtype=torch.float32), (8, 8, 8), backend="cpu")
+        child = multiprocessing.get_context("fork").Process(target=_render_in_child)
+        child.start()
+        child.join(timeout=120)
+    finally:
+        torch.set_num_threads(before)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("rendering in a forked child hung")
+    assert child.exitcode == 0
