@@ -20,7 +20,8 @@ ellipsoid). All arithmetic is float64; outputs take the dtype of the arrays they
 
 Inputs (C-contiguous numpy arrays, float32 or float64; see ``geometry`` for the layouts):
     means [B,K,3], conics [B,K,6], intensities [B,K], radii [B,K,3],
-    mask uint8 [B,D,H,W] (or any 4-d array when use_mask is False).
+    mask uint8 [B,D,H,W] and rows uint8 [B,D,H] = mask.any(-1), so rows with nothing to render
+    are skipped whole (any 4-d / 3-d arrays when use_mask is False).
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def _first_ratio(a, lin, dxc, h, step):
 
 
 @numba.njit(nogil=True, cache=True)
-def render_forward(means, conics, intensities, radii, mask, use_mask, cutoff2, out, first, stop):
+def render_forward(means, conics, intensities, radii, mask, rows, use_mask, cutoff2, out, first, stop):
     """out [B,D,H,W] (zero-initialised) += the Gaussians, for flat slices b*D + z in [first, stop)."""
     B, D, H, W = out.shape
     K = means.shape[1]
@@ -86,6 +87,8 @@ def render_forward(means, conics, intensities, radii, mask, use_mask, cutoff2, o
             inten = np.float64(intensities[b, k])
             rho = math.exp(-axx * h * h)
             for y in range(y0, y1 + 1):
+                if use_mask and rows[b, z, y] == 0:
+                    continue
                 dy = (y + 0.5) / H - my
                 lin = azx * dz + ayx * dy
                 const = azz * dz * dz + 2.0 * azy * dz * dy + ayy * dy * dy
@@ -112,7 +115,7 @@ def render_forward(means, conics, intensities, radii, mask, use_mask, cutoff2, o
 
 
 @numba.njit(nogil=True, cache=True)
-def render_backward(means, conics, radii, mask, use_mask, cutoff2, grad_out, moments, first, stop):
+def render_backward(means, conics, radii, mask, rows, use_mask, cutoff2, grad_out, moments, first, stop):
     """moments [B,K,10] of grad_out [B,D,H,W], for flat Gaussians b*K + k in [first, stop)."""
     B, D, H, W = grad_out.shape
     K = means.shape[1]
@@ -139,6 +142,8 @@ def render_backward(means, conics, radii, mask, use_mask, cutoff2, grad_out, mom
         for z in range(z0, z1 + 1):
             dz = (z + 0.5) / D - mz
             for y in range(y0, y1 + 1):
+                if use_mask and rows[b, z, y] == 0:
+                    continue
                 dy = (y + 0.5) / H - my
                 lin = azx * dz + ayx * dy
                 const = azz * dz * dz + 2.0 * azy * dz * dy + ayy * dy * dy

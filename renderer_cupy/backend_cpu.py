@@ -60,10 +60,11 @@ def _as_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def _mask_args(mask, B):
-    """(uint8 mask array, use_mask); a 1-voxel dummy keeps the kernel signature fixed."""
+    """(mask uint8 [B,D,H,W], rows uint8 [B,D,H], use_mask); dummies keep the signature fixed."""
     if mask is None:
-        return np.ones((max(B, 1), 1, 1, 1), dtype=np.uint8), False
-    return _as_numpy(mask).view(np.uint8), True
+        n = max(B, 1)
+        return np.ones((n, 1, 1, 1), dtype=np.uint8), np.ones((n, 1, 1), dtype=np.uint8), False
+    return _as_numpy(mask).view(np.uint8), _as_numpy(mask.any(-1)).view(np.uint8), True
 
 
 class CpuRender(torch.autograd.Function):
@@ -74,9 +75,9 @@ class CpuRender(torch.autograd.Function):
         kernels = _load_kernels()
         B = means.shape[0]
         out = torch.zeros((B, *shape), dtype=means.dtype)
-        mask_np, use_mask = _mask_args(mask, B)
+        mask_np, rows_np, use_mask = _mask_args(mask, B)
         args = (_as_numpy(means), _as_numpy(conics), _as_numpy(intensities), _as_numpy(radii),
-                mask_np, use_mask, float(cutoff) ** 2, out.numpy())
+                mask_np, rows_np, use_mask, float(cutoff) ** 2, out.numpy())
         _run_ranges(kernels.render_forward, args, B * shape[0])
         ctx.save_for_backward(means, conics, intensities, radii, mask)
         ctx.shape, ctx.cutoff = shape, cutoff
@@ -89,8 +90,8 @@ class CpuRender(torch.autograd.Function):
         kernels = _load_kernels()
         B, K = intensities.shape
         moments = torch.zeros((B, K, 10), dtype=means.dtype)
-        mask_np, use_mask = _mask_args(mask, B)
-        args = (_as_numpy(means), _as_numpy(conics), _as_numpy(radii), mask_np, use_mask,
+        mask_np, rows_np, use_mask = _mask_args(mask, B)
+        args = (_as_numpy(means), _as_numpy(conics), _as_numpy(radii), mask_np, rows_np, use_mask,
                 float(ctx.cutoff) ** 2, _as_numpy(grad_out.to(means.dtype)), moments.numpy())
         _run_ranges(kernels.render_backward, args, B * K)
         grad_means, grad_conics, grad_int = gradients_from_moments(moments, conics, intensities)
