@@ -63,20 +63,24 @@ def demo_env() -> dict[str, str]:
     return env
 
 
-def demo_steps(extra: list[str]) -> list[list[str]]:
+def demo_steps(env: dict[str, str], extra: list[str]) -> list[list[str]]:
     """The main job, one console command a step; every step reuses what a previous run finished."""
     bin_ = VENV / "bin"
     report = DEMO_ROOT / "report"
+    unlabeled = Path(env["nnUNet_raw"]) / "Dataset990_AbdomenPhantom" / "imagesUnlabeled"
     return [
         [str(bin_ / "medgmae_make_phantom"), "-n", "20", "--test", "4", "--unlabeled", "8",
          "--preview", str(report / "phantom_preview.png"), *extra],
+        [str(bin_ / "medgmae_plan_and_preprocess"), "-d", "Phantom", "-np", "2", *extra],
+        [str(bin_ / "medgmae_plan_and_preprocess"), "--images", str(unlabeled), "--name", "PhantomUnlabeled",
+         "-np", "2", *extra],
     ]
 
 
 def run_demo(extra: list[str]) -> int:
     env = demo_env()
     start = time.time()
-    for step in demo_steps(extra):
+    for step in demo_steps(env, extra):
         log("$ " + " ".join(Path(step[0]).name if i == 0 else a for i, a in enumerate(step)))
         code = subprocess.run(step, env=env, cwd=ROOT).returncode
         if code:
