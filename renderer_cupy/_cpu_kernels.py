@@ -54,10 +54,15 @@ def _row_start(a, lin, n, centre):
 
 
 @numba.njit(cache=True, inline="always")
-def _first_ratio(a, lin, dxc, h, step):
-    """exp(-(q(dx + step*h) - q(dx)) / 2) at dx = dxc for step = +1 or -1."""
-    sh = step * h
-    return math.exp(-0.5 * (a * sh * (2.0 * dxc + sh) + 2.0 * lin * sh))
+def _first_ratios(a, lin, dxc, h, rho):
+    """exp(-(q(dx + h) - q(dx)) / 2) and exp(-(q(dx - h) - q(dx)) / 2) at dx = dxc.
+
+    The two exponents add up to the second difference 2 a h^2, so the ratios multiply to rho:
+    the second costs a division instead of an exp unless the first has underflowed."""
+    right = math.exp(-0.5 * (a * h * (2.0 * dxc + h) + 2.0 * lin * h))
+    if right > 1e-100:
+        return right, rho / right
+    return right, math.exp(-0.5 * (a * h * (h - 2.0 * dxc) - 2.0 * lin * h))
 
 
 @numba.njit(nogil=True, cache=True)
@@ -97,12 +102,12 @@ def render_forward(means, conics, intensities, radii, mask, rows, use_mask, cuto
                 if qc > cutoff2:
                     continue  # the row misses the ellipsoid
                 ec = math.exp(-0.5 * max(qc, 0.0))
+                r_right, r_left = _first_ratios(axx, lin, dxc, h, rho)
                 for step in (1, -1):
-                    r = _first_ratio(axx, lin, dxc, h, step)
                     if step == 1:
-                        x, e = xc, ec
+                        x, e, r = xc, ec, r_right
                     else:
-                        x, e, r = xc - 1, ec * r, r * rho
+                        x, e, r = xc - 1, ec * r_left, r_left * rho
                     while 0 <= x < W:
                         dx = (x + 0.5) * h - mx
                         if (axx * dx + 2.0 * lin) * dx + const > cutoff2:
@@ -155,12 +160,12 @@ def render_backward(means, conics, radii, mask, rows, use_mask, cutoff2, grad_ou
                 # dz and dy are constant along the row: sum w, w dx, w dx^2 here and expand
                 # them into the ten moments once per row.
                 rw = rwx = rwxx = 0.0
+                r_right, r_left = _first_ratios(axx, lin, dxc, h, rho)
                 for step in (1, -1):
-                    r = _first_ratio(axx, lin, dxc, h, step)
                     if step == 1:
-                        x, e = xc, ec
+                        x, e, r = xc, ec, r_right
                     else:
-                        x, e, r = xc - 1, ec * r, r * rho
+                        x, e, r = xc - 1, ec * r_left, r_left * rho
                     while 0 <= x < W:
                         dx = (x + 0.5) * h - mx
                         if (axx * dx + 2.0 * lin) * dx + const > cutoff2:
