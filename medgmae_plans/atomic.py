@@ -52,11 +52,12 @@ def save_torch_atomic(obj: Any, path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
     """Build a whole folder under a temporary name beside `path`, then move it into place.
 
-    `path` must not exist yet (the caller decides what to do with an existing one). On error the
-    temporary folder is removed, so nothing half-written is left where users look.
+    Without `replace`, `path` must not exist yet (the caller decides what to do with an existing
+    one); with it, an existing `path` is swapped out only once the new folder is complete. On error
+    the temporary folder is removed, so nothing half-written is left where users look.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,29 +65,8 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def replaced_directory(path: Path) -> Iterator[Path]:
-    """Like `atomic_directory`, but an existing `path` is replaced (its old contents dropped) on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
         old = None
-        if path.exists():
+        if replace and path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old / path.name)
         os.replace(tmp, path)
@@ -95,3 +75,14 @@ def replaced_directory(path: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replaced_directory(path: str | os.PathLike):
+    """`atomic_directory` that replaces an existing folder (preprocessed data being redone)."""
+    return atomic_directory(path, replace=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
