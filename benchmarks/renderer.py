@@ -76,7 +76,7 @@ def main(argv=None):
     parser.add_argument("--mask-ratio", type=float, default=0.75)
     parser.add_argument("--patch", type=int, default=16)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per fast backend (default 3)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per fast backend (default 5)")
     parser.add_argument("--torch-repeats", type=int, default=1,
                         help="timed calls of the dense baseline (default 1)")
     parser.add_argument("--backends", default=None, help="comma list; default: every available one")

@@ -77,7 +77,7 @@ def render_dense(means, conics, intensities, shape, mask, cutoff: float) -> torc
             )
         else:
             pieces.append(_render_chunk(pos, means, conics, intensities, cutoff2))
-    out = torch.cat(pieces, dim=1) if pieces else intensities.new_zeros(B, 0)
+    out = torch.cat(pieces, dim=1)
     if flat_mask is not None:
         out = torch.where(flat_mask, out, torch.zeros_like(out))
     return out.reshape(B, D, H, W)

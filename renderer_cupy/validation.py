@@ -18,15 +18,16 @@ def _check_tensor(name: str, t, trailing: int | None, ndim: int):
         raise ValueError(f"{name} must have shape {want}, got {list(t.shape)}")
 
 
+def _positive_int(d) -> bool:
+    return isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0
+
+
 def check_shape(shape) -> tuple[int, int, int]:
     try:
         dims = tuple(shape)
     except TypeError:
         raise ValueError(f"shape must be a (D, H, W) sequence of positive ints, got {shape!r}") from None
-    def positive_int(d):
-        return isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0
-
-    if len(dims) != 3 or not all(positive_int(d) for d in dims):
+    if len(dims) != 3 or not all(_positive_int(d) for d in dims):
         raise ValueError(f"shape must be a (D, H, W) sequence of positive ints, got {shape!r}")
     return tuple(int(d) for d in dims)
 
