@@ -154,6 +154,11 @@ def test_short_run_writes_checkpoints_metrics_and_pictures(tmp_path):
     assert [r["step"] for r in rows] == [2, 4, 6, 8] and all(np.isfinite(r["loss"]) for r in rows)
     with pytest.raises(UserError, match="--resume"):
         pretrain(settings(tmp_path / "run", decoder="gaussian"), cases())
+    # --resume on a finished run keeps the final checkpoint as it is and trains nothing.
+    before = (run / "checkpoint_final.pt").stat().st_mtime_ns
+    again = pretrain(settings(tmp_path / "run", decoder="gaussian", resume=True), cases())
+    assert again["step"] == 8 and again["final_loss"] == rows[-1]["loss"]
+    assert (run / "checkpoint_final.pt").stat().st_mtime_ns == before
 
 
 def _params(path):

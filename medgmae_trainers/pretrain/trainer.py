@@ -208,6 +208,10 @@ def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dic
         log.info(f"resumed from {latest} at step {step}")
     elif s.resume:
         log.info(f"--resume: no {latest}, starting from step 0")
+    if step >= s.steps and final.exists():
+        # A rerun of a finished run (e.g. the main job a second time): keep what is there.
+        log.info(f"already finished at step {step}; {final} is up to date")
+        return run_results(metrics_path, step, final, wall_s=0.0)
 
     ddp = DistributedDataParallel(model) if info.distributed else model
     sampling = SamplingConfig(crop_size=crop, sub_crops=s.sub_crops, augment=s.augment)
@@ -281,10 +285,13 @@ def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dic
         ckpt.save_final(final, model=model, step=step, metadata=meta)
         log.info(f"finished at step {step}; wrote {final}")
     barrier(info)
+    return run_results(metrics_path, step, final, wall_s=time.time() - start_time)
+
+
+def run_results(metrics_path: Path, step: int, final: Path, wall_s: float) -> dict:
     rows = [json.loads(l) for l in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
     return {"step": step, "final_loss": rows[-1]["loss"] if rows else None,
-            "first_loss": rows[0]["loss"] if rows else None, "checkpoint": str(final),
-            "wall_s": time.time() - start_time}
+            "first_loss": rows[0]["loss"] if rows else None, "checkpoint": str(final), "wall_s": wall_s}
 
 
 def snapshot(model: PretrainModel, imgs: torch.Tensor, png: Path, title: str) -> None:
