@@ -130,6 +130,12 @@ def extract_crop(image, centre: Sequence[int], size: int) -> np.ndarray:
     return out
 
 
+def centre_crop(case: PretrainCase, size: int) -> np.ndarray:
+    """The cube at the centre of a case's volume, [1, s, s, s]: a fixed crop to watch training on."""
+    image, _, _ = case.load()
+    return extract_crop(image, [n // 2 for n in image.shape[1:]], size)
+
+
 class CropChunks:
     """Map-style dataset: index c -> float32 [S, 1, s, s, s], the sub-crops of chunk c (see module doc)."""
 

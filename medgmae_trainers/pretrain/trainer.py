@@ -20,7 +20,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from medgmae_plans.runtime import UserError, progress
-from preprocessing.pretrain_sampling import CropChunks, PretrainCase, SamplingConfig, iterate_batches
+from preprocessing.pretrain_sampling import CropChunks, PretrainCase, SamplingConfig, centre_crop, iterate_batches
 
 from ..networks import build_networks, network_config
 from . import checkpoint as ckpt
@@ -218,6 +218,9 @@ def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dic
     chunks = CropChunks(cases, sampling, seed=s.seed, rank=info.rank, world_size=info.world_size)
     batches = iterate_batches(chunks, s.batch_size, start_step=step, workers=s.workers)
     use_bf16 = info.device.type == "cuda"
+    # Snapshots always show the same crop (the centre of the first case) with the same mask, so
+    # the pictures of successive steps can be compared.
+    preview = torch.from_numpy(centre_crop(chunks.cases[0], crop))[None].to(info.device)
 
     if info.is_main:
         log.info(f"pretraining {s.decoder} decoder, preset {s.preset}: {sum(p.numel() for p in model.parameters())/1e6:.2f} M "
@@ -271,7 +274,7 @@ def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dic
                          f"{row['sec_per_step']:.2f} s/step")
                 window, t_window = [], time.time()
             if info.is_main and (step % s.png_every == 0 or step == s.steps):
-                snapshot(model, imgs[:1], out / "snapshots" / f"step_{step:07d}.png", f"step {step}")
+                snapshot(model, preview, out / "snapshots" / f"step_{step:07d}.png", f"step {step}")
             if step % s.save_every == 0 and step < s.steps:
                 save_latest()
             if int(stats[1].item()):
@@ -298,6 +301,7 @@ def snapshot(model: PretrainModel, imgs: torch.Tensor, png: Path, title: str) ->
     """Save the picture of one crop without disturbing the training RNG streams."""
     devices = [imgs.device] if imgs.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(0)  # the same mask in every snapshot
         was_training = model.training
         model.eval()
         out = model.reconstruct(imgs.float())
