@@ -45,6 +45,14 @@ TISSUES: dict[str, tuple[float, float]] = {
     "csf": (12.0, 4.0),
     "heart": (60.0, 6.0),
     "rib": (600.0, 80.0),
+    # Findings (findings.py), appended last so the ids above, and the default phantom's bytes, never change.
+    "pleural fluid": (12.0, 3.0),
+    "ascitic fluid": (8.0, 3.0),
+    "liver lesion": (25.0, 6.0),
+    "cyst": (3.0, 2.0),
+    "calcification": (650.0, 80.0),
+    "nodule": (35.0, 8.0),
+    "emphysema": (-975.0, 8.0),
 }
 TISSUE_ID = {name: i for i, name in enumerate(TISSUES)}
 

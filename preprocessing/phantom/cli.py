@@ -7,7 +7,8 @@ from pathlib import Path
 from medgmae_plans.paths import nnunet_folder
 from medgmae_plans.runtime import UserError, add_common_flags, cli_entry
 
-from .dataset import DEFAULT_DATASET_ID
+from .dataset import DEFAULT_DATASET_ID, FINDINGS_DATASET_ID
+from .findings import DEFAULT_PREVALENCE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +20,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=int, default=0, help="labelled test cases (imagesTs/labelsTs)")
     p.add_argument("--unlabeled", type=int, default=0, help="unlabelled images for pretraining (imagesUnlabeled)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dataset-id", type=int, default=DEFAULT_DATASET_ID)
+    p.add_argument("--dataset-id", type=int, default=None,
+                   help=f"default {DEFAULT_DATASET_ID}, or {FINDINGS_DATASET_ID} with --findings")
+    p.add_argument("--findings", action="store_true",
+                   help="add per-case findings (effusion, liver lesions, ...) and classification_labels.csv; "
+                        f"writes Dataset{FINDINGS_DATASET_ID}_PhantomFindings (test cases = validation split)")
+    p.add_argument("--prevalence", type=float, default=DEFAULT_PREVALENCE,
+                   help=f"share of cases with each finding, drawn independently (default {DEFAULT_PREVALENCE})")
     p.add_argument("--preview", type=Path, help="write a PNG montage of the first cases here")
     p.add_argument("--spacing-scale", type=float, default=1.0,
                    help="multiply every spacing (e.g. 3 for small volumes in quick tests)")
@@ -34,9 +41,13 @@ def main(argv=None) -> int:
     from .preview import write_preview
 
     raw = nnunet_folder("nnUNet_raw")
+    dataset_id = args.dataset_id
+    if dataset_id is None:
+        dataset_id = FINDINGS_DATASET_ID if args.findings else DEFAULT_DATASET_ID
     folder = generate_dataset(raw, n_train=args.n, n_test=args.test, n_unlabeled=args.unlabeled,
-                              seed=args.seed, dataset_id=args.dataset_id, spacing_scale=args.spacing_scale,
-                              workers=args.workers, pbar=not args.no_pbar)
+                              seed=args.seed, dataset_id=dataset_id, spacing_scale=args.spacing_scale,
+                              workers=args.workers, pbar=not args.no_pbar,
+                              findings=args.prevalence if args.findings else None)
     if args.preview:
         try:
             write_preview(folder, args.preview)

@@ -8,11 +8,18 @@
         phantom_cases.json                 per case: spacing, size, orientation, organs expected
         phantom.json / generation.log      the settings and results of the run that wrote it
 
+With findings (`generate_dataset(..., findings=prevalence)`, `medgmae_make_phantom --findings`) the
+cases also carry the abnormalities of `findings.py`, and the dataset (default id 991,
+`Dataset991_PhantomFindings`) gains `classification_labels.csv`: case, split (imagesTr -> train,
+imagesTs -> valid), one 0/1 column per finding. Without findings nothing changes, byte for byte.
+
 Case i of each kind is drawn from the seed and its own index alone, so a dataset with more cases
 contains the smaller one's cases byte for byte.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import multiprocessing
 import os
@@ -29,10 +36,15 @@ from medgmae_plans.runtime import UserError, progress
 
 from ..labels import AMOS_LABELS
 from .anatomy import CaseSpec, expected_labels, sample_case
+from .findings import FINDINGS, apply_findings, draw_findings
 from .render import render_case
 
 DATASET_NAME = "AbdomenPhantom"
 DEFAULT_DATASET_ID = 990
+FINDINGS_DATASET_NAME = "PhantomFindings"
+FINDINGS_DATASET_ID = 991
+CLASSIFICATION_LABELS = "classification_labels.csv"
+SPLIT_OF_KIND = {"train": "train", "test": "valid"}  # classification split of each labelled kind
 GENERATOR_VERSION = 1  # bump when the anatomy or rendering changes what a seed produces
 KINDS = {"train": ("imagesTr", "labelsTr", "phantom_{:03d}"),
          "test": ("imagesTs", "labelsTs", "phantom_ts{:03d}"),
@@ -52,8 +64,11 @@ def case_spec(seed: int, kind: str, index: int, spacing_scale: float = 1.0) -> t
 
 def generate_dataset(raw_root: str | Path, n_train: int = 20, n_test: int = 0, n_unlabeled: int = 0,
                      seed: int = 0, dataset_id: int = DEFAULT_DATASET_ID, spacing_scale: float = 1.0,
-                     workers: int | None = None, pbar: bool = True, log=print) -> Path:
+                     workers: int | None = None, pbar: bool = True, log=print,
+                     findings: float | None = None) -> Path:
     """Write (or reuse) the phantom dataset under `raw_root`; returns its folder.
+
+    `findings`: the prevalence of each finding (findings.py); None writes the plain phantom.
 
     An existing folder written with the same settings is reused; one with other content is refused
     (UserError), as is any other dataset already holding `dataset_id`.
@@ -61,14 +76,17 @@ def generate_dataset(raw_root: str | Path, n_train: int = 20, n_test: int = 0, n
     settings = {"generator_version": GENERATOR_VERSION, "n_train": n_train, "n_test": n_test,
                 "n_unlabeled": n_unlabeled, "seed": seed, "dataset_id": dataset_id,
                 "spacing_scale": spacing_scale}
+    if findings is not None:  # only then, so the plain phantom's manifest (and its reuse) is unchanged
+        settings["findings_prevalence"] = findings
     _validate(settings)
     raw_root = Path(raw_root)
-    target = raw_root / dataset_folder_name(dataset_id, DATASET_NAME)
+    name = DATASET_NAME if findings is None else FINDINGS_DATASET_NAME
+    target = raw_root / dataset_folder_name(dataset_id, name)
     if _reusable(target, settings, raw_root):
         log(f"{target} already holds this phantom (seed {seed}); reusing it")
         return target
     _ensure_writable(raw_root)
-    jobs = [(kind, i, seed, spacing_scale) for kind, n in (("train", n_train), ("test", n_test),
+    jobs = [(kind, i, seed, spacing_scale, findings) for kind, n in (("train", n_train), ("test", n_test),
                                                            ("unlabeled", n_unlabeled)) for i in range(n)]
     start = time.time()
     with atomic_directory(target) as tmp:
@@ -78,7 +96,9 @@ def generate_dataset(raw_root: str | Path, n_train: int = 20, n_test: int = 0, n
                 (tmp / labels).mkdir()
         cases = _write_cases(tmp, jobs, workers, pbar)
         elapsed = time.time() - start
-        write_json_atomic(tmp / "dataset.json", _dataset_json(n_train, n_test, n_unlabeled))
+        write_json_atomic(tmp / "dataset.json", _dataset_json(n_train, n_test, n_unlabeled, findings))
+        if findings is not None:
+            write_text_atomic(tmp / CLASSIFICATION_LABELS, _labels_csv(cases))
         write_json_atomic(tmp / "phantom_cases.json", cases)
         results = {"seconds": round(elapsed, 1), "cases": len(cases)}
         write_json_atomic(tmp / "phantom.json", {"settings": settings, "results": results})
@@ -97,6 +117,8 @@ def _validate(settings: dict) -> None:
         raise UserError(f"--dataset-id must be in 1..999 (got {settings['dataset_id']})")
     if settings["spacing_scale"] <= 0:
         raise UserError(f"--spacing-scale must be > 0 (got {settings['spacing_scale']})")
+    if "findings_prevalence" in settings and not 0 <= settings["findings_prevalence"] <= 1:
+        raise UserError(f"--prevalence must be in [0, 1] (got {settings['findings_prevalence']})")
 
 
 def _reusable(target: Path, settings: dict, raw_root: Path) -> bool:
@@ -150,13 +172,18 @@ def _write_cases(folder: Path, jobs: list, workers: int | None, pbar: bool) -> l
     return cases
 
 
-def _write_case(folder: Path, kind: str, index: int, seed: int, spacing_scale: float) -> dict:
+def _write_case(folder: Path, kind: str, index: int, seed: int, spacing_scale: float,
+                findings: float | None = None) -> dict:
     import SimpleITK as sitk
 
     images, labels, pattern = KINDS[kind]
     case_id = pattern.format(index)
     spec, noise_seed = case_spec(seed, kind, index, spacing_scale)
-    case = render_case(spec, noise_seed)
+    extra, present = [], None
+    if findings is not None:
+        present, geometry_seed = draw_findings(seed, _KIND_CODE[kind], index, findings)
+        spec, extra = apply_findings(spec, present, geometry_seed)
+    case = render_case(spec, noise_seed, extra) if extra else render_case(spec, noise_seed)
     direction = np.diag([-1.0 if f else 1.0 for f in reversed(case.flips)]).ravel().tolist()
 
     def to_image(array):
@@ -167,16 +194,36 @@ def _write_case(folder: Path, kind: str, index: int, seed: int, spacing_scale: f
         return img
 
     sitk.WriteImage(to_image(case.hu), str(folder / images / f"{case_id}_0000.nii.gz"))
-    present = sorted(int(v) for v in np.unique(case.label) if v)
+    present_labels = sorted(int(v) for v in np.unique(case.label) if v)
     if labels:
         sitk.WriteImage(to_image(case.label), str(folder / labels / f"{case_id}.nii.gz"))
-    return {"case": case_id, "kind": kind, "shape_zyx": list(case.hu.shape),
+    info = {"case": case_id, "kind": kind, "shape_zyx": list(case.hu.shape),
             "spacing_zyx": list(case.spacing), "flips_zyx": list(case.flips),
             "pelvis": spec.pelvis, "female": spec.female,
-            "labels_expected": expected_labels(spec), "labels_present": present}
+            "labels_expected": expected_labels(spec), "labels_present": present_labels}
+    if findings is not None:
+        info["findings"] = present
+    return info
 
 
-def _dataset_json(n_train: int, n_test: int, n_unlabeled: int) -> dict:
+def _labels_csv(cases: list[dict]) -> str:
+    """case, split, one 0/1 column per finding, for the labelled cases (train -> train, test -> valid)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["case", "split", *FINDINGS])
+    for c in cases:
+        if c["kind"] in SPLIT_OF_KIND:
+            writer.writerow([c["case"], SPLIT_OF_KIND[c["kind"]], *(int(c["findings"][f]) for f in FINDINGS)])
+    return buf.getvalue()
+
+
+def _dataset_json(n_train: int, n_test: int, n_unlabeled: int, findings: float | None = None) -> dict:
+    extra = {}
+    if findings is not None:
+        extra = {"name": FINDINGS_DATASET_NAME, "classification_labels": CLASSIFICATION_LABELS,
+                 "findings": list(FINDINGS), "findings_prevalence": findings,
+                 "description": "Synthetic abdominal CT phantom with findings (MedGMAE toolkit): HU images, "
+                                "AMOS22 task-1 labels, per-case 0/1 findings in classification_labels.csv"}
     return {
         "name": DATASET_NAME,
         "description": "Synthetic abdominal CT phantom (MedGMAE toolkit): HU images, AMOS22 task-1 labels",
@@ -189,6 +236,7 @@ def _dataset_json(n_train: int, n_test: int, n_unlabeled: int) -> dict:
         "numTest": n_test,
         "numUnlabeled": n_unlabeled,
         "file_ending": ".nii.gz",
+        **extra,
     }
 
 
@@ -196,5 +244,6 @@ def _log_text(settings: dict, cases: list[dict], elapsed: float) -> str:
     lines = [f"medgmae_make_phantom: {json.dumps(settings)}", f"{len(cases)} cases in {elapsed:.1f} s"]
     for c in cases:
         lines.append(f"{c['case']:>14}  shape {c['shape_zyx']}  spacing {c['spacing_zyx']}  "
-                     f"flips {c['flips_zyx']}  pelvis {c['pelvis']}  labels {c['labels_present']}")
+                     f"flips {c['flips_zyx']}  pelvis {c['pelvis']}  labels {c['labels_present']}"
+                     + (f"  findings {[f for f, v in c['findings'].items() if v]}" if "findings" in c else ""))
     return "\n".join(lines) + "\n"

@@ -38,7 +38,8 @@ def case_grid(spec: CaseSpec) -> tuple[Grid, tuple[float, float, float]]:
     return Grid.from_geometry(shape, spec.spacing, origin, spec.flips), origin
 
 
-def render_case(spec: CaseSpec, noise_seed: int) -> RenderedCase:
+def render_case(spec: CaseSpec, noise_seed: int, extra_structures=()) -> RenderedCase:
+    """`extra_structures` (findings) are painted after the anatomy; without them a seed's bytes never change."""
     grid, origin = case_grid(spec)
     tissue = np.zeros(grid.shape, np.uint8)  # 0 = air
     label = np.zeros(grid.shape, np.uint8)
@@ -47,7 +48,7 @@ def render_case(spec: CaseSpec, noise_seed: int) -> RenderedCase:
     _paint_ribs(grid, spec, tissue, rn)
     del rn
     warp = Warp.random(np.random.default_rng(spec.warp_seed), amplitude_mm=8.0)
-    for st in build_structures(spec):
+    for st in [*build_structures(spec), *extra_structures]:
         _paint_structure(grid, spec, st, warp, tissue, label)
     hu = _intensities(grid, spec, tissue, np.random.default_rng(noise_seed))
     return RenderedCase(hu, label, spec.spacing, origin, spec.flips)
