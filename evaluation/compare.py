@@ -1,0 +1,214 @@
+"""Runs side by side as the paper's Table 1: initialisation x (dataset, fraction), mean Dice in %.
+
+Runs are grouped by (dataset, fraction, init) from their `medgmae_finetune.json`; the folds of one
+group are averaged (each fold's value is its summary's foreground mean, i.e. the mean over organs of
+the per-organ mean over validation cases). Rows follow the paper's order, Scratch, voxel-MAE, MedGMAE,
+MedGMAE*, and only inits with at least one run are shown; a dataset's columns are the fractions run on
+it. A missing cell is "—" in Markdown and empty in CSV. Markdown marks the best value of a column in
+**bold** and the second <u>underlined</u>, as the paper does; CSV holds plain numbers without marks.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from medgmae_plans.atomic import write_text_atomic
+
+from .folders import Run
+
+INIT_ORDER = ("scratch", "voxelmae", "medgmae", "medgmaestar")
+INIT_DISPLAY = {"scratch": "Scratch", "voxelmae": "voxel-MAE", "medgmae": "MedGMAE", "medgmaestar": "MedGMAE*"}
+MISSING = "—"
+
+# the paper's names for the datasets our aliases resolve (medgmae_plans.datasets.ALIASES)
+_DATASET_DISPLAY = ((r"amos", "AMOS"), (r"flare_?22", "FLARE'22"), (r"btcv", "BTCV"), (r"segthor", "SegTHOR"),
+                    (r"abdomenatlas", "AbdomenAtlas"), (r"phantom", "Phantom"))
+
+
+def dataset_display(name: str) -> str:
+    short = re.sub(r"^Dataset\d+_", "", name)
+    for pattern, display in _DATASET_DISPLAY:
+        if re.search(pattern, short.lower()):
+            return display
+    return short
+
+
+def fraction_display(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+def init_display(init: str) -> str:
+    return INIT_DISPLAY.get(init, init)
+
+
+@dataclass
+class Scored:
+    """One evaluated fold: the run and its summary (nnU-Net layout)."""
+    run: Run
+    summary: dict
+
+
+@dataclass
+class Cell:
+    folds: list[str] = field(default_factory=list)
+    dice: list[float] = field(default_factory=list)   # per fold, foreground mean Dice in [0, 1]
+    nsd: list[float] = field(default_factory=list)
+
+    def mean(self, metric: str) -> float:
+        values = getattr(self, metric)
+        return float(np.mean(values)) if values else math.nan
+
+
+@dataclass
+class Comparison:
+    columns: list[tuple[str, float]]            # (dataset, fraction)
+    rows: list[str]                             # inits in the paper's order
+    cells: dict[tuple[str, str, float], Cell]   # (init, dataset, fraction) -> folds
+    organs: dict[tuple[str, str, float], dict[int, dict]]  # -> {label: {"name", "Dice", "NSD"}} mean over folds
+
+    def value(self, init: str, column: tuple[str, float], metric: str = "dice") -> float:
+        cell = self.cells.get((init, *column))
+        return cell.mean(metric) if cell else math.nan
+
+
+def build_comparison(scored: Sequence[Scored]) -> Comparison:
+    cells: dict[tuple[str, str, float], Cell] = {}
+    per_organ: dict[tuple[str, str, float], list[dict]] = {}
+    for item in scored:
+        key = (item.run.init, item.run.dataset, item.run.fraction)
+        cell = cells.setdefault(key, Cell())
+        cell.folds.append(str(item.run.fold))
+        cell.dice.append(float(item.summary["foreground_mean"]["Dice"]))
+        cell.nsd.append(float(item.summary["foreground_mean"].get("NSD", math.nan)))
+        per_organ.setdefault(key, []).append(item.summary)
+    columns = sorted({(d, f) for _, d, f in cells}, key=lambda c: (_dataset_sort_key(c[0]), c[1]))
+    inits = {i for i, _, _ in cells}
+    rows = [i for i in INIT_ORDER if i in inits] + sorted(inits - set(INIT_ORDER))
+    organs = {key: _organ_means(summaries) for key, summaries in per_organ.items()}
+    return Comparison(columns, rows, cells, organs)
+
+
+def _dataset_sort_key(name: str):
+    match = re.match(r"^Dataset(\d+)_", name)
+    return (int(match.group(1)) if match else 10**9, name)
+
+
+def _organ_means(summaries: list[dict]) -> dict[int, dict]:
+    names = summaries[0].get("medgmae", {}).get("labels", {})
+    out = {}
+    for key in summaries[0]["mean"]:
+        entry = {"name": names.get(key, f"label {key}")}
+        for metric in ("Dice", "NSD"):
+            values = [s["mean"][key].get(metric, math.nan) for s in summaries]
+            entry[metric] = float(np.nanmean(values)) if not all(math.isnan(v) for v in values) else math.nan
+        out[int(key)] = entry
+    return out
+
+
+# ---------------------------------------------------------------- ranking and formatting
+
+def ranks(values: Sequence[float], decimals: int = 2) -> list[int | None]:
+    """1 for the best (highest) shown value, 2 for the second, None otherwise; ties share a rank."""
+    shown = [None if math.isnan(v) else round(v, decimals) for v in values]
+    distinct = sorted({v for v in shown if v is not None}, reverse=True)
+    order = {v: i + 1 for i, v in enumerate(distinct[:2])}
+    return [order.get(v) if v is not None else None for v in shown]
+
+
+def _mark(text: str, rank: int | None) -> str:
+    return f"**{text}**" if rank == 1 else f"<u>{text}</u>" if rank == 2 else text
+
+
+def _pct(value: float) -> str:
+    return MISSING if math.isnan(value) else f"{100 * value:.2f}"
+
+
+def _column_header(column: tuple[str, float]) -> str:
+    return f"{dataset_display(column[0])} {fraction_display(column[1])}"
+
+
+def table_markdown(comp: Comparison, metric: str = "dice") -> str:
+    name = {"dice": "Mean Dice (%)", "nsd": "Mean NSD at 1 mm (%)"}[metric]
+    lines = ["| " + " | ".join([f"Init ({name})"] + [_column_header(c) for c in comp.columns]) + " |",
+             "| " + " | ".join(["---"] + ["---:"] * len(comp.columns)) + " |"]
+    marks = {c: ranks([comp.value(i, c, metric) for i in comp.rows]) for c in comp.columns}
+    for r, init in enumerate(comp.rows):
+        cells = [_mark(_pct(comp.value(init, c, metric)), marks[c][r]) for c in comp.columns]
+        lines.append("| " + " | ".join([init_display(init)] + cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def table_csv(comp: Comparison, metric: str = "dice") -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["init"] + [_column_header(c) for c in comp.columns])
+    for init in comp.rows:
+        values = [comp.value(init, c, metric) for c in comp.columns]
+        writer.writerow([init_display(init)] + ["" if math.isnan(v) else f"{100 * v:.2f}" for v in values])
+    return out.getvalue()
+
+
+def per_organ_csv(comp: Comparison) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["dataset", "fraction", "init", "label", "organ", "dice_pct", "nsd_pct", "folds"])
+    for column in comp.columns:
+        for init in comp.rows:
+            key = (init, *column)
+            if key not in comp.organs:
+                continue
+            for label, entry in comp.organs[key].items():
+                writer.writerow([column[0], column[1], init_display(init), label, entry["name"],
+                                 "" if math.isnan(entry["Dice"]) else f"{100 * entry['Dice']:.2f}",
+                                 "" if math.isnan(entry["NSD"]) else f"{100 * entry['NSD']:.2f}",
+                                 len(comp.cells[key].folds)])
+    return out.getvalue()
+
+
+def per_organ_markdown(comp: Comparison) -> str:
+    """One table per (dataset, fraction): organs x inits, Dice %, best bold and second underlined per organ."""
+    parts = []
+    for column in comp.columns:
+        inits = [i for i in comp.rows if (i, *column) in comp.organs]
+        labels = sorted({label for i in inits for label in comp.organs[(i, *column)]})
+        parts.append(f"### {_column_header(column)}: Dice (%) per organ\n")
+        parts.append("| " + " | ".join(["organ"] + [init_display(i) for i in inits]) + " |")
+        parts.append("| " + " | ".join(["---"] + ["---:"] * len(inits)) + " |")
+        for label in labels:
+            entries = [comp.organs[(i, *column)].get(label) for i in inits]
+            values = [e["Dice"] if e else math.nan for e in entries]
+            name = next(e["name"] for e in entries if e)
+            row = [_mark(_pct(v), r) for v, r in zip(values, ranks(values))]
+            parts.append("| " + " | ".join([f"{label} {name}"] + row) + " |")
+        means = [comp.value(i, column) for i in inits]
+        parts.append("| " + " | ".join(["**mean**"] + [_mark(_pct(v), r) for v, r in zip(means, ranks(means))]) + " |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def write_comparison(comp: Comparison, out_dir: Path, title: str = "") -> dict[str, Path]:
+    """table1.md (Dice and NSD tables, then the per-organ tables), table1.csv, table1_nsd.csv,
+    per_organ.csv and the Dice chart table1.png, each written atomically."""
+    from .plots import dice_chart
+
+    out_dir = Path(out_dir)
+    files = {name: out_dir / name for name in
+             ("table1.md", "table1.csv", "table1_nsd.csv", "per_organ.csv", "per_organ.md", "table1.png")}
+    heading = f"# {title}\n\n" if title else ""
+    note = ("Rows: initialisation; columns: dataset and fraction of the training cases. Mean over organs "
+            "and validation cases, averaged over folds. **bold**: best, <u>underlined</u>: second.\n")
+    write_text_atomic(files["table1.md"], heading + note + "\n" + table_markdown(comp, "dice") + "\n"
+                      + table_markdown(comp, "nsd"))
+    write_text_atomic(files["table1.csv"], table_csv(comp, "dice"))
+    write_text_atomic(files["table1_nsd.csv"], table_csv(comp, "nsd"))
+    write_text_atomic(files["per_organ.csv"], per_organ_csv(comp))
+    write_text_atomic(files["per_organ.md"], per_organ_markdown(comp))
+    dice_chart(comp, files["table1.png"], title=title)
+    return files
