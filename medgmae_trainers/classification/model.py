@@ -1,0 +1,90 @@
+"""The classifier: the pretrained (or scratch) ViT3D encoder and a linear head on mean-pooled patch tokens.
+
+Pooling: the mean of the patch tokens after the encoder's final norm, then a LayerNorm and a linear
+layer (MAE's `global_pool` fine-tuning head). Mean pooling is used rather than the class token
+because the whole volume's tokens, not one summary token, carry findings that may sit anywhere.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from medgmae_plans.runtime import UserError
+
+from ..networks import ViT3D, network_config
+from ..networks.pos_embed import set_token_grid
+
+
+class Classifier(nn.Module):
+    def __init__(self, encoder: ViT3D, num_classes: int):
+        super().__init__()
+        self.encoder = encoder
+        self.fc_norm = nn.LayerNorm(encoder.embed_dim, eps=1e-6)
+        self.head = nn.Linear(encoder.embed_dim, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, 1, D, H, W] -> logits [B, K]."""
+        tokens, _ = self.encoder.forward_hidden(x, layers=[])  # [B, N, C]
+        return self.head(self.fc_norm(tokens.mean(dim=1)))
+
+
+def token_grid(size_zyx: Sequence[int], patch: int) -> tuple[int, int, int]:
+    if any(n % patch for n in size_zyx):
+        raise UserError(f"volume size {tuple(size_zyx)} (z, y, x) is not a multiple of the encoder's patch {patch}")
+    return tuple(n // patch for n in size_zyx)
+
+
+def load_pretrained_encoder(path: Path) -> tuple[ViT3D, dict]:
+    """ViT3D from a pretraining `checkpoint_final.pt`, every encoder key loaded (else one-line UserError)."""
+    from ..pretrain.checkpoint import load_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"pretrained checkpoint {path} does not exist")
+    try:
+        ckpt = load_checkpoint(path)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    except Exception as err:  # a truncated or foreign file: torch/pickle raise many kinds
+        raise UserError(f"{path}: cannot be read as a checkpoint ({type(err).__name__}: {err})") from None
+    meta = ckpt.get("metadata", {})
+    if "encoder" not in ckpt or "encoder_config" not in meta:
+        raise UserError(f"{path}: has no 'encoder' weights or no metadata 'encoder_config' (use checkpoint_final.pt)")
+    encoder = ViT3D(**meta["encoder_config"])
+    report = load_encoder_state(encoder, ckpt["encoder"], path)
+    return encoder, {**meta, "load_report": report}
+
+
+def load_encoder_state(encoder: ViT3D, state: dict, path: Path) -> dict:
+    """Load `state` into `encoder`, asserting that every key of the encoder is present with its shape."""
+    expected = encoder.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or wrong:
+        parts = [f"{name} {keys[:4]}{'...' if len(keys) > 4 else ''}" for name, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
+        raise UserError(f"{path}: encoder weights do not match the ViT3D config: {'; '.join(parts)}")
+    encoder.load_state_dict(state, strict=True)
+    return {"loaded_keys": len(expected), "missing": [], "unexpected": []}
+
+
+def build_classifier(*, num_classes: int, size_zyx: Sequence[int], pretrained: Path | None = None,
+                     preset: str = "tiny", patch: int | None = None) -> tuple[Classifier, dict]:
+    """A classifier for volumes of `size_zyx`: pretrained encoder from `pretrained`, else a scratch `preset`."""
+    if pretrained is not None:
+        encoder, meta = load_pretrained_encoder(pretrained)
+        info = {"init": "pretrained", "checkpoint": str(pretrained), "pretrain_metadata": meta}
+    else:
+        cfg = network_config(preset, patch_size=patch)["encoder"]
+        encoder = ViT3D(**cfg)
+        info = {"init": "scratch", "preset": preset}
+    grid = token_grid(size_zyx, encoder.patch_embed.patch_size)
+    set_token_grid(encoder, grid)
+    info.update(encoder_config=encoder.config, token_grid=list(grid))
+    return Classifier(encoder, num_classes), info

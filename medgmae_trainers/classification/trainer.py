@@ -1,0 +1,234 @@
+"""Fine-tuning loop for multi-label classification, resumable, and prediction from its checkpoint.
+
+    <out>/checkpoint_latest.pt   every epoch (atomic): model, optimiser, schedule, epoch, RNG, settings
+    <out>/checkpoint_final.pt    model, classes, geometry, encoder config (what `predict` needs)
+    <out>/train.log, train.json, metrics.jsonl, training_curves.png
+    <out>/valid/predictions.csv, evaluation.{json,md}, roc_curves.png   (at the end)
+
+Recipe: multi-label BCE on whole volumes, AdamW (wd 0.05), linear warmup then cosine decay per step,
+gradient clip 1.0, bf16 autocast on CUDA. `--resume` restores everything, including the RNG, so the
+resumed run continues the same case order.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medgmae_plans.atomic import save_torch_atomic
+from medgmae_plans.runtime import UserError, progress, setup_run_log, write_run_json
+
+from .data import Geometry, LabelTable, VolumeDataset, fraction_subset
+from .evaluate import evaluate, write_predictions
+from .model import Classifier, build_classifier
+from .plots import training_curves_png
+
+FORMAT = "medgmae-classify/1"
+LATEST, FINAL = "checkpoint_latest.pt", "checkpoint_final.pt"
+
+
+@dataclass
+class TrainSettings:
+    dataset: str
+    pretrained: str | None  # None = scratch
+    preset: str = "tiny"
+    fraction: float = 1.0
+    epochs: int = 100
+    batch_size: int = 2
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    warmup_epochs: float = 5.0
+    flip: float = 0.5
+    seed: int = 41
+    device: str = "cpu"
+    workers: int = 0
+    val_every: int = 1
+    n_boot: int = 1000
+    geometry: dict = field(default_factory=lambda: Geometry().to_json())
+    out: str = ""
+    pbar: bool = True
+
+
+def lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    return f
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norms and the (frozen) embeddings, as MAE."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith(("cls_token", "pos_embed")) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+
+@torch.no_grad()
+def predict_probs(model: Classifier, folder: Path, cases, num_classes: int, device: torch.device,
+                  pbar: bool = False) -> np.ndarray:
+    """Sigmoid probabilities [N, K] for preprocessed `cases`, one volume at a time."""
+    model.eval()
+    ds = VolumeDataset(folder, cases, np.zeros((len(cases), num_classes), np.uint8))
+    out = []
+    for i in progress(range(len(ds)), enabled=pbar, desc="predict", unit="case"):
+        x, _ = ds[i]
+        with _autocast(device):
+            out.append(torch.sigmoid(model(x[None].to(device)).float()).cpu().numpy()[0])
+    return np.stack(out)
+
+
+def train(s: TrainSettings, table: LabelTable, folder: Path, resume: bool = False) -> dict:
+    """Fine-tune on the `train` split (its `fraction` subset), validate on `valid`, write `s.out`."""
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = setup_run_log(out, "train")
+    device = torch.device(s.device)
+    geometry = Geometry.from_json(s.geometry)
+    train_table, valid_table = table.subset("train"), table.subset("valid")
+    if not len(train_table.cases):
+        raise UserError(f"{s.dataset}: no cases in the train split")
+    train_cases = fraction_subset(train_table.cases, s.fraction)
+    idx = {c: i for i, c in enumerate(train_table.cases)}
+    train_labels = train_table.labels[[idx[c] for c in train_cases]]
+
+    torch.manual_seed(s.seed)
+    np.random.seed(s.seed)
+    random.seed(s.seed)
+    model, info = build_classifier(num_classes=len(table.classes), size_zyx=geometry.size_zyx,
+                                   pretrained=Path(s.pretrained) if s.pretrained else None, preset=s.preset)
+    model.to(device)
+    steps_per_epoch = math.ceil(len(train_cases) / s.batch_size)
+    total = steps_per_epoch * s.epochs
+    opt = torch.optim.AdamW(param_groups(model, s.weight_decay), lr=s.lr, betas=(0.9, 0.999))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(max(1, round(s.warmup_epochs * steps_per_epoch)), total))
+    start_epoch, history = 0, []
+    latest = out / LATEST
+    if latest.exists() and not resume:
+        raise UserError(f"{latest} exists; pass --resume to continue it, or choose another --out")
+    if resume:
+        if not latest.exists():
+            raise UserError(f"--resume: {latest} does not exist")
+        state = torch.load(latest, map_location="cpu", weights_only=False)
+        mine = {k: v for k, v in asdict(s).items() if k not in ("epochs", "device", "workers", "pbar", "out")}
+        saved = {k: state["settings"].get(k) for k in mine}
+        if saved != mine:
+            diff = [k for k in mine if saved[k] != mine[k]]
+            raise UserError(f"{latest}: saved settings differ from these in {diff}")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(max(1, round(s.warmup_epochs * steps_per_epoch)), total))
+        sched.load_state_dict(state["scheduler"])
+        start_epoch, history = state["epoch"], state["history"]
+        _set_rng(state["rng"])
+        # metrics.jsonl may hold an epoch logged after the last save; keep exactly the saved history.
+        (out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+        log.info(f"resumed from {latest} at epoch {start_epoch}")
+    log.info(f"{info['init']} encoder {info['encoder_config']}, token grid {info['token_grid']}; "
+             f"{len(train_cases)}/{len(train_table.cases)} training cases (fraction {s.fraction}), "
+             f"{len(valid_table.cases)} validation cases, {len(table.classes)} classes")
+
+    ds = VolumeDataset(folder, train_cases, train_labels, flip=s.flip)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    t0 = time.time()
+
+    def save_latest(epoch: int) -> None:
+        save_torch_atomic({"format": FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                           "scheduler": sched.state_dict(), "epoch": epoch, "history": history,
+                           "rng": _rng_state(), "settings": asdict(s)}, latest)
+
+    for epoch in range(start_epoch, s.epochs):
+        model.train()
+        gen = torch.Generator().manual_seed(s.seed * 100003 + epoch)  # the case order is a function of the epoch
+        loader = torch.utils.data.DataLoader(ds, batch_size=s.batch_size, shuffle=True, generator=gen,
+                                             num_workers=s.workers, persistent_workers=False)
+        losses = []
+        for x, y in progress(loader, enabled=s.pbar, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch"):
+            x, y = x.to(device, non_blocking=True), y.to(device)
+            with _autocast(device):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise UserError(f"non-finite loss at epoch {epoch + 1}; lower --lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0],
+                  "seconds": round(time.time() - t0, 1)}
+        if valid_table.cases and ((epoch + 1) % s.val_every == 0 or epoch + 1 == s.epochs):
+            from .metrics import auroc, macro
+
+            probs = predict_probs(model, folder, valid_table.cases, len(table.classes), device)
+            record["val_macro_auroc"] = macro(auroc(valid_table.labels, probs))
+        history.append(record)
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        log.info(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+        save_latest(epoch + 1)
+
+    final = out / FINAL
+    save_torch_atomic({"format": FORMAT, "model": model.state_dict(), "classes": table.classes,
+                       "geometry": geometry.to_json(), "encoder_config": info["encoder_config"],
+                       "token_grid": info["token_grid"], "init": info["init"], "dataset": s.dataset,
+                       "train_cases": train_cases, "settings": asdict(s)}, final)
+    if history:
+        training_curves_png(history, out / "training_curves.png", f"{s.dataset}: {info['init']}, fraction {s.fraction}")
+    results = {"final": str(final), "epochs": s.epochs, "train_cases": len(train_cases),
+               "seconds": round(time.time() - t0, 1), "history": history}
+    if valid_table.cases:
+        probs = predict_probs(model, folder, valid_table.cases, len(table.classes), device, pbar=s.pbar)
+        write_predictions(out / "valid" / "predictions.csv", valid_table.cases, table.classes, probs)
+        ev = evaluate(out / "valid" / "predictions.csv", table, out / "valid", n_boot=s.n_boot, seed=s.seed,
+                      title=f"{s.dataset} valid: {info['init']}, fraction {s.fraction}")
+        results.update(val_macro_auroc=ev["macro_auroc"], val_macro_ci=ev["bootstrap"]["macro_ci"], val_auroc=ev["auroc"])
+        log.info(f"valid macro AUROC {ev['macro_auroc']} (95% CI {ev['bootstrap']['macro_ci']})")
+    write_run_json(out, "train", {**asdict(s), "model": {k: v for k, v in info.items() if k != "pretrain_metadata"}},
+                   results)
+    return results
+
+
+def load_trained(path: Path, device: torch.device) -> tuple[Classifier, dict]:
+    """The classifier of a training run (its folder or checkpoint_final.pt), ready for `predict_probs`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / FINAL
+    if not path.is_file():
+        raise UserError(f"trained model {path} does not exist (train first, or pass the run folder)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise UserError(f"{path}: cannot be read as a checkpoint ({type(err).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "classes" not in ckpt:
+        raise UserError(f"{path}: not a medgmae_classify final checkpoint")
+    from ..networks import ViT3D
+    from ..networks.pos_embed import set_token_grid
+
+    encoder = set_token_grid(ViT3D(**ckpt["encoder_config"]), ckpt["token_grid"])
+    model = Classifier(encoder, len(ckpt["classes"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device), ckpt
