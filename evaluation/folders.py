@@ -60,6 +60,25 @@ def read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
     return array, geometry
 
 
+def read_geometry(path: Path) -> Geometry:
+    """The geometry from the file's header only (no voxels read)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise UserError(f"{path}: cannot be read as an image ({str(err).strip().splitlines()[-1]})") from None
+    return Geometry(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+
+
+def check_pairs_geometry(pairs: Sequence["CasePair"]) -> None:
+    """Every prediction on its reference's grid, from the headers, before any voxel is evaluated."""
+    for pair in pairs:
+        check_same_geometry(read_geometry(pair.ref), read_geometry(pair.pred), pair.ref, pair.pred)
+
+
 def check_same_geometry(ref: Geometry, pred: Geometry, ref_path: Path, pred_path: Path) -> None:
     """One clear error naming both files when the prediction is not on the reference's grid."""
     problems = []
@@ -271,8 +290,11 @@ def find_runs(folders: Sequence[Path]) -> list[Run]:
         folder = Path(folder)
         if not folder.is_dir():
             raise UserError(f"{folder}: results folder does not exist")
-        found = [folder] if (folder / FINETUNE_JSON).is_file() else \
-            sorted(p.parent for p in folder.rglob(FINETUNE_JSON) if not any(s.startswith(".") for s in p.relative_to(folder).parts))
+        if (folder / FINETUNE_JSON).is_file():
+            found = [folder]
+        else:  # hidden folders are temporary copies (atomic writes), never runs
+            found = sorted(p.parent for p in folder.rglob(FINETUNE_JSON)
+                           if not any(part.startswith(".") for part in p.relative_to(folder).parts))
         if not found:
             raise UserError(f"{folder}: no fine-tuning run in it (no {FINETUNE_JSON} below it)")
         runs.extend(read_run(f) for f in found)

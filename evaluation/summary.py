@@ -24,7 +24,7 @@ import numpy as np
 from medgmae_plans.atomic import write_json_atomic
 from medgmae_plans.runtime import progress
 
-from .folders import CasePair, check_label_values, check_same_geometry, read_label_map
+from .folders import CasePair, check_label_values, check_pairs_geometry, check_same_geometry, read_label_map
 from .metrics import NSD_TOLERANCE_MM, case_metrics
 
 SUMMARY_NAME = "summary_medgmae.json"  # beside nnU-Net's own validation/summary.json, never over it
@@ -52,6 +52,7 @@ def evaluate_pairs(pairs: Sequence[CasePair], labels: Sequence[int], allowed: Se
                    desc: str = "cases") -> list[dict]:
     """`evaluate_case` over all pairs, in their order; `num_processes` > 1 uses a spawn pool (as
     nnU-Net does: the workers import torch through MONAI, which is not safe to fork)."""
+    check_pairs_geometry(pairs)
     jobs = [(pair, list(labels), allowed, tolerance_mm) for pair in pairs]
     bar = progress(total=len(jobs), enabled=pbar, desc=desc, unit="case")
     try:

@@ -1,0 +1,154 @@
+"""`medgmae_evaluate RESULTS_FOLDER --compare` on fabricated nnU-Net results folders of fine-tuning runs."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from evaluate_support import DATASET, make_gt, make_run, perturb, reference_case, write_label_map
+from evaluation.cli import main
+from evaluation.compare import fraction_display, ranks
+
+CASES = {f"phantom_{i:03d}": reference_case(i, with_kidney=i != 2) for i in range(3)}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def predictions(seed: int, amount: float) -> dict[str, np.ndarray]:
+    return {case: perturb(ref, seed + i, amount) for i, (case, ref) in enumerate(CASES.items())}
+
+
+@pytest.fixture
+def results(nnunet_env):
+    """Scratch 10% (two folds), MedGMAE 10%, voxel-MAE 100%, MedGMAE* 1%; references and raw CT."""
+    make_gt(nnunet_env["nnUNet_preprocessed"], CASES, raw=nnunet_env["nnUNet_raw"])
+    root = nnunet_env["nnUNet_results"]
+    runs = {
+        ("scratch", 0.1, 0): make_run(root, "scratch", 0.1, 0, predictions(0, 0.10)),
+        ("scratch", 0.1, 1): make_run(root, "scratch", 0.1, 1, predictions(10, 0.12)),
+        ("medgmae", 0.1, 0): make_run(root, "medgmae", 0.1, 0, predictions(20, 0.02)),
+        ("voxelmae", 1.0, 0): make_run(root, "voxelmae", 1.0, 0, predictions(30, 0.04)),
+        ("medgmaestar", 0.01, 0): make_run(root, "medgmaestar", 0.01, 0, predictions(40, 0.15)),
+    }
+    # nnU-Net's own validation summary must never be overwritten
+    (runs[("medgmae", 0.1, 0)] / "validation" / "summary.json").write_text('{"nnunet": true}')
+    return root, runs
+
+
+def run(argv, capsys):
+    code = main([*map(str, argv), "--no-pbar"])
+    return code, capsys.readouterr().err
+
+
+def fg_dice(fold_dir) -> float:
+    return json.loads((fold_dir / "validation" / "summary_medgmae.json").read_text())["foreground_mean"]["Dice"]
+
+
+def test_compare_writes_table1(results, tmp_path, capsys):
+    root, runs = results
+    out = tmp_path / "report"
+    code, err = run([root / DATASET, "--compare", "-o", out, "--overlays", "1"], capsys)
+    assert code == 0, err
+    assert json.loads((runs[("medgmae", 0.1, 0)] / "validation" / "summary.json").read_text()) == {"nnunet": True}
+
+    rows = list(csv.reader((out / "table1.csv").open()))
+    assert rows[0] == ["init", "Phantom 1%", "Phantom 10%", "Phantom 100%"]
+    assert [r[0] for r in rows[1:]] == ["Scratch", "voxel-MAE", "MedGMAE", "MedGMAE*"]  # the paper's order
+    table = {r[0]: r[1:] for r in rows[1:]}
+    scratch = np.mean([fg_dice(runs[("scratch", 0.1, f)]) for f in (0, 1)])  # folds averaged
+    assert table["Scratch"] == ["", f"{100 * scratch:.2f}", ""]
+    assert table["MedGMAE"][1] == f"{100 * fg_dice(runs[('medgmae', 0.1, 0)]):.2f}"
+    assert table["voxel-MAE"] == ["", "", f"{100 * fg_dice(runs[('voxelmae', 1.0, 0)]):.2f}"]
+    assert table["MedGMAE*"][0] != "" and table["MedGMAE*"][1:] == ["", ""]
+
+    markdown = (out / "table1.md").read_text()
+    medgmae_row = next(line for line in markdown.splitlines() if line.startswith("| MedGMAE |"))
+    scratch_row = next(line for line in markdown.splitlines() if line.startswith("| Scratch |"))
+    assert f"**{table['MedGMAE'][1]}**" in medgmae_row          # less noise: best at 10%
+    assert f"<u>{table['Scratch'][1]}</u>" in scratch_row        # second at 10%
+    assert scratch_row.count("—") == 2
+    assert "Mean NSD at 1 mm" in markdown
+
+    organs = list(csv.DictReader((out / "per_organ.csv").open()))
+    assert len(organs) == 4 * 3  # four (init, fraction) groups x three organs
+    assert {o["organ"] for o in organs} == {"spleen", "liver", "kidney"}
+    assert all(o["folds"] == ("2" if o["init"] == "Scratch" else "1") for o in organs)
+    assert "1 spleen" in (out / "per_organ.md").read_text()
+
+    pngs = ["table1.png"] + [f"overlays_MedGMAETrainer_{t}.png" for t in
+                             ("scratch_f10", "medgmae_f10", "voxelmae_f100", "medgmaestar_f1")]
+    for name in pngs:
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 5000, name
+    record = json.loads((out / "medgmae_evaluate.json").read_text())
+    assert len(record["results"]["runs"]) == 5 and record["results"]["skipped"] == []
+    assert "MedGMAE*" in (out / "medgmae_evaluate.log").read_text()
+
+
+def test_second_run_reuses_summaries(results, tmp_path, capsys):
+    root, runs = results
+    fold = runs[("scratch", 0.1, 0)]
+    assert run(["Phantom", "-o", tmp_path / "a"], capsys)[0] == 0  # an alias names the dataset folder
+    summary = fold / "validation" / "summary_medgmae.json"
+    stamp = summary.stat().st_mtime_ns
+    code, err = run([fold, "-o", tmp_path / "b"], capsys)
+    assert code == 0 and "reused" in err and summary.stat().st_mtime_ns == stamp
+    # a changed prediction, another tolerance or --force: computed again
+    code, err = run([fold, "-o", tmp_path / "b", "--tolerance", "2"], capsys)
+    assert code == 0 and "reused" not in err
+    assert json.loads(summary.read_text())["medgmae"]["nsd_tolerance_mm"] == 2.0
+    before = fg_dice(fold)
+    write_label_map(fold / "validation" / "phantom_000.nii.gz", CASES["phantom_000"])  # now perfect
+    code, err = run([fold, "-o", tmp_path / "b", "--tolerance", "2"], capsys)
+    assert code == 0 and "reused" not in err and fg_dice(fold) > before
+    stamp = summary.stat().st_mtime_ns
+    code, err = run([fold, "-o", tmp_path / "b", "--tolerance", "2", "--force"], capsys)
+    assert code == 0 and "reused" not in err and summary.stat().st_mtime_ns != stamp
+
+
+def test_unfinished_run_is_skipped(results, tmp_path, capsys):
+    root, _ = results
+    make_run(root, "medgmae", 1.0, 0, predictions(50, 0.01), finished=False)
+    code, err = run([root, "-o", tmp_path / "o"], capsys)
+    assert code == 0 and "no validation/ folder yet" in err
+    assert len(json.loads((tmp_path / "o" / "medgmae_evaluate.json").read_text())["results"]["skipped"]) == 1
+
+
+def _refused(code, err, *fragments):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and [line for line in lines if "error:" in line] == lines[-1:], err
+    for fragment in fragments:
+        assert fragment in lines[-1], err
+
+
+def test_missing_and_extra_validation_cases(results, tmp_path, capsys):
+    _, runs = results
+    fold = runs[("medgmae", 0.1, 0)]
+    (fold / "validation" / "phantom_001.nii.gz").unlink()
+    _refused(*run([fold, "-o", tmp_path / "o"], capsys), "phantom_001", "no prediction")
+    fold = runs[("voxelmae", 1.0, 0)]
+    (fold / "validation" / "phantom_999.nii.gz").write_bytes((fold / "validation" / "phantom_000.nii.gz").read_bytes())
+    _refused(*run([fold, "-o", tmp_path / "o"], capsys), "phantom_999", "not in the run's validation cases")
+
+
+def test_bad_run_metadata_and_folders(results, nnunet_env, tmp_path, capsys):
+    root, runs = results
+    _refused(*run([tmp_path / "nowhere"], capsys), "nowhere")
+    _refused(*run([nnunet_env["nnUNet_raw"]], capsys), "no fine-tuning run")
+    meta = runs[("scratch", 0.1, 1)] / "medgmae_finetune.json"
+    meta.write_text(json.dumps({"dataset": DATASET, "fold": 1}))
+    _refused(*run([meta.parent], capsys), "medgmae_finetune.json", "init")
+    meta.write_text("{truncated")
+    _refused(*run([meta.parent], capsys), "medgmae_finetune.json", "cannot read")
+    gt = nnunet_env["nnUNet_preprocessed"] / DATASET / "gt_segmentations"
+    gt.rename(gt.with_name("moved"))
+    _refused(*run([runs[("medgmae", 0.1, 0)]], capsys), "gt_segmentations", "does not exist")
+
+
+def test_ranks_and_fraction_names():
+    assert ranks([0.5, 0.7, float("nan"), 0.6]) == [None, 1, None, 2]
+    assert ranks([0.7, 0.7, 0.6]) == [1, 1, 2]  # ties share the mark
+    assert ranks([0.4]) == [1]
+    assert [fraction_display(f) for f in (0.01, 0.1, 1.0, 0.025)] == ["1%", "10%", "100%", "2.5%"]
