@@ -1,0 +1,237 @@
+"""`medgmae_train`: fine-tune UNETR with nnU-Net v2 from a pretrained encoder (or from scratch).
+
+    medgmae_train DATASET CONFIGURATION [--fraction 0.01|0.1|1.0] [--fold 0..4|all]
+                  (--pretrained CKPT | --init scratch [--preset tiny|base|paper]) [--trainer NAME]
+                  [--epochs N] [--iters-per-epoch N] [--device cpu|cuda] [--num-gpus N] [--continue] [--npz]
+
+Everything is checked before nnU-Net starts (dataset, plans, checkpoint, fraction, an existing run);
+the settings go to `medgmae_finetune.json` in the fold folder (see `run_record` for why a file), then
+nnU-Net's own `run_training` trains, checkpoints and validates (and runs DDP for `--num-gpus`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+from medgmae_plans.runtime import UserError, add_common_flags, cli_entry, setup_run_log
+
+from . import EXT_TRAINER_DIR
+from .encoder_loading import INIT_DISPLAY, check_fits, preset_encoder, read_pretrained, unetr_arch_kwargs
+from .fractions import FRACTION_SEED, parse_fraction
+from .run_record import RECORD, Settings, differences, fold_folder, read_record, write_record
+
+PLANS = "MedGMAEPlans"
+# The UNETR decoder's full-resolution convolutions dominate CPU time; the tiny preset halves their width.
+FEATURE_SIZE_BY_PRESET = {"tiny": 8}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="medgmae_train",
+        description="Fine-tune UNETR (our ViT encoder + MONAI's UNETR blocks) with nnU-Net v2 on a fraction of "
+                    "a fold's training cases, from a medgmae_pretrain checkpoint or from scratch. The results "
+                    "folder is a normal nnU-Net results folder (nnUNetv2_predict works on it with "
+                    f"nnUNet_extTrainer={EXT_TRAINER_DIR}).")
+    p.add_argument("dataset", help="dataset id, name or alias (AMOS, FLARE22, BTCV, SegTHOR, AbdomenAtlas, Phantom)")
+    p.add_argument("configuration", help="plans configuration (MedGMAEPlans has 3d_fullres)")
+    p.add_argument("--fraction", default="1.0", help="fraction of the fold's training cases, in (0, 1] (default 1.0)")
+    p.add_argument("--fold", default="0", help="cross-validation fold 0..4, or 'all' (default 0)")
+    init = p.add_mutually_exclusive_group(required=True)
+    init.add_argument("--pretrained", metavar="CKPT", help="medgmae_pretrain checkpoint_final.pt (any decoder type)")
+    init.add_argument("--init", choices=("scratch",), help="random initialisation instead of a checkpoint")
+    p.add_argument("--preset", choices=("tiny", "base", "paper"),
+                   help="encoder sizes; scratch: default base (what the plans say); with --pretrained it must "
+                        "match the checkpoint's")
+    p.add_argument("--patch", type=int, choices=(12, 16),
+                   help="ViT patch size (default: the checkpoint's, or the preset's)")
+    p.add_argument("--trainer", help="trainer name MedGMAETrainer_<init>_f<pct>[_<tag>] (default: derived from the "
+                                     "init and fraction; add a tag to keep variants apart)")
+    p.add_argument("--epochs", type=int, default=1000, help="epochs (nnU-Net's default 1000)")
+    p.add_argument("--iters-per-epoch", type=int, default=250, help="training iterations per epoch (default 250)")
+    p.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate of the decoder (default 3e-4)")
+    p.add_argument("--layer-decay", type=float, default=0.75, help="layer-wise lr decay of a pretrained encoder")
+    p.add_argument("--feature-size", type=int, help="UNETR decoder width (default: the plans' 16; tiny preset 8)")
+    p.add_argument("--val-step-size", type=float,
+                   help="sliding-window step of the final validation (default: nnU-Net's 0.5 on cuda, 1.0 on cpu)")
+    p.add_argument("--val-mirroring", choices=("on", "off"),
+                   help="test-time mirroring in the final validation (default: on with cuda, off on cpu)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    p.add_argument("--num-gpus", type=int, default=1, help="GPUs for nnU-Net's own DDP (cuda only)")
+    p.add_argument("--continue", dest="resume", action="store_true", help="continue the run in the results folder")
+    p.add_argument("--npz", action="store_true", help="also save the validation softmax (nnU-Net's --npz)")
+    return add_common_flags(p)
+
+
+def _fold(text: str):
+    if text == "all":
+        return "all"
+    if text.isdigit():
+        return int(text)
+    raise UserError(f"--fold {text!r}: give a fold number (0..4) or 'all'")
+
+
+def _plans(folders, dataset: str, configuration: str) -> dict:
+    plans_file = folders["nnUNet_preprocessed"] / dataset / f"{PLANS}.json"
+    if not plans_file.is_file():
+        raise UserError(f"{plans_file}: no MedGMAE plans; run medgmae_plan_and_preprocess -d {dataset} first")
+    try:
+        plans = json.loads(plans_file.read_text())
+    except ValueError as err:
+        raise UserError(f"{plans_file}: not readable JSON ({err})") from None
+    if configuration not in plans.get("configurations", {}):
+        raise UserError(f"{plans_file}: no configuration {configuration!r}; it has "
+                        f"{sorted(plans.get('configurations', {}))}")
+    data = folders["nnUNet_preprocessed"] / dataset / plans["configurations"][configuration]["data_identifier"]
+    if not data.is_dir():
+        raise UserError(f"{data}: preprocessed data missing; run medgmae_plan_and_preprocess -d {dataset}")
+    return plans
+
+
+def make_settings(args, folders, dataset: str, plans: dict) -> Settings:
+    """Everything the trainer needs, checked: init, architecture, fraction, names."""
+    from .trainers import parse_trainer_name, trainer_name
+
+    fraction = parse_fraction(args.fraction)
+    fold = _fold(args.fold)
+    if args.epochs < 1 or args.iters_per_epoch < 1:
+        raise UserError("--epochs and --iters-per-epoch must be at least 1")
+    config = plans["configurations"][args.configuration]
+    img_size = config["patch_size"]
+    plan_arch = config.get("architecture", {}).get("arch_kwargs", {})
+    if args.pretrained:
+        pre = read_pretrained(args.pretrained)
+        check_fits(pre, plans, preset=args.preset, patch=args.patch)
+        init, preset, encoder = pre.init, pre.metadata.get("preset"), pre.encoder_config
+        checkpoint, decoder = str(pre.path), pre.metadata["decoder_type"]
+    else:
+        init, preset, checkpoint, decoder = "scratch", args.preset or "base", None, None
+        encoder = preset_encoder(preset, args.patch)
+    feature_size = args.feature_size or FEATURE_SIZE_BY_PRESET.get(preset, plan_arch.get("feature_size", 16))
+    arch = unetr_arch_kwargs(encoder, img_size, feature_size, plan_arch.get("norm_name", "instance"))
+    if any(s % arch["patch_size"] for s in img_size):
+        raise UserError(f"plans patch size {img_size} is not a multiple of the ViT patch {arch['patch_size']}")
+    name = args.trainer or trainer_name(init, fraction)
+    try:
+        name_init, name_fraction, _ = parse_trainer_name(name)
+    except ValueError as err:
+        raise UserError(f"--trainer: {err}") from None
+    if name_init != init or abs(name_fraction - fraction) > 1e-9:
+        raise UserError(f"--trainer {name} says init {name_init}, fraction {name_fraction}, but this run is init "
+                        f"{init}, fraction {fraction}")
+    cuda = args.device == "cuda"
+    return Settings(
+        dataset=dataset, configuration=args.configuration, plans=PLANS, fold=fold, trainer=name, init=init,
+        init_display=INIT_DISPLAY[init], pretrained_checkpoint=checkpoint, pretrained_decoder=decoder, preset=preset,
+        patch_size=arch["patch_size"], fraction=fraction, fraction_seed=FRACTION_SEED, epochs=args.epochs,
+        iterations_per_epoch=args.iters_per_epoch, lr=args.lr, layer_decay=args.layer_decay,
+        val_step_size=args.val_step_size or (0.5 if cuda else 1.0),
+        val_mirroring=(args.val_mirroring or ("on" if cuda else "off")) == "on", arch_kwargs=arch)
+
+
+def check_existing(settings: Settings, folder: Path, resume: bool) -> None:
+    """Refuse to overwrite a run; for --continue, refuse other settings than the run's own."""
+    old = read_record(folder)
+    if resume:
+        if old is None:
+            raise UserError(f"{folder / RECORD}: no run to continue; start one without --continue")
+        diff = differences(old, settings)
+        if diff:
+            raise UserError(f"{folder / RECORD}: --continue with other settings than the run's ({'; '.join(diff)})")
+    elif old is not None or any(folder.glob("checkpoint_*.pth")):
+        raise UserError(f"{folder}: holds a run already; pass --continue to resume it, or --trainer "
+                        f"{settings.trainer}_<tag> for a separate run")
+    plans_json = folder.parent / "plans.json"
+    if plans_json.is_file():
+        try:
+            arch = json.loads(plans_json.read_text())["configurations"][settings.configuration]["architecture"]
+        except (ValueError, KeyError):
+            return
+        if arch.get("arch_kwargs") != settings.arch_kwargs:
+            raise UserError(f"{plans_json}: this trainer's results folder holds another UNETR architecture "
+                            f"({arch.get('arch_kwargs')}); use --trainer {settings.trainer}_<tag>")
+
+
+def _environment(device: str) -> None:
+    """nnU-Net reads these at import: our trainer folder, and worker counts that fit the machine."""
+    ext = os.environ.get("nnUNet_extTrainer", "")
+    if str(EXT_TRAINER_DIR) not in ext.split(os.pathsep):
+        os.environ["nnUNet_extTrainer"] = os.pathsep.join([str(EXT_TRAINER_DIR)] + ([ext] if ext else []))
+    os.environ.setdefault("nnUNet_def_n_proc", str(max(1, min(8, os.cpu_count() or 1))))
+    if device == "cpu":
+        os.environ.setdefault("nnUNet_compile", "f")  # nnU-Net never compiles on CPU; this keeps it quiet
+
+
+def _summary(folder: Path) -> dict:
+    path = folder / "validation" / "summary.json"
+    if not path.is_file():
+        return {}
+    summary = json.loads(path.read_text())
+    return {"validation_summary": str(path), "foreground_mean_dice": summary["foreground_mean"]["Dice"],
+            "mean_dice_per_label": {k: v["Dice"] for k, v in summary["mean"].items()}}
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    from medgmae_plans.datasets import resolve_dataset
+    from medgmae_plans.paths import ensure_nnunet_env
+
+    parse_fraction(args.fraction)
+    folders = ensure_nnunet_env()
+    dataset = resolve_dataset(args.dataset)
+    plans = _plans(folders, dataset, args.configuration)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available")
+    if args.num_gpus > 1 and args.device != "cuda":
+        raise UserError("--num-gpus > 1 needs --device cuda (nnU-Net's DDP is NCCL only)")
+    _environment(args.device)
+    settings = make_settings(args, folders, dataset, plans)
+    folder = fold_folder(folders["nnUNet_results"], dataset, settings.trainer, PLANS, args.configuration,
+                         settings.fold)
+    check_existing(settings, folder, args.resume)
+    if args.resume:
+        old = read_record(folder)
+        settings.train_cases, settings.val_cases, settings.results = old.train_cases, old.val_cases, old.results
+    settings.status = "running"
+    write_record(folder, settings)
+    log = setup_run_log(folder, "medgmae_train", args.verbose)
+    log.info(f"{settings.trainer}: {settings.init_display} init"
+             + (f" from {settings.pretrained_checkpoint}" if settings.pretrained_checkpoint else
+                f" (preset {settings.preset})")
+             + f", {settings.fraction:g} of fold {settings.fold}'s training cases, {settings.epochs} epochs x "
+               f"{settings.iterations_per_epoch} iterations, on {args.device}")
+    log.info(f"results: {folder}")
+
+    from nnunetv2.run.run_training import run_training
+
+    start = time.time()
+    try:
+        run_training(dataset, args.configuration, settings.fold, settings.trainer, PLANS, num_gpus=args.num_gpus,
+                     export_validation_probabilities=args.npz, continue_training=args.resume,
+                     device=torch.device(args.device))
+    except BaseException:
+        done = read_record(folder) or settings
+        done.status = "failed"
+        write_record(folder, done)
+        raise
+    done = read_record(folder) or settings
+    done.status = "finished"
+    done.results = {**done.results, "wall_s": round(time.time() - start, 1),
+                    "checkpoint_final": str(folder / "checkpoint_final.pth"), **_summary(folder)}
+    write_record(folder, done)
+    dice = done.results.get("foreground_mean_dice")
+    log.info(f"done in {done.results['wall_s']} s; validation foreground mean Dice "
+             f"{dice if dice is None else round(dice, 4)}; settings and results in {folder / RECORD}")
+    return 0
+
+
+main = cli_entry(_main)
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,243 @@
+"""nnU-Net v2 trainers that fine-tune UNETR (ViT3D encoder + MONAI blocks) from a pretrained encoder.
+
+Trainer names encode initialisation and training fraction, so results folders never collide:
+
+    MedGMAETrainer_<init>_f<pct>[_<tag>]     init: scratch | voxelmae | medgmae | medgmaestar
+                                             pct: percent with 'p' for '.', e.g. f1, f10, f100, f2p5
+                                             tag: optional letters/digits (`--trainer`) to keep other variants apart
+
+The common names (4 inits x f1/f10/f100) exist as module attributes; any other name of that form is
+made on first access (module `__getattr__`), which is what nnU-Net's lookup (`hasattr` on each
+module of `nnUNet_extTrainer`) and `nnUNetv2_predict -tr NAME` need.
+
+What the trainers change against `nnUNetTrainer` (everything else, data loading, augmentation,
+DC+CE loss, checkpoints, validation and its summary.json, DDP, is nnU-Net's):
+
+- settings come from `medgmae_finetune.json` in the fold folder (see `run_record`), read in `__init__`;
+- before nnU-Net sees the plans, the configuration's `architecture.arch_kwargs` are replaced by the
+  run's UNETR settings (the pretrained checkpoint's encoder sizes), so the `plans.json` nnU-Net copies
+  into the results folder rebuilds exactly this network in `nnUNetv2_predict`;
+- `build_network_architecture` builds UNETR from the plans, without deep supervision (no weights);
+- `initialize` loads the pretrained encoder and asserts that every encoder key was loaded;
+- `do_split` keeps the nested `--fraction` subset of the fold's training cases (validation unchanged);
+- AdamW with layer-wise decay, per-iteration warmup + cosine (`optim`);
+- checkpoints are written atomically; the final validation can use a coarser sliding-window step
+  and no mirroring (CPU budget) without touching what `nnUNetv2_predict` does.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+
+import torch
+from nnunetv2.paths import nnUNet_results
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+from medgmae_plans.atomic import atomic_path
+
+from .encoder_loading import INIT_DISPLAY, load_encoder, read_pretrained
+from .fractions import fraction_tag, select_cases, tag_fraction
+from .optim import WarmupCosine, param_groups
+from .run_record import Settings, fold_folder, read_record, write_record
+
+nnunet_trainer_module = sys.modules[nnUNetTrainer.__module__]  # where validation looks up nnUNetPredictor
+
+INITS = ("scratch", "voxelmae", "medgmae", "medgmaestar")
+NAME_PATTERN = re.compile(r"^MedGMAETrainer_(scratch|voxelmae|medgmae|medgmaestar)_(f\d+(?:p\d+)?)(?:_([A-Za-z0-9]+))?$")
+
+
+def trainer_name(init: str, fraction: float, tag: str | None = None) -> str:
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
+    return f"MedGMAETrainer_{init}_{fraction_tag(fraction)}" + (f"_{tag}" if tag else "")
+
+
+def parse_trainer_name(name: str) -> tuple[str, float, str | None]:
+    """'MedGMAETrainer_medgmae_f10' -> ('medgmae', 0.1, None); ValueError for other names."""
+    match = NAME_PATTERN.match(name)
+    if not match:
+        raise ValueError(f"{name!r} is not a MedGMAE trainer name (MedGMAETrainer_<init>_f<pct>[_<tag>], "
+                         f"init one of {INITS})")
+    return match.group(1), tag_fraction(match.group(2)), match.group(3)
+
+
+class _ValidationPredictor:
+    """Swaps the predictor class nnU-Net's validation instantiates, to set step size and mirroring.
+
+    `nnUNetTrainer.perform_actual_validation` builds `nnUNetPredictor(tile_step_size=0.5,
+    use_mirroring=True, ...)` inline; rather than copying that long method, the module's name is
+    pointed at a subclass for the duration of the call. `nnUNetv2_predict` is not affected.
+    """
+
+    @staticmethod
+    @contextlib.contextmanager
+    def settings(step_size: float, mirroring: bool):
+        original = nnunet_trainer_module.nnUNetPredictor
+
+        class Predictor(original):
+            def __init__(self, *args, **kwargs):
+                kwargs.update(tile_step_size=step_size, use_mirroring=mirroring)
+                super().__init__(*args, **kwargs)
+
+        nnunet_trainer_module.nnUNetPredictor = Predictor
+        try:
+            yield
+        finally:
+            nnunet_trainer_module.nnUNetPredictor = original
+
+
+class MedGMAETrainer(nnUNetTrainer):
+    """UNETR fine-tuning; concrete trainers are `MedGMAETrainer_<init>_f<pct>` subclasses."""
+
+    INIT = "scratch"
+    FRACTION = 1.0
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        settings = self._find_settings(plans, configuration, fold)
+        if settings.arch_kwargs:
+            arch = plans["configurations"][configuration]["architecture"]
+            arch["arch_kwargs"] = dict(settings.arch_kwargs)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.medgmae = settings
+        self.enable_deep_supervision = False
+        self.num_epochs = int(settings.epochs)
+        self.num_iterations_per_epoch = int(settings.iterations_per_epoch)
+        self.num_val_iterations_per_epoch = max(1, round(self.num_iterations_per_epoch / 5))
+        self.initial_lr = float(settings.lr)
+        self.weight_decay = float(settings.weight_decay_decoder)
+        self.save_every = min(50, max(1, self.num_epochs // 10))
+        self._iteration_in_epoch = 0
+        self.encoder_report = None
+
+    # ---- settings -------------------------------------------------------------------------------
+    @classmethod
+    def _find_settings(cls, plans: dict, configuration: str, fold) -> Settings:
+        folder = fold_folder(nnUNet_results, plans["dataset_name"], cls.__name__, plans["plans_name"],
+                             configuration, fold) if nnUNet_results.is_set() else None
+        settings = read_record(folder) if folder is not None else None
+        if settings is None:
+            if cls.INIT != "scratch":
+                raise RuntimeError(f"{cls.__name__} needs the pretrained checkpoint named in {folder}/"
+                                   f"medgmae_finetune.json; start it with medgmae_train --pretrained CKPT")
+            settings = Settings(dataset=plans["dataset_name"], configuration=configuration,
+                                plans=plans["plans_name"], fold=fold, trainer=cls.__name__,
+                                fraction=cls.FRACTION)
+        if settings.trainer != cls.__name__ or settings.init != cls.INIT or \
+                abs(float(settings.fraction) - cls.FRACTION) > 1e-9:
+            raise RuntimeError(f"{folder}/medgmae_finetune.json describes {settings.trainer} "
+                               f"(init {settings.init}, fraction {settings.fraction}), not {cls.__name__}")
+        return settings
+
+    def _record(self, **changes) -> None:
+        """Update medgmae_finetune.json (rank 0 only; atomic)."""
+        for key, value in changes.items():
+            setattr(self.medgmae, key, value)
+        if self.local_rank == 0:
+            write_record(self.output_folder, self.medgmae)
+
+    # ---- network --------------------------------------------------------------------------------
+    @staticmethod
+    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = False):
+        """UNETR from the plans' architecture block; never deep supervision, never pretrained weights."""
+        return get_network_from_plans(configuration_manager.network_arch_class_name,
+                                      configuration_manager.network_arch_init_kwargs,
+                                      configuration_manager.network_arch_init_kwargs_req_import,
+                                      num_input_channels, num_output_channels, allow_init=True,
+                                      deep_supervision=False)
+
+    def set_deep_supervision_enabled(self, enabled: bool) -> None:
+        """UNETR has one output; nothing to switch."""
+
+    def _bare_network(self) -> torch.nn.Module:
+        net = self.network.module if self.is_ddp else self.network
+        return getattr(net, "_orig_mod", net)
+
+    def initialize(self):
+        super().initialize()
+        if self.medgmae.pretrained_checkpoint:
+            # Every rank loads the same file, so ranks agree although DDP wrapped the network already.
+            pre = read_pretrained(self.medgmae.pretrained_checkpoint)
+            self.encoder_report = load_encoder(self._bare_network(), pre, log=self.print_to_log_file)
+            if self.local_rank == 0:
+                self._record(results={**self.medgmae.results, "encoder_loading": {
+                    "checkpoint": self.encoder_report["checkpoint"], "loaded": len(self.encoder_report["loaded"]),
+                    "skipped": len(self.encoder_report["skipped"]),
+                    "pos_embed_interpolated": self.encoder_report["pos_embed_interpolated"]}})
+
+    # ---- data -----------------------------------------------------------------------------------
+    def do_split(self):
+        tr_keys, val_keys = super().do_split()
+        subset = select_cases(tr_keys, self.FRACTION, self.medgmae.fraction_seed)
+        self.print_to_log_file(f"fraction {self.FRACTION}: training on {len(subset)} of {len(tr_keys)} cases: "
+                               f"{subset}; {len(val_keys)} validation cases")
+        self._record(train_cases=list(subset), val_cases=[str(k) for k in val_keys])
+        return subset, val_keys
+
+    # ---- optimisation ---------------------------------------------------------------------------
+    def configure_optimizers(self):
+        s = self.medgmae
+        groups = param_groups(self.network, pretrained=bool(s.pretrained_checkpoint), layer_decay=s.layer_decay,
+                              wd_encoder=s.weight_decay_encoder, wd_decoder=s.weight_decay_decoder)
+        optimizer = torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.999))
+        total = self.num_epochs * self.num_iterations_per_epoch
+        scheduler = WarmupCosine(optimizer, s.lr, total, round(s.warmup_fraction * total),
+                                 self.num_iterations_per_epoch)
+        return optimizer, scheduler
+
+    def on_train_epoch_start(self):
+        self._iteration_in_epoch = 0
+        super().on_train_epoch_start()
+
+    def train_step(self, batch: dict) -> dict:
+        self.lr_scheduler.set_iteration(self.current_epoch * self.num_iterations_per_epoch + self._iteration_in_epoch)
+        self._iteration_in_epoch += 1
+        return super().train_step(batch)
+
+    # ---- checkpoints and validation ------------------------------------------------------------
+    def save_checkpoint(self, filename: str) -> None:
+        if self.local_rank != 0 or self.disable_checkpointing:
+            return super().save_checkpoint(filename)
+        with atomic_path(filename) as tmp:  # nnU-Net's torch.save writes in place
+            super().save_checkpoint(str(tmp))
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        s = self.medgmae
+        self.print_to_log_file(f"final validation: sliding-window step {s.val_step_size}, "
+                               f"mirroring {'on' if s.val_mirroring else 'off'}")
+        with _ValidationPredictor.settings(float(s.val_step_size), bool(s.val_mirroring)):
+            super().perform_actual_validation(save_probabilities)
+
+
+_CLASSES: dict[str, type] = {}
+
+
+def trainer_class(name: str) -> type:
+    """The trainer class for a `MedGMAETrainer_<init>_f<pct>[_<tag>]` name (made once, then cached)."""
+    if name not in _CLASSES:
+        init, fraction, _ = parse_trainer_name(name)
+        cls = type(name, (MedGMAETrainer,), {"INIT": init, "FRACTION": fraction, "__module__": __name__,
+                                             "__doc__": f"UNETR fine-tuning, init {INIT_DISPLAY[init]}, "
+                                                        f"{fraction * 100:g}% of the training cases."})
+        cls.__qualname__ = name
+        _CLASSES[name] = cls
+    return _CLASSES[name]
+
+
+for _init in INITS:
+    for _fraction in (0.01, 0.1, 1.0):
+        _name = trainer_name(_init, _fraction)
+        globals()[_name] = trainer_class(_name)
+
+
+def __getattr__(name: str):
+    if NAME_PATTERN.match(name):
+        return trainer_class(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["MedGMAETrainer", "trainer_class", "trainer_name", "parse_trainer_name", "INITS",
+           *[n for n in list(globals()) if NAME_PATTERN.match(n)]]
