@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"with --ref/--pred: the summary JSON (default PRED_DIR/{SUMMARY_NAME}); with results "
                         f"folders: the folder for the log, run JSON and --compare outputs (default ./{DEFAULT_OUT})")
     p.add_argument("--compare", action="store_true", help="write Table 1 (CSV, Markdown, PNG) and per-organ tables")
-    p.add_argument("--overlays", type=int, metavar="N", help="with --compare: a PNG per run group of N validation "
-                   "cases' predictions over the ground truth (default 2; 0 for none)")
+    p.add_argument("--overlays", type=int, metavar="N", help="with --compare: per trainer, a PNG of its first fold's "
+                   "first N validation cases, predictions over the ground truth (default 2; 0 for none)")
     p.add_argument("--tolerance", type=float, default=NSD_TOLERANCE_MM, help="NSD tolerance in mm (default 1)")
     p.add_argument("--chill", action="store_true",
                    help="with --ref/--pred: evaluate the predictions present even if references lack one")
