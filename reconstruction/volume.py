@@ -1,0 +1,105 @@
+"""The ground-truth volume: reading it, the pretraining window, cropping, and simulated projections.
+
+A VOLUME is either
+  - a CT image SimpleITK reads (NIfTI, MHA, NRRD) in Hounsfield units: resampled linearly to the
+    pretraining spacing (1.5 mm isotropic by default) and windowed as in pretraining,
+    clip(HU, -175, 250) then (HU + 175) / 425 -> [0, 1]; or
+  - a preprocessed case (`<case>.b2nd` written by `medgmae_plan_and_preprocess`), which is already
+    at 1.5 mm and in [0, 1].
+Arrays are [D, H, W] (z, y, x), float32.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from medgmae_plans.runtime import UserError
+
+HU_WINDOW = (-175.0, 250.0)
+PRETRAIN_SPACING = 1.5
+
+
+def window_hu(hu: np.ndarray) -> np.ndarray:
+    """The pretraining window: clip(HU, -175, 250), then (HU + 175) / 425."""
+    lo, hi = HU_WINDOW
+    return ((np.clip(hu, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
+def load_volume(path: str | Path, spacing: float = PRETRAIN_SPACING) -> tuple[np.ndarray, tuple[float, ...]]:
+    """(volume [D, H, W] float32 in [0, 1], spacing (z, y, x) in mm). Bad files raise `UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    if path.name.endswith(".b2nd"):
+        return _load_preprocessed(path)
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        raise UserError(f"{path}: cannot be read as an image ({str(err).strip().splitlines()[-1]})") from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise UserError(f"{path}: expected a 3D single-channel CT image, got {image.GetDimension()}D with "
+                        f"{image.GetNumberOfComponentsPerPixel()} component(s)")
+    image = _resample(sitk.Cast(image, sitk.sitkFloat32), spacing)
+    hu = sitk.GetArrayFromImage(image)  # [z, y, x]
+    if not np.isfinite(hu).all():
+        raise UserError(f"{path}: contains NaN or infinite voxels")
+    return window_hu(hu), (spacing,) * 3
+
+
+def _resample(image, spacing: float):
+    import SimpleITK as sitk
+
+    old_sp, old_size = np.array(image.GetSpacing()), np.array(image.GetSize())
+    size = [max(1, int(round(n))) for n in old_size * old_sp / spacing]
+    return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), (spacing,) * 3,
+                         image.GetDirection(), -1024.0, sitk.sitkFloat32)
+
+
+def _load_preprocessed(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    import pickle
+
+    import blosc2
+
+    try:
+        arr = np.asarray(blosc2.open(urlpath=str(path), mode="r")[:], dtype=np.float32)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise UserError(f"{path}: cannot be read as a preprocessed case ({err})") from None
+    if arr.ndim != 4 or arr.shape[0] != 1:
+        raise UserError(f"{path}: expected a single-channel preprocessed case [1, D, H, W], got {arr.shape}")
+    spacing = (PRETRAIN_SPACING,) * 3
+    pkl = path.with_suffix(".pkl")
+    if pkl.is_file():
+        with open(pkl, "rb") as f:
+            spacing = tuple(float(s) for s in pickle.load(f).get("spacing_after_resampling", spacing))
+    return arr[0], spacing
+
+
+def center_crop(volume: np.ndarray, size: Sequence[int] | None) -> np.ndarray:
+    """The central box of `size` (D, H, W); axes shorter than asked are kept whole."""
+    if size is None:
+        return volume
+    starts = [max(0, (n - k) // 2) for n, k in zip(volume.shape, size)]
+    return np.ascontiguousarray(volume[tuple(slice(s, s + k) for s, k in zip(starts, size))])
+
+
+def simulate_projections(projector, volume: torch.Tensor, photons: float = 0.0,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """Noise-free line integrals, or with `photons` > 0 a Poisson transmission measurement.
+
+    Noise model (Beer-Lambert): the line integrals p are scaled by k = 2 / max(p), so the most
+    attenuating ray transmits e^-2 of the `photons` I0 of each ray; counts ~ Poisson(I0 e^{-k p})
+    (at least 1), and the measurement is -log(counts / I0) / k, in the units of p.
+    """
+    with torch.no_grad():
+        clean = projector(volume)
+        if photons <= 0:
+            return clean
+        k = 2.0 / clean.max().clamp_min(1e-6)
+        expected = photons * torch.exp(-k * clean)
+        counts = torch.poisson(expected.double().cpu(), generator=generator).to(clean).clamp_min(1.0)
+        return -torch.log(counts / photons) / k
