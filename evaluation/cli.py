@@ -142,9 +142,9 @@ def evaluate_results(args) -> int:
     log = setup_run_log(out_dir, "medgmae_evaluate", args.verbose)
     scored, skipped, lines = [], [], []
     for run in runs:
-        if not run.validation_dir.is_dir():
+        if run.unfinished:
             skipped.append(run.label)
-            log.warning(f"{run.label}: no validation/ folder yet (training not finished?); skipped")
+            log.warning(f"{run.label}: {run.unfinished} (training not finished?); skipped")
             continue
         summary, reused = evaluate_run(run, args, env["nnUNet_preprocessed"])
         scored.append(Scored(run, summary))
@@ -181,7 +181,7 @@ def evaluate_run(run, args, preprocessed_root: Path) -> tuple[dict, bool]:
     if not ref_dir.is_dir():
         raise UserError(f"{ref_dir}: reference folder of {run.label} does not exist "
                         f"(nnU-Net's preprocessing writes gt_segmentations there)")
-    pairs = pair_cases(ref_dir, run.validation_dir, file_ending_of(dataset_json), expected=run.meta.get("val_cases"))
+    pairs = pair_cases(ref_dir, run.validation_dir, file_ending_of(dataset_json), expected=run.val_cases)
     stamps = input_stamps(pairs)
     out = run.validation_dir / SUMMARY_NAME
     if not args.force:

@@ -254,6 +254,23 @@ class Run:
         return self.fold_dir / "validation"
 
     @property
+    def unfinished(self) -> str | None:
+        """Why the run cannot be evaluated yet (None when it can): fine-tuning records a `status`
+        ("finished" once nnU-Net's validation is written); without one, the validation folder decides."""
+        status = self.meta.get("status")
+        if status is not None and status != "finished":
+            return f"status {status!r} in {FINETUNE_JSON}"
+        if not self.validation_dir.is_dir():
+            return "no validation/ folder yet"
+        return None
+
+    @property
+    def val_cases(self) -> list[str] | None:
+        """The validation cases the run recorded (None when it recorded none)."""
+        cases = self.meta.get("val_cases")
+        return [str(c) for c in cases] if cases else None
+
+    @property
     def label(self) -> str:
         return f"{self.dataset}/{self.fold_dir.parent.name}/{self.fold_dir.name}"
 

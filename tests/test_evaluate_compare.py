@@ -110,9 +110,25 @@ def test_second_run_reuses_summaries(results, tmp_path, capsys):
 def test_unfinished_run_is_skipped(results, tmp_path, capsys):
     root, _ = results
     make_run(root, "medgmae", 1.0, 0, predictions(50, 0.01), finished=False)
+    failed = make_run(root, "voxelmae", 0.1, 0, predictions(60, 0.01))  # validation there, but it failed
+    meta = json.loads((failed / "medgmae_finetune.json").read_text())
+    (failed / "medgmae_finetune.json").write_text(json.dumps({**meta, "status": "failed"}))
     code, err = run([root, "-o", tmp_path / "o"], capsys)
-    assert code == 0 and "no validation/ folder yet" in err
-    assert len(json.loads((tmp_path / "o" / "medgmae_evaluate.json").read_text())["results"]["skipped"]) == 1
+    assert code == 0 and "no validation/ folder yet" in err and "status 'failed'" in err
+    record = json.loads((tmp_path / "o" / "medgmae_evaluate.json").read_text())["results"]
+    assert len(record["skipped"]) == 2 and len(record["runs"]) == 5
+    code, err = run([failed, "-o", tmp_path / "o"], capsys)
+    assert code == 2 and "no run has validation predictions" in err
+
+
+def test_unrecorded_validation_cases_use_the_predictions(results, tmp_path, capsys):
+    _, runs = results
+    fold = runs[("medgmae", 0.1, 0)]
+    meta = json.loads((fold / "medgmae_finetune.json").read_text())
+    (fold / "medgmae_finetune.json").write_text(json.dumps({**meta, "val_cases": [], "status": "finished"}))
+    code, err = run([fold, "-o", tmp_path / "o"], capsys)
+    assert code == 0, err
+    assert json.loads((fold / "validation" / "summary_medgmae.json").read_text())["medgmae"]["num_cases"] == 3
 
 
 def _refused(code, err, *fragments):
