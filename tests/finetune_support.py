@@ -1,0 +1,53 @@
+"""Helpers for the fine-tuning tests: small fake pretraining checkpoints and minimal plans."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from medgmae_trainers.networks import build_networks, network_config
+from medgmae_trainers.pretrain.checkpoint import FORMAT
+
+NORMALISATION = {"scheme": "CTNormalization", "hu_window": [-175.0, 250.0], "range": [0.0, 1.0],
+                 "formula": "(clip(HU, -175, 250) + 175) / 425"}
+DATASET = "Dataset990_AbdomenPhantom"
+
+
+def fake_checkpoint(path: Path, *, decoder: str = "gaussian", patch: int = 16, crop: int = 96, embed: int = 48,
+                    depth: int = 3, heads: int = 3, preset: str = "tiny", seed: int = 0) -> dict:
+    """A checkpoint_final.pt as medgmae_pretrain writes it, with a small random encoder; returns it."""
+    cfg = network_config(preset, patch_size=patch, crop_size=crop, num_gaussians=8)
+    cfg["encoder"].update(embed_dim=embed, depth=depth, num_heads=heads)
+    cfg["decoder"].update(dim=24, depth=1, num_heads=3)
+    torch.manual_seed(seed)
+    encoder, dec = build_networks(cfg, decoder)
+    model = {**{f"encoder.{k}": v for k, v in encoder.state_dict().items()},
+             **{f"decoder.{k}": v for k, v in dec.state_dict().items()}}
+    meta = {"preset": preset, "decoder_type": decoder, "patch_size": patch, "crop_size": [crop] * 3,
+            "spacing": [1.5, 1.5, 1.5], "normalisation": dict(NORMALISATION), "network_config": cfg,
+            "encoder_config": encoder.config, "step": 1}
+    ckpt = {"format": FORMAT, "metadata": meta, "model": model, "encoder": encoder.state_dict(), "step": 1}
+    torch.save(ckpt, path)
+    return ckpt
+
+
+def labels_json(n_labels: int = 3) -> dict:
+    labels = {"background": 0, **{f"organ{i}": i for i in range(1, n_labels + 1)}}
+    return {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 5, "file_ending": ".nii.gz"}
+
+
+def minimal_preprocessed(preprocessed: Path, patch=(32, 32, 32), n_labels: int = 3) -> dict:
+    """MedGMAE plans + dataset.json + an (empty, blosc2-looking) data folder: enough to build a trainer."""
+    from medgmae_plans.planner import build_plans
+
+    folder = preprocessed / DATASET
+    plans = build_plans(DATASET, [[1.5, 1.5, 1.5]] * 5, [[40, 40, 40]] * 5)
+    config = plans["configurations"]["3d_fullres"]
+    config["patch_size"] = list(patch)
+    config["architecture"]["arch_kwargs"]["img_size"] = list(patch)
+    (folder / config["data_identifier"]).mkdir(parents=True, exist_ok=True)
+    (folder / config["data_identifier"] / "placeholder.b2nd").write_bytes(b"")
+    (folder / "MedGMAEPlans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps(labels_json(n_labels)))
+    return plans

@@ -1,0 +1,253 @@
+"""Fine-tuning pieces: fractions, trainer names, encoder loading and interpolation, optimiser, bad input.
+
+The trainer is built the way nnU-Net builds it (plans, configuration, fold, dataset.json, device) on
+minimal plans, so initialisation and the settings file are tested without training.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from finetune_support import DATASET, fake_checkpoint, labels_json, minimal_preprocessed
+from medgmae_plans.runtime import UserError
+from medgmae_trainers.finetune.encoder_loading import (check_fits, interpolate_pos_embed, load_encoder,
+                                                       read_pretrained)
+from medgmae_trainers.finetune.fractions import fraction_tag, parse_fraction, select_cases, tag_fraction
+from medgmae_trainers.finetune.optim import WarmupCosine, param_groups
+from medgmae_trainers.networks import sincos_pos_embed_3d
+from medgmae_trainers.unetr import build_unetr
+
+torch.set_num_threads(1)
+CASES = [f"case_{i:03d}" for i in range(20)]
+
+
+# ---- fractions ---------------------------------------------------------------------------------
+def test_fractions_are_nested_and_deterministic():
+    one, ten, all_ = (select_cases(CASES, f) for f in (0.01, 0.1, 1.0))
+    assert len(one) == 1 and len(ten) == 2 and sorted(all_) == sorted(CASES)
+    assert set(one) <= set(ten) <= set(all_)
+    assert select_cases(list(reversed(CASES)), 0.1) == ten  # input order does not matter
+    assert select_cases(CASES, 0.1, seed=1) != ten or select_cases(CASES, 0.5, seed=1) != select_cases(CASES, 0.5)
+    for a, b in zip((0.05, 0.25, 0.5), (0.25, 0.5, 0.75)):
+        assert set(select_cases(CASES, a)) <= set(select_cases(CASES, b))
+    assert len(select_cases(CASES[:3], 0.01)) == 1  # at least one case
+
+
+@pytest.mark.parametrize("bad", ["0", "-0.1", "1.5", "nan", "ten"])
+def test_fraction_outside_zero_one_is_refused(bad):
+    with pytest.raises(UserError, match="fraction"):
+        parse_fraction(bad)
+
+
+def test_fraction_tags_round_trip():
+    assert [fraction_tag(f) for f in (0.01, 0.1, 1.0, 0.025)] == ["f1", "f10", "f100", "f2p5"]
+    assert tag_fraction("f2p5") == pytest.approx(0.025) and tag_fraction("f100") == 1.0
+
+
+def test_trainer_names_resolve_to_nnunet_trainers():
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from medgmae_trainers.finetune import trainers
+
+    cls = trainers.MedGMAETrainer_medgmae_f10
+    assert issubclass(cls, nnUNetTrainer) and cls.INIT == "medgmae" and cls.FRACTION == 0.1
+    made = getattr(trainers, "MedGMAETrainer_medgmaestar_f2p5_long")  # made on demand, then cached
+    assert made is trainers.trainer_class("MedGMAETrainer_medgmaestar_f2p5_long") and made.FRACTION == 0.025
+    assert not hasattr(trainers, "MedGMAETrainer_imagenet_f10")
+    assert trainers.parse_trainer_name("MedGMAETrainer_scratch_f100") == ("scratch", 1.0, None)
+
+
+# ---- position embeddings ---------------------------------------------------------------------
+def test_pos_embed_interpolation_between_token_grids():
+    """Pretrained on 96^3 crops (grid 6), fine-tuned on 128^3 patches (grid 8)."""
+    c = 6
+    ramp = torch.zeros(1, 1 + 216, c)
+    z, y, x = torch.meshgrid(*[(torch.arange(6) + 0.5) / 6] * 3, indexing="ij")
+    ramp[0, 1:, 0], ramp[0, 1:, 1], ramp[0, 1:, 2] = z.flatten(), y.flatten(), x.flatten()
+    ramp[0, 0] = 7.0  # cls row
+    out = interpolate_pos_embed(ramp, (6, 6, 6), (8, 8, 8))
+    assert out.shape == (1, 1 + 512, c) and torch.all(out[0, 0] == 7.0)
+    grid = out[0, 1:, :3].reshape(8, 8, 8, 3)
+    centres = (torch.arange(8) + 0.5) / 8  # a linear ramp stays linear in normalised coordinates
+    inner = slice(1, 7)
+    assert torch.allclose(grid[inner, 0, 0, 0], centres[inner], atol=1e-5)  # z varies along axis 0 (raster z)
+    assert torch.allclose(grid[0, 0, inner, 2], centres[inner], atol=1e-5)  # x along axis 2
+    same = torch.from_numpy(sincos_pos_embed_3d(48, (4, 4, 4)))[None]
+    assert interpolate_pos_embed(same, (4, 4, 4), (4, 4, 4)) is same
+
+
+# ---- loading the encoder ---------------------------------------------------------------------
+def _unetr(img=32, patch=16):
+    return build_unetr(1, 3, img_size=[img] * 3, patch_size=patch, hidden_size=48, mlp_dim=192, num_layers=3,
+                       num_heads=3, feature_size=4)
+
+
+def test_encoder_equals_checkpoint_after_loading_and_decoder_keys_are_reported(tmp_path):
+    ckpt = fake_checkpoint(tmp_path / "c.pt", crop=32)
+    net = _unetr()
+    log = []
+    report = load_encoder(net, read_pretrained(tmp_path / "c.pt"), log=log.append)
+    for key, value in ckpt["encoder"].items():
+        assert torch.equal(net.encoder.state_dict()[key], value), key
+    assert len(report["loaded"]) == len(ckpt["encoder"]) and report["pos_embed_interpolated"] is None
+    assert report["skipped"] and all(k.startswith("decoder.") for k in report["skipped"])
+    assert any("not loaded" in line for line in log)
+
+
+def test_loading_into_a_larger_patch_interpolates_pos_embed(tmp_path):
+    fake_checkpoint(tmp_path / "c.pt", crop=32)  # grid 2
+    net = _unetr(img=64)  # grid 4
+    report = load_encoder(net, read_pretrained(tmp_path / "c.pt"), log=lambda s: None)
+    assert report["pos_embed_interpolated"] == {"from": [2, 2, 2], "to": [4, 4, 4]}
+    assert net(torch.randn(1, 1, 64, 64, 64)).shape == (1, 3, 64, 64, 64)
+
+
+def test_other_encoder_sizes_are_refused(tmp_path):
+    fake_checkpoint(tmp_path / "c.pt", crop=32, embed=96)
+    with pytest.raises(UserError, match="shape"):
+        load_encoder(_unetr(), read_pretrained(tmp_path / "c.pt"), log=lambda s: None)
+
+
+# ---- bad checkpoints -------------------------------------------------------------------------
+def test_missing_corrupt_and_foreign_checkpoints(tmp_path):
+    with pytest.raises(UserError, match="no such"):
+        read_pretrained(tmp_path / "nope.pt")
+    (tmp_path / "bad.pt").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(UserError, match="bad.pt: not a readable torch checkpoint"):
+        read_pretrained(tmp_path / "bad.pt")
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="not a medgmae pretraining checkpoint"):
+        read_pretrained(tmp_path / "other.pt")
+
+
+def test_voxel_mae_checkpoint_with_another_patch_or_window_is_refused(tmp_path):
+    from medgmae_plans.planner import build_plans
+
+    plans = build_plans(DATASET, [[1.5] * 3] * 2, [[40] * 3] * 2)
+    fake_checkpoint(tmp_path / "v.pt", decoder="voxel", patch=12, crop=48)
+    pre = read_pretrained(tmp_path / "v.pt")
+    assert pre.init == "voxelmae"
+    check_fits(pre, plans)  # its own patch is fine
+    with pytest.raises(UserError, match="patch 12"):
+        check_fits(pre, plans, patch=16)
+    with pytest.raises(UserError, match="preset"):
+        check_fits(pre, plans, preset="base")
+    pre.metadata["normalisation"] = {"scheme": "ZScoreNormalization", "hu_window": []}
+    with pytest.raises(UserError, match="normalisation"):
+        check_fits(pre, plans)
+
+
+# ---- optimiser -------------------------------------------------------------------------------
+def test_layer_decay_and_weight_decay_groups():
+    net = _unetr()
+    groups = param_groups(net, pretrained=True, layer_decay=0.5, wd_encoder=0.01, wd_decoder=0.05)
+    by_name = {n: g for g in groups for n in g["names"]}
+    assert by_name["encoder.blocks.2.attn.qkv.weight"]["lr_scale"] == 0.5
+    assert by_name["encoder.blocks.0.attn.qkv.weight"]["lr_scale"] == 0.125
+    assert by_name["encoder.patch_embed.proj.weight"]["lr_scale"] == 0.0625
+    assert by_name["decoder2.transp_conv.conv.weight"]["lr_scale"] == 1.0
+    assert by_name["encoder.blocks.0.attn.qkv.weight"]["weight_decay"] == 0.01
+    assert by_name["decoder2.transp_conv.conv.weight"]["weight_decay"] == 0.05
+    assert by_name["encoder.cls_token"]["weight_decay"] == 0.0 and by_name["encoder.norm.bias"]["weight_decay"] == 0
+    assert groups[0]["part"] == "decoder"
+    assert "encoder.pos_embed" not in by_name  # fixed sin-cos, not trained
+    scratch = param_groups(net, pretrained=False, layer_decay=0.5, wd_encoder=0.01, wd_decoder=0.05)
+    assert {g["lr_scale"] for g in scratch} == {1.0} and {g["weight_decay"] for g in scratch} == {0.0, 0.05}
+
+
+def test_warmup_then_cosine():
+    opt = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr_scale": 0.5}], lr=1.0)
+    sched = WarmupCosine(opt, 1e-3, total_iterations=100, warmup_iterations=10, iterations_per_epoch=10)
+    lrs = [sched.lr_at(i) for i in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[99] < 1e-5
+    sched.step(3)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * sched.lr_at(30))
+
+
+# ---- the trainer as nnU-Net builds it --------------------------------------------------------
+def _trainer(nnunet_env, name, settings_changes=None):
+    from medgmae_trainers.finetune.encoder_loading import unetr_arch_kwargs
+    from medgmae_trainers.finetune.run_record import Settings, fold_folder, write_record
+    from medgmae_trainers.finetune.trainers import parse_trainer_name, trainer_class
+
+    plans = minimal_preprocessed(nnunet_env["nnUNet_preprocessed"])
+    init, fraction, _ = parse_trainer_name(name)
+    encoder = dict(img_size=32, patch_size=16, embed_dim=48, depth=3, num_heads=3, mlp_ratio=4.0)
+    settings = Settings(dataset=DATASET, trainer=name, init=init, fraction=fraction, fold=0, epochs=2,
+                        iterations_per_epoch=5, arch_kwargs=unetr_arch_kwargs(encoder, [32] * 3, 4),
+                        **(settings_changes or {}))
+    folder = fold_folder(nnunet_env["nnUNet_results"], DATASET, name, "MedGMAEPlans", "3d_fullres", 0)
+    write_record(folder, settings)
+    plans["continue_training"] = False
+    trainer = trainer_class(name)(plans, "3d_fullres", 0, labels_json(), torch.device("cpu"))
+    return trainer, folder
+
+
+def test_trainer_loads_every_encoder_key_and_scratch_does_not(nnunet_env, tmp_path):
+    ckpt = fake_checkpoint(tmp_path / "c.pt", crop=32)
+    trainer, folder = _trainer(nnunet_env, "MedGMAETrainer_medgmae_f10",
+                               {"pretrained_checkpoint": str(tmp_path / "c.pt")})
+    assert trainer.enable_deep_supervision is False and trainer.num_epochs == 2
+    trainer.initialize()
+    state = trainer.network.encoder.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in ckpt["encoder"].items())
+    record = json.loads((folder / "medgmae_finetune.json").read_text())
+    assert record["results"]["encoder_loading"]["loaded"] == len(ckpt["encoder"])
+    # nnU-Net's plans (later copied into the results folder) carry the checkpoint's architecture
+    assert trainer.configuration_manager.network_arch_init_kwargs["hidden_size"] == 48
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+
+    scratch, _ = _trainer(nnunet_env, "MedGMAETrainer_scratch_f10")
+    scratch.initialize()
+    state = scratch.network.encoder.state_dict()
+    assert not torch.equal(state["blocks.0.attn.qkv.weight"], ckpt["encoder"]["blocks.0.attn.qkv.weight"])
+
+
+def test_pretrained_trainer_without_settings_file_says_how_to_start(nnunet_env):
+    from medgmae_trainers.finetune.trainers import trainer_class
+
+    plans = minimal_preprocessed(nnunet_env["nnUNet_preprocessed"])
+    plans["continue_training"] = False
+    with pytest.raises(RuntimeError, match="medgmae_train --pretrained"):
+        trainer_class("MedGMAETrainer_medgmae_f10")(plans, "3d_fullres", 0, labels_json(), torch.device("cpu"))
+
+
+# ---- the command's bad input -----------------------------------------------------------------
+@pytest.fixture
+def cli(nnunet_env, monkeypatch, capsys):
+    for var in ("nnUNet_extTrainer", "nnUNet_def_n_proc", "nnUNet_compile"):
+        monkeypatch.delenv(var, raising=False)
+    minimal_preprocessed(nnunet_env["nnUNet_preprocessed"])
+    from medgmae_trainers.finetune.cli import main
+
+    def run(*args):
+        code = main([*map(str, args), "--device", "cpu"])
+        err = capsys.readouterr().err.strip().splitlines()
+        return code, err
+    return run
+
+
+def test_command_refuses_bad_input_with_one_line(cli, tmp_path):
+    code, err = cli("NoSuchData", "3d_fullres", "--init", "scratch")
+    assert code == 2 and "no dataset matches 'NoSuchData'" in err[-1] and "Traceback" not in "\n".join(err)
+    code, err = cli("Phantom", "3d_fullres", "--init", "scratch", "--fraction", "1.5")
+    assert code == 2 and "outside (0, 1]" in err[-1]
+    code, err = cli("Phantom", "3d_fullres", "--pretrained", tmp_path / "missing.pt")
+    assert code == 2 and "missing.pt: no such pretraining checkpoint" in err[-1]
+    (tmp_path / "corrupt.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    code, err = cli("Phantom", "3d_fullres", "--pretrained", tmp_path / "corrupt.pt")
+    assert code == 2 and "corrupt.pt: not a readable torch checkpoint" in err[-1]
+    fake_checkpoint(tmp_path / "voxel12.pt", decoder="voxel", patch=12, crop=48)
+    code, err = cli("Phantom", "3d_fullres", "--pretrained", tmp_path / "voxel12.pt", "--patch", "16")
+    assert code == 2 and "voxel12.pt: pretrained with patch 12^3" in err[-1]
+    code, err = cli("Phantom", "2d", "--init", "scratch")
+    assert code == 2 and "no configuration '2d'" in err[-1]
+    code, err = cli("Phantom", "3d_fullres", "--pretrained", tmp_path / "voxel12.pt")
+    assert code == 2 and "not a multiple of the ViT patch 12" in err[-1]
+    fake_checkpoint(tmp_path / "voxel16.pt", decoder="voxel", patch=16, crop=32)
+    code, err = cli("Phantom", "3d_fullres", "--pretrained", tmp_path / "voxel16.pt", "--trainer",
+                    "MedGMAETrainer_medgmae_f100")
+    assert code == 2 and "says init medgmae" in err[-1]
