@@ -98,7 +98,10 @@ def prediction_overlays(cases: Sequence[OverlayCase], out_png: Path, label_names
     if not cases:
         raise UserError("prediction_overlays: no cases to draw")
     plt = _pyplot()
-    fig, axes = plt.subplots(len(cases), n_slices, figsize=(3.2 * n_slices, 3.4 * len(cases)), squeeze=False)
+    legend_rows = math.ceil((len(label_names or {}) + 2) / 6) if label_names else 4
+    legend_h = 0.2 * legend_rows + 0.15  # inches kept free below the panels for the legend
+    fig_h = 3.4 * len(cases) + legend_h
+    fig, axes = plt.subplots(len(cases), n_slices, figsize=(3.2 * n_slices, fig_h), squeeze=False)
     seen: set[int] = set()
     for row, case in zip(axes, cases):
         ct, spacing = load_lps(case.image)
@@ -130,8 +133,7 @@ def prediction_overlays(cases: Sequence[OverlayCase], out_png: Path, label_names
                 Line2D([0], [0], color="k", lw=1, label="prediction (outline)")]
     fig.legend(handles=handles, loc="lower center", ncols=min(6, len(handles)), fontsize=7, frameon=False)
     fig.suptitle(title or "predictions (outlines) over the ground truth (filled)", fontsize=10)
-    n_legend_rows = math.ceil(len(handles) / 6)
-    fig.tight_layout(rect=(0, 0.025 * n_legend_rows + 0.02 / len(cases), 1, 0.96))
+    fig.tight_layout(rect=(0, legend_h / fig_h, 1, 1 - 0.35 / fig_h))
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=80)
     plt.close(fig)
