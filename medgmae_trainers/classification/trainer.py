@@ -132,14 +132,13 @@ def train(s: TrainSettings, table: LabelTable, folder: Path, resume: bool = Fals
         if not latest.exists():
             raise UserError(f"--resume: {latest} does not exist")
         state = torch.load(latest, map_location="cpu", weights_only=False)
-        mine = {k: v for k, v in asdict(s).items() if k not in ("epochs", "device", "workers", "pbar", "out")}
+        mine = {k: v for k, v in asdict(s).items() if k not in ("device", "workers", "pbar", "out")}
         saved = {k: state["settings"].get(k) for k in mine}
         if saved != mine:
             diff = [k for k in mine if saved[k] != mine[k]]
             raise UserError(f"{latest}: saved settings differ from these in {diff}")
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(max(1, round(s.warmup_epochs * steps_per_epoch)), total))
+        opt.load_state_dict(state["optimizer"])  # restores each group's current lr; the schedule its step
         sched.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"], state["history"]
         _set_rng(state["rng"])
