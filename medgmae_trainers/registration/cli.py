@@ -1,0 +1,177 @@
+"""medgmae_register {train,predict,evaluate,convert}: deformable registration with the pretrained encoder.
+
+The default dataset is `Phantom`: phantom subjects registered to each other and to copies of
+themselves warped by known deformations, made in $nnUNet_raw/Registration_Phantom on first use.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from medgmae_plans.paths import nnunet_folder
+from medgmae_plans.runtime import UserError, add_common_flags, cli_entry, setup_run_log, write_run_json
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medgmae_register", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a registration network on a dataset's training pairs")
+    t.add_argument("-d", "--dataset", default="Phantom", help="registration dataset: folder or name in $nnUNet_raw "
+                   "(Phantom, OASIS, IXI; default Phantom)")
+    t.add_argument("--network", default="vit", choices=["vit", "voxelmorph"],
+                   help="vit: TransMorph-style with the ViT3D encoder; voxelmorph: MONAI's VoxelMorph baseline")
+    t.add_argument("--pretrained", type=Path, help="pretraining checkpoint_final.pt for the ViT encoder")
+    t.add_argument("--init", choices=["scratch"], help="random initialisation of the ViT encoder")
+    t.add_argument("--preset", default="tiny", choices=["tiny", "base", "paper"], help="encoder for --init scratch")
+    t.add_argument("--patch", type=int, help="encoder patch for --init scratch (power of two; preset's by default)")
+    t.add_argument("--feature-size", type=int, default=16, help="decoder width at full resolution (TransMorph: 16)")
+    t.add_argument("--diffeomorphic", action="store_true", help="integrate a velocity field (MONAI DVF2DDF, 7 steps)")
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--w-ncc", type=float, default=1.0)
+    t.add_argument("--w-diff", type=float, default=1.0, help="diffusion regulariser weight")
+    t.add_argument("--w-dice", type=float, default=1.0, help="Dice weight (used when the dataset has labels)")
+    t.add_argument("--ncc-kernel", type=int, default=9)
+    t.add_argument("--seed", type=int, default=41)
+    t.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    t.add_argument("--val-every", type=int, default=100, help="validate every N steps (0: only at the end)")
+    t.add_argument("--save-every", type=int, default=50)
+    t.add_argument("--out", type=Path, help="run folder (default $nnUNet_results/MedGMAE_register/<dataset>/<run>)")
+    t.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint_latest.pt")
+    add_common_flags(t)
+
+    pr = sub.add_parser("predict", help="register a split's pairs; write warped images, labels, DDFs, PNGs")
+    pr.add_argument("--model", type=Path, required=True, help="training run folder or its checkpoint_final.pt")
+    pr.add_argument("-d", "--dataset", default="Phantom")
+    pr.add_argument("--split", default="test", choices=["val", "test"])
+    pr.add_argument("--out", type=Path, help="folder (default <model>/<split>)")
+    pr.add_argument("--device", default="auto")
+    add_common_flags(pr)
+
+    e = sub.add_parser("evaluate", help="Dice per structure, mean Dice, % det(J)<=0, endpoint error")
+    e.add_argument("predictions", type=Path, help="folder written by predict")
+    e.add_argument("-d", "--dataset", help="dataset folder (default: the one predict used)")
+    e.add_argument("--out", type=Path, help="folder (default the predictions folder)")
+    add_common_flags(e)
+
+    c = sub.add_parser("convert", help="OASIS (Learn2Reg 2021 task 3) or IXI (TransMorph) -> Registration_<NAME>")
+    c.add_argument("which", choices=["oasis", "ixi"])
+    c.add_argument("source", type=Path)
+    c.add_argument("--out", type=Path, help="dataset folder (default $nnUNet_raw/Registration_OASIS or _IXI)")
+    c.add_argument("--overwrite", action="store_true")
+    add_common_flags(c)
+    return p
+
+
+def _device(text: str) -> str:
+    import torch
+
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if text.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available")
+    return text
+
+
+def dataset_folder(text: str, pbar: bool = True) -> Path:
+    """Resolve -d; the phantom pairs are built on first use."""
+    from .dataset import resolve
+
+    raw = nnunet_folder("nnUNet_raw")
+    if str(text).lower() in ("phantom", "registration_phantom") and not Path(text).exists():
+        from .phantom_pairs import build_phantom_pairs
+
+        return build_phantom_pairs(raw, pbar=pbar)
+    return resolve(text, raw)
+
+
+def _train(args) -> int:
+    from .dataset import RegistrationDataset
+    from .trainer import TrainSettings, train
+
+    if args.network == "vit" and (args.pretrained is None) == (args.init is None):
+        raise UserError("--network vit needs exactly one of --pretrained CKPT or --init scratch")
+    if args.network == "voxelmorph" and args.pretrained is not None:
+        raise UserError("the VoxelMorph baseline trains from scratch; drop --pretrained")
+    if args.pretrained is not None and not args.pretrained.is_file():
+        raise UserError(f"pretrained checkpoint {args.pretrained} does not exist")
+    if args.steps < 1 or args.lr <= 0 or args.feature_size < 1 or args.save_every < 1:
+        raise UserError("--steps, --feature-size and --save-every must be at least 1, --lr positive")
+    root = dataset_folder(args.dataset, not args.no_pbar)
+    ds = RegistrationDataset(root)
+    if args.network == "voxelmorph":
+        run = "voxelmorph"
+    else:
+        run = f"vit_{'pretrained_' + args.pretrained.parent.name if args.pretrained else 'scratch_' + args.preset}"
+    run += "_diff" if args.diffeomorphic else ""
+    out = args.out or nnunet_folder("nnUNet_results") / "MedGMAE_register" / ds.name / run
+    s = TrainSettings(dataset=str(root.resolve()), network=args.network,
+                      pretrained=str(args.pretrained.resolve()) if args.pretrained else None, preset=args.preset,
+                      patch=args.patch, feature_size=args.feature_size, diffeomorphic=args.diffeomorphic,
+                      steps=args.steps, lr=args.lr, w_ncc=args.w_ncc, w_diff=args.w_diff, w_dice=args.w_dice,
+                      ncc_kernel=args.ncc_kernel, seed=args.seed, device=_device(args.device),
+                      val_every=args.val_every, save_every=args.save_every, out=str(out), pbar=not args.no_pbar)
+    results = train(s, resume=args.resume)
+    print(f"{out}: val mean Dice {results.get('val_mean_dice')} (unregistered {results.get('val_mean_dice_before')})")
+    return 0
+
+
+def _predict(args) -> int:
+    import torch
+
+    from .dataset import RegistrationDataset
+    from .predict import predict
+
+    ds = RegistrationDataset(dataset_folder(args.dataset, not args.no_pbar))
+    model_dir = args.model if args.model.is_dir() else args.model.parent
+    out = args.out or model_dir / args.split
+    log = setup_run_log(out, "predict", args.verbose)
+    predict(args.model, ds, args.split, out, torch.device(_device(args.device)), pbar=not args.no_pbar, log=log.info)
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .evaluate import evaluate
+
+    out = args.out or args.predictions
+    log = setup_run_log(out, "evaluate", args.verbose)
+    dataset = dataset_folder(args.dataset) if args.dataset else None
+    result = evaluate(args.predictions, out, dataset)
+    s = result["summary"]
+    write_run_json(out, "evaluate", {k: str(v) for k, v in vars(args).items()}, s)
+    log.info("mean Dice {} (unregistered {}), % det(J)<=0 {}{}; {}".format(
+        _r(s.get("mean_dice")), _r(s.get("mean_dice_before")), _r(s.get("nonpos_jacobian_pct")),
+        f", EPE {_r(s['epe_mm'])} mm (unregistered {_r(s.get('epe_mm_before'))})" if "epe_mm" in s else "",
+        out / "evaluation.md"))
+    return 0
+
+
+def _r(v):
+    return None if v is None else round(float(v), 4)
+
+
+def _convert(args) -> int:
+    from .dataset import PREFIX
+
+    name = {"oasis": "OASIS", "ixi": "IXI"}[args.which]
+    target = args.out or nnunet_folder("nnUNet_raw") / (PREFIX + name)
+    if args.which == "oasis":
+        from .convert_oasis import convert_oasis
+
+        convert_oasis(args.source, target, overwrite=args.overwrite)
+    else:
+        from .convert_ixi import convert_ixi
+
+        convert_ixi(args.source, target, overwrite=args.overwrite)
+    return 0
+
+
+@cli_entry
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return {"train": _train, "predict": _predict, "evaluate": _evaluate, "convert": _convert}[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
