@@ -75,11 +75,12 @@ def _device(text: str) -> str:
 
 
 def dataset_folder(text: str, pbar: bool = True) -> Path:
-    """Resolve -d; the phantom pairs are built on first use."""
-    from .dataset import resolve
+    """Resolve -d; the phantom pairs are built (with the defaults) on first use, an existing one is used as is."""
+    from .dataset import DESCRIPTION, PREFIX, resolve
 
     raw = nnunet_folder("nnUNet_raw")
-    if str(text).lower() in ("phantom", "registration_phantom") and not Path(text).exists():
+    if (str(text).lower() in ("phantom", "registration_phantom") and not Path(text).exists()
+            and not (raw / (PREFIX + "Phantom") / DESCRIPTION).is_file()):
         from .phantom_pairs import build_phantom_pairs
 
         return build_phantom_pairs(raw, pbar=pbar)
