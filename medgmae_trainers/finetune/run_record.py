@@ -27,7 +27,7 @@ RECORD = "medgmae_finetune.json"
 
 # Settings that define a run: `--continue` must use the same values.
 DEFINING = ("dataset", "configuration", "plans", "fold", "trainer", "init", "pretrained_checkpoint", "preset",
-            "patch_size", "fraction", "fraction_seed", "epochs", "iterations_per_epoch", "lr", "layer_decay",
+            "patch_size", "input_patch_size", "fraction", "fraction_seed", "epochs", "iterations_per_epoch", "lr", "layer_decay",
             "arch_kwargs")
 
 
@@ -44,6 +44,7 @@ class Settings:
     pretrained_decoder: str | None = None
     preset: str | None = None
     patch_size: int | None = None
+    input_patch_size: list | None = None   # nnU-Net's patch (voxels) when --patch-size overrides the plans'
     fraction: float = 1.0
     fraction_seed: int = 12345
     epochs: int = 1000
@@ -55,6 +56,7 @@ class Settings:
     warmup_fraction: float = 0.05
     val_step_size: float = 0.5
     val_mirroring: bool = True
+    progress_bar: bool = True
     arch_kwargs: dict | None = None
     train_cases: list = field(default_factory=list)
     val_cases: list = field(default_factory=list)

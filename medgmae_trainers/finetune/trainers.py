@@ -15,8 +15,9 @@ DC+CE loss, checkpoints, validation and its summary.json, DDP, is nnU-Net's):
 
 - settings come from `medgmae_finetune.json` in the fold folder (see `run_record`), read in `__init__`;
 - before nnU-Net sees the plans, the configuration's `architecture.arch_kwargs` are replaced by the
-  run's UNETR settings (the pretrained checkpoint's encoder sizes), so the `plans.json` nnU-Net copies
-  into the results folder rebuilds exactly this network in `nnUNetv2_predict`;
+  run's UNETR settings (the pretrained checkpoint's encoder sizes), and its `patch_size` by
+  `--patch-size` if given, so the `plans.json` nnU-Net copies into the results folder rebuilds exactly
+  this network, and tiles exactly this patch, in `nnUNetv2_predict`;
 - `build_network_architecture` builds UNETR from the plans, without deep supervision (no weights);
 - `initialize` loads the pretrained encoder and asserts that every encoder key was loaded;
 - `do_split` keeps the nested `--fraction` subset of the fold's training cases (validation unchanged);
@@ -36,6 +37,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from medgmae_plans.atomic import atomic_path
+from medgmae_plans.runtime import progress
 
 from .encoder_loading import INIT_DISPLAY, load_encoder, read_pretrained
 from .fractions import fraction_tag, select_cases, tag_fraction
@@ -97,9 +99,11 @@ class MedGMAETrainer(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         settings = self._find_settings(plans, configuration, fold)
+        config = plans["configurations"][configuration]
+        if settings.input_patch_size:
+            config["patch_size"] = [int(s) for s in settings.input_patch_size]
         if settings.arch_kwargs:
-            arch = plans["configurations"][configuration]["architecture"]
-            arch["arch_kwargs"] = dict(settings.arch_kwargs)
+            config["architecture"]["arch_kwargs"] = dict(settings.arch_kwargs)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.medgmae = settings
         self.enable_deep_supervision = False
@@ -110,6 +114,7 @@ class MedGMAETrainer(nnUNetTrainer):
         self.weight_decay = float(settings.weight_decay_decoder)
         self.save_every = min(50, max(1, self.num_epochs // 10))
         self._iteration_in_epoch = 0
+        self._bar = None
         self.encoder_report = None
 
     # ---- settings -------------------------------------------------------------------------------
@@ -191,11 +196,23 @@ class MedGMAETrainer(nnUNetTrainer):
     def on_train_epoch_start(self):
         self._iteration_in_epoch = 0
         super().on_train_epoch_start()
+        self._bar = progress(total=self.num_iterations_per_epoch, desc=f"epoch {self.current_epoch}",
+                             enabled=self.medgmae.progress_bar and self.local_rank == 0, leave=False)
 
     def train_step(self, batch: dict) -> dict:
         self.lr_scheduler.set_iteration(self.current_epoch * self.num_iterations_per_epoch + self._iteration_in_epoch)
         self._iteration_in_epoch += 1
-        return super().train_step(batch)
+        out = super().train_step(batch)
+        if self._bar is not None:
+            self._bar.update()
+            self._bar.set_postfix(loss=f"{float(out['loss']):.4f}")
+        return out
+
+    def on_train_epoch_end(self, train_outputs):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        super().on_train_epoch_end(train_outputs)
 
     # ---- checkpoints and validation ------------------------------------------------------------
     def save_checkpoint(self, filename: str) -> None:
