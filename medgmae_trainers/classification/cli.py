@@ -155,7 +155,7 @@ def _predict(args) -> int:
 def _evaluate(args) -> int:
     from .evaluate import evaluate
 
-    if Path(args.labels).is_file():
+    if Path(args.labels).is_file() or args.labels.endswith(".csv"):
         table = read_labels(Path(args.labels))
     else:
         table = _dataset(args.labels)[2]
