@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto")
     add_common_flags(pr)
 
-    e = sub.add_parser("evaluate", help="Dice per structure, mean Dice, % det(J)<=0, endpoint error")
+    e = sub.add_parser("evaluate", help="Dice per structure, mean Dice, %% det(J)<=0, endpoint error")
     e.add_argument("predictions", type=Path, help="folder written by predict")
     e.add_argument("-d", "--dataset", help="dataset folder (default: the one predict used)")
     e.add_argument("--out", type=Path, help="folder (default the predictions folder)")

@@ -25,6 +25,11 @@ class RegistrationLoss(nn.Module):
         self.diffusion = DiffusionLoss()
         self.dice = DiceLoss(include_background=False, reduction="mean")
 
+    def _scored(self, seg: torch.Tensor) -> torch.Tensor:
+        """[B, 1, ...] ids -> [B, ...] long; ids above the scored structures (e.g. IXI's non-VOI labels) -> 0."""
+        seg = seg[:, 0].long()
+        return torch.where((seg < 0) | (seg > self.num_labels), torch.zeros_like(seg), seg)
+
     def forward(self, warped: torch.Tensor, fixed: torch.Tensor, ddf: torch.Tensor,
                 moving_seg: torch.Tensor | None = None, fixed_seg: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """warped, fixed [B, 1, D, H, W]; ddf [B, 3, D, H, W]; segs [B, 1, D, H, W] int (ids 0..num_labels).
@@ -35,8 +40,8 @@ class RegistrationLoss(nn.Module):
         loss = self.w_ncc * parts["ncc"] + self.w_diff * parts["diffusion"]
         if self.w_dice > 0 and moving_seg is not None and fixed_seg is not None:
             k = self.num_labels + 1
-            mov = F.one_hot(moving_seg[:, 0].long().clamp(0, k - 1), k).permute(0, 4, 1, 2, 3).to(ddf.dtype)
-            fix = F.one_hot(fixed_seg[:, 0].long().clamp(0, k - 1), k).permute(0, 4, 1, 2, 3).to(ddf.dtype)
+            mov, fix = (F.one_hot(self._scored(seg), k).permute(0, 4, 1, 2, 3).to(ddf.dtype)
+                        for seg in (moving_seg, fixed_seg))
             parts["dice"] = self.dice(warp_image(mov, ddf), fix)
             loss = loss + self.w_dice * parts["dice"]
         parts["loss"] = loss
