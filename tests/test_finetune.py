@@ -189,7 +189,7 @@ def _trainer(nnunet_env, name, settings_changes=None):
 def test_trainer_loads_every_encoder_key_and_scratch_does_not(nnunet_env, tmp_path):
     ckpt = fake_checkpoint(tmp_path / "c.pt", crop=32)
     trainer, folder = _trainer(nnunet_env, "MedGMAETrainer_medgmae_f10",
-                               {"pretrained_checkpoint": str(tmp_path / "c.pt")})
+                               {"pretrained_checkpoint": str(tmp_path / "c.pt"), "export_resampling": "torch"})
     assert trainer.enable_deep_supervision is False and trainer.num_epochs == 2
     trainer.initialize()
     state = trainer.network.encoder.state_dict()
@@ -198,6 +198,7 @@ def test_trainer_loads_every_encoder_key_and_scratch_does_not(nnunet_env, tmp_pa
     assert record["results"]["encoder_loading"]["loaded"] == len(ckpt["encoder"])
     # nnU-Net's plans (later copied into the results folder) carry the checkpoint's architecture
     assert trainer.configuration_manager.network_arch_init_kwargs["hidden_size"] == 48
+    assert trainer.configuration_manager.configuration["resampling_fn_probabilities"] == "resample_torch_fornnunet"
     assert isinstance(trainer.optimizer, torch.optim.AdamW)
 
     scratch, _ = _trainer(nnunet_env, "MedGMAETrainer_scratch_f10")

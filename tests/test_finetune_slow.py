@@ -57,6 +57,7 @@ def test_train_validate_and_predict(phantom_plans, tmp_path):
     assert sorted(p.name for p in (fold / "validation").glob("*.nii.gz")) == [f"{c}.nii.gz" for c in split["val"]]
     config = json.loads((fold.parent / "plans.json").read_text())["configurations"]["3d_fullres"]
     assert config["architecture"]["arch_kwargs"]["hidden_size"] == 48 and config["patch_size"] == [48, 48, 48]
+    assert config["resampling_fn_probabilities"] == "resample_torch_fornnunet"
 
     # nnU-Net's own predictor rebuilds the network from the results folder
     from medgmae_trainers.finetune import EXT_TRAINER_DIR

@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sliding-window step of the final validation (default: nnU-Net's 0.5 on cuda, 1.0 on cpu)")
     p.add_argument("--val-mirroring", choices=("on", "off"),
                    help="test-time mirroring in the final validation (default: on with cuda, off on cpu)")
+    p.add_argument("--export-resampling", choices=("torch", "plans"), default="torch",
+                   help="how predicted probabilities go back to the original geometry (validation and "
+                        "nnUNetv2_predict): nnU-Net's resample_torch_fornnunet (default; ~7x faster on CPU) or "
+                        "the plans' scikit-image resampling")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--num-gpus", type=int, default=1, help="GPUs for nnU-Net's own DDP (cuda only)")
     p.add_argument("--continue", dest="resume", action="store_true", help="continue the run in the results folder")
@@ -137,7 +141,7 @@ def make_settings(args, folders, dataset: str, plans: dict) -> Settings:
         iterations_per_epoch=args.iters_per_epoch, lr=args.lr, layer_decay=args.layer_decay,
         val_step_size=args.val_step_size or (0.5 if cuda else 1.0),
         val_mirroring=(args.val_mirroring or ("on" if cuda else "off")) == "on", arch_kwargs=arch,
-        progress_bar=not args.no_pbar)
+        progress_bar=not args.no_pbar, export_resampling=args.export_resampling)
 
 
 def check_existing(settings: Settings, folder: Path, resume: bool) -> None:

@@ -28,7 +28,7 @@ RECORD = "medgmae_finetune.json"
 # Settings that define a run: `--continue` must use the same values.
 DEFINING = ("dataset", "configuration", "plans", "fold", "trainer", "init", "pretrained_checkpoint", "preset",
             "patch_size", "input_patch_size", "fraction", "fraction_seed", "epochs", "iterations_per_epoch", "lr", "layer_decay",
-            "arch_kwargs")
+            "arch_kwargs", "export_resampling")
 
 
 @dataclass
@@ -57,6 +57,7 @@ class Settings:
     val_step_size: float = 0.5
     val_mirroring: bool = True
     progress_bar: bool = True
+    export_resampling: str = "plans"       # "torch": nnU-Net's resample_torch_fornnunet for the probabilities
     arch_kwargs: dict | None = None
     train_cases: list = field(default_factory=list)
     val_cases: list = field(default_factory=list)
