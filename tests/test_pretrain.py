@@ -243,3 +243,16 @@ def test_command_on_a_preprocessed_dataset(nnunet_env, tmp_path):
     assert run["results"]["step"] == 3
     assert main(argv) == 2  # the run exists and --resume was not given: one-line error
     assert main(["-d", "NoSuchSet", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_command_with_worker_processes_exits(nnunet_env, tmp_path):
+    """The process ends once training is done (its data workers once kept it alive forever)."""
+    from plan_support import run_module
+
+    write_preprocessed(nnunet_env["nnUNet_preprocessed"])
+    out = tmp_path / "workers"
+    proc = run_module("medgmae_trainers.pretrain.cli", [
+        "-d", "Phantom", "--gaussians", "8", "--crop-size", "96", "--steps", "2", "--batch-size", "2",
+        "--workers", "2", "--device", "cpu", "--out", out, "--no-pbar", "--threads", "1"], nnunet_env, timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "checkpoint_final.pt").is_file()

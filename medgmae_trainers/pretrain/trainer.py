@@ -12,6 +12,7 @@ import math
 import signal
 import sys
 import time
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -237,7 +238,9 @@ def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dic
 
     window, t_window, start_time = [], time.time(), time.time()
     bar = progress(total=s.steps, initial=step, enabled=s.pbar and info.is_main, desc="pretrain")
-    with _SignalFlag() as sig:
+    # Closing the batch stream stops its worker processes now: left to interpreter exit, the
+    # workers (which ignore SIGTERM, see pretrain_sampling) would keep the process from ending.
+    with _SignalFlag() as sig, closing(batches):
         while step < s.steps:
             imgs = next(batches).to(info.device, non_blocking=True)
             ddp.train()
