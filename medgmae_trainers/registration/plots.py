@@ -71,12 +71,16 @@ def training_curves_png(metrics_jsonl: Path, path: Path) -> None:
     plt = _plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     steps = [r["step"] for r in recs]
+    win = max(1, len(recs) // 20)  # one pair per step is noisy: show a running mean as well
     for key in ("loss", "ncc", "diffusion", "dice"):
         if key in recs[0]:
-            a.plot(steps, [r[key] for r in recs], label=key, lw=0.8)
+            vals = np.array([r[key] for r in recs])
+            line, = a.plot(steps, vals, lw=0.5, alpha=0.35)
+            smooth = np.convolve(vals, np.ones(win) / win, mode="valid")
+            a.plot(steps[win - 1:], smooth, lw=1.5, color=line.get_color(), label=key)
     a.set_xlabel("step")
     a.legend()
-    a.set_title("training loss (unweighted parts)")
+    a.set_title(f"training loss parts (unweighted; running mean of {win})")
     val = [(r["step"], r["val_mean_dice"]) for r in recs if "val_mean_dice" in r]
     if val:
         b.plot(*zip(*val), marker="o", label="registered")
@@ -84,6 +88,9 @@ def training_curves_png(metrics_jsonl: Path, path: Path) -> None:
         if before:
             b.axhline(before[0], color="gray", ls="--", label="unregistered")
         b.legend()
+    else:
+        b.text(0.5, 0.5, "no validation during training (--val-every 0);\nsee train.json for the final one",
+               ha="center", va="center", transform=b.transAxes)
     b.set_xlabel("step")
     b.set_title("validation mean Dice")
     fig.tight_layout()

@@ -120,8 +120,8 @@ def train(s: TrainSettings, resume: bool = False) -> dict:
     latest, final = out / LATEST, out / FINAL
     if latest.exists() and not resume:
         raise UserError(f"{latest} exists; pass --resume to continue that run, or choose another --out")
-    if resume and final.exists() and not latest.exists():
-        raise UserError(f"{final} exists: that run is finished")
+    if final.exists() and not latest.exists():
+        raise UserError(f"{final} exists: that run is finished; choose another --out")
     config = model_config(s, ds)
     torch.manual_seed(s.seed)
     device = torch.device(s.device)
