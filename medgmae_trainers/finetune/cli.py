@@ -145,11 +145,14 @@ def make_settings(args, folders, dataset: str, plans: dict) -> Settings:
 
 
 def check_existing(settings: Settings, folder: Path, resume: bool) -> None:
-    """Refuse to overwrite a run; for --continue, refuse other settings than the run's own."""
+    """Refuse to overwrite a run; for --continue, refuse other settings than the run's own.
+
+    --continue without a run starts one, as nnU-Net's `--c` does.
+    """
     old = read_record(folder)
     if resume:
         if old is None:
-            raise UserError(f"{folder / RECORD}: no run to continue; start one without --continue")
+            return
         diff = differences(old, settings)
         if diff:
             raise UserError(f"{folder / RECORD}: --continue with other settings than the run's ({'; '.join(diff)})")
@@ -207,8 +210,12 @@ def _main(argv: Sequence[str] | None) -> int:
     folder = fold_folder(folders["nnUNet_results"], dataset, settings.trainer, PLANS, args.configuration,
                          settings.fold)
     check_existing(settings, folder, args.resume)
-    if args.resume:
-        old = read_record(folder)
+    old = read_record(folder) if args.resume else None
+    if old is not None and old.status == "finished":
+        # A rerun (e.g. the main job a second time) keeps the finished run and its validation.
+        print(f"medgmae_train: {folder} is already finished; nothing to do")
+        return 0
+    if old is not None:
         settings.train_cases, settings.val_cases, settings.results = old.train_cases, old.val_cases, old.results
     settings.status = "running"
     write_record(folder, settings)
@@ -225,7 +232,7 @@ def _main(argv: Sequence[str] | None) -> int:
     start = time.time()
     try:
         run_training(dataset, args.configuration, settings.fold, settings.trainer, PLANS, num_gpus=args.num_gpus,
-                     export_validation_probabilities=args.npz, continue_training=args.resume,
+                     export_validation_probabilities=args.npz, continue_training=old is not None,
                      device=torch.device(args.device))
     except BaseException:
         done = read_record(folder) or settings
