@@ -31,7 +31,10 @@ ALIASES: dict[str, str] = {
     "btcv": r"btcv",
     "segthor": r"segthor",
     "abdomenatlas": r"abdomenatlas",
-    "phantom": r"phantom",
+    # The segmentation phantom only; the classification phantom (Dataset991_PhantomFindings) has its own.
+    "phantom": r"^abdomenphantom$",
+    "phantomfindings": r"^phantomfindings$",
+    "ctrate": r"^ctrate$",
 }
 
 _DATASET_FOLDER = re.compile(r"^Dataset(\d{3,})_(.+)$")

@@ -33,6 +33,12 @@ def test_resolves_ids_names_and_aliases(datasets, text, expected):
     assert resolve_dataset(text) == expected
 
 
+def test_phantom_aliases_tell_the_two_phantoms_apart(datasets):
+    (datasets["nnUNet_raw"] / "Dataset991_PhantomFindings").mkdir()
+    assert resolve_dataset("Phantom") == "Dataset990_AbdomenPhantom"
+    assert resolve_dataset("phantomfindings") == "Dataset991_PhantomFindings"
+
+
 def test_ambiguous_alias_lists_the_matches(datasets):
     (datasets["nnUNet_raw"] / "Dataset219_AMOS2022_postChallenge_task2").mkdir()
     with pytest.raises(UserError, match="ambiguous") as err:
