@@ -102,13 +102,13 @@ def test_bad_input_is_one_line(tiny, tmp_path, capsys, argv, message):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)  # 100 steps took ~10 s each on the shared two-core machine
+@pytest.mark.timeout(2700)  # 100 steps took ~10 s each on the shared two-core machine
 def test_short_cpu_training_beats_unregistered_dice(nnunet_env, tmp_path):
-    root = build_phantom_pairs(nnunet_env["nnUNet_raw"], pbar=False, log=lambda *a: None, n_train=6, n_val=3,
-                               n_test=2, spacing_mm=12.0, shape_zyx=(16, 32, 32), box_lo_zyx=(-170.0, -170.0, -192.0))
+    # the default phantom pairs (6 mm, 32 x 48 x 64): on the coarser 12 mm copy 100 steps were not enough
+    root = build_phantom_pairs(nnunet_env["nnUNet_raw"], pbar=False, log=lambda *a: None)
     out = tmp_path / "run"
     assert register(["train", "-d", str(root), "--init", "scratch", "--feature-size", "8", "--lr", "1e-3",
-                     "--steps", "100", "--val-every", "0", "--ncc-kernel", "5", "--no-pbar", "--out", str(out)]) == 0
+                     "--steps", "100", "--val-every", "0", "--no-pbar", "--out", str(out)]) == 0
     r = json.loads((out / "train.json").read_text())["results"]
     assert r["val_mean_dice"] > r["val_mean_dice_before"], r
     assert r["val_nonpos_jacobian_pct"] < 1.0, r
