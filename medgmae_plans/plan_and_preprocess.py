@@ -17,7 +17,6 @@ Each run writes `medgmae_plan_and_preprocess.log` and `.json` beside its outputs
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -53,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verify", action="store_true",
                         help="also run nnU-Net's own dataset integrity check")
     parser.add_argument("--clean", action="store_true",
-                        help="recompute the fingerprint even if the raw files did not change")
+                        help="recompute the fingerprint and the preprocessed data even if the raw files did not change")
     parser.add_argument("--images", type=Path, metavar="DIR",
                         help="an unlabelled collection: a folder of NIfTI files and/or DICOM series")
     parser.add_argument("--name", help="the collection's name (with --images)")
@@ -64,21 +63,17 @@ def _bar(enabled: bool, desc: str):
     return lambda items: progress(items, enabled=enabled, desc=desc, total=len(items))
 
 
-def _source_signature(raw_folder: Path, cases: dict) -> str:
-    """Names, sizes and modification times of the raw files: when they change, the fingerprint is stale."""
-    digest = hashlib.sha256()
-    files = [raw_folder / "dataset.json"] + [Path(p) for c in cases.values() for p in (*c["images"], c["label"])]
-    for path in files:
-        stat = path.stat()
-        digest.update(f"{path.relative_to(raw_folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+def _raw_files(raw_folder: Path, cases: dict) -> list[Path]:
+    return [raw_folder / "dataset.json"] + [Path(p) for c in cases.values() for p in (*c["images"], c["label"])]
 
 
 def _fingerprint(name: str, raw_folder: Path, out_folder: Path, cases: dict, args) -> str:
     """nnU-Net's fingerprint, recomputed when missing, stale or with --clean; returns what happened."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset
 
-    signature = _source_signature(raw_folder, cases)
+    from .preprocess import data_signature
+
+    signature = data_signature(_raw_files(raw_folder, cases), {}, {})
     source_file = out_folder / FINGERPRINT_SOURCE
     fingerprint_file = out_folder / "dataset_fingerprint.json"
     if not args.clean and fingerprint_file.is_file() and source_file.is_file():
@@ -126,7 +121,7 @@ def plan_and_preprocess_dataset(name: str, args) -> dict:
     from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset
 
     from .planner import DATA_IDENTIFIER, PLANS_NAME, MedGMAEPlanner
-    from .preprocess import CaseJob, copy_ground_truth, preprocess_into
+    from .preprocess import CaseJob, copy_ground_truth, data_signature, is_up_to_date, preprocess_into
 
     step = time.perf_counter()
     fingerprint = _fingerprint(name, raw_folder, out_folder, cases, args)
@@ -141,17 +136,23 @@ def plan_and_preprocess_dataset(name: str, args) -> dict:
              f"median shape {config['median_image_size_in_voxels']}")
 
     step = time.perf_counter()
-    jobs = [CaseJob(case_id, tuple(files["images"]), files["label"]) for case_id, files in cases.items()]
-    results = preprocess_into(out_folder / DATA_IDENTIFIER, jobs, plans, meta, args.num_processes,
-                              _bar(not args.no_pbar, f"Preprocessing {name}"))
+    signature = data_signature(_raw_files(raw_folder, cases), plans, meta)
+    data_folder = out_folder / DATA_IDENTIFIER
+    reused = not args.clean and is_up_to_date(data_folder, signature)
+    if not reused:
+        jobs = [CaseJob(case_id, tuple(files["images"]), files["label"]) for case_id, files in cases.items()]
+        results = preprocess_into(data_folder, jobs, plans, meta, args.num_processes,
+                                  _bar(not args.no_pbar, f"Preprocessing {name}"), signature=signature)
     copy_ground_truth(cases, out_folder / "gt_segmentations", meta["file_ending"])
     timings["preprocess_s"] = time.perf_counter() - step
     timings["total_s"] = time.perf_counter() - start
-    log.info(f"preprocessed {len(results)} cases into {out_folder / DATA_IDENTIFIER} "
+    log.info(f"{'reused the preprocessed' if reused else 'preprocessed'} {len(cases)} cases in {data_folder} "
              f"({timings['preprocess_s']:.1f} s; total {timings['total_s']:.1f} s)")
-    summary = {"dataset": name, "cases": len(results), "fingerprint": fingerprint, "timings": timings,
-               "plans_file": str(out_folder / f"{PLANS_NAME}.json"),
-               "data_folder": str(out_folder / DATA_IDENTIFIER), "case_shapes": {r["case"]: r["shape"] for r in results}}
+    summary = {"dataset": name, "cases": len(cases), "fingerprint": fingerprint, "timings": timings,
+               "plans_file": str(out_folder / f"{PLANS_NAME}.json"), "data_folder": str(data_folder),
+               "preprocessing": "reused" if reused else "done"}
+    if not reused:
+        summary["case_shapes"] = {r["case"]: r["shape"] for r in results}
     write_run_json(out_folder, RUN_NAME, _settings(args), summary)
     return summary
 
@@ -169,7 +170,7 @@ def preprocess_collection(images: Path, name: str, args) -> dict:
                         _bar(not args.no_pbar, f"Reading {name} headers"))
 
     from .planner import DATA_IDENTIFIER, PLANS_NAME, build_plans, save_plans_file
-    from .preprocess import CaseJob, preprocess_into
+    from .preprocess import CaseJob, data_signature, is_up_to_date, preprocess_into
 
     collection = COLLECTION_PREFIX + name
     out_folder = nnunet_folder("nnUNet_preprocessed") / collection
@@ -178,9 +179,17 @@ def preprocess_collection(images: Path, name: str, args) -> dict:
     dataset_json = {"name": name, "description": f"unlabelled CT collection from {images}",
                     "channel_names": {"0": "CT"}, "labels": {"background": 0}, "numTraining": len(sources),
                     "file_ending": ".nii.gz", "labelled": False}
+    data_folder = out_folder / DATA_IDENTIFIER
+    files = [f for s in sources for f in (s.dicom_files or (s.path,))]
+    signature = data_signature(files, plans, dataset_json)
+    if not args.clean and is_up_to_date(data_folder, signature):
+        log = setup_run_log(out_folder, RUN_NAME, args.verbose)
+        log.info(f"collection {name}: reused the preprocessed {len(sources)} images in {data_folder}")
+        return {"collection": collection, "source": str(images), "cases": len(sources),
+                "data_folder": str(data_folder), "preprocessing": "reused"}
     jobs = [CaseJob(s.case_id, source=s) for s in sources]
-    results = preprocess_into(out_folder / DATA_IDENTIFIER, jobs, plans, dataset_json, args.num_processes,
-                              _bar(not args.no_pbar, f"Preprocessing {name}"))
+    results = preprocess_into(data_folder, jobs, plans, dataset_json, args.num_processes,
+                              _bar(not args.no_pbar, f"Preprocessing {name}"), signature=signature)
     # plans and dataset.json after the data: the reader lists cases from the data folder
     save_plans_file(plans, out_folder / f"{PLANS_NAME}.json")
     write_json_atomic(out_folder / "dataset.json", dataset_json)

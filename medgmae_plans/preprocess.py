@@ -12,6 +12,8 @@ nnU-Net's `spacing` key stays the original spacing, which its exporter needs.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPre
 from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from .atomic import atomic_path, replaced_directory
+from .atomic import atomic_path, replaced_directory, write_json_atomic
 from .image_sources import ImageSource, load_ct
 from .planner import CONFIGURATION
 from .runtime import UserError
@@ -84,12 +86,42 @@ def preprocess_case(job: CaseJob, out_folder: str, plans: dict, dataset_json: di
             "original_spacing": [float(s) for s in properties["spacing"]]}
 
 
+def signature_file(folder: Path) -> Path:
+    """Beside a preprocessed data folder (not inside: nnU-Net's reader wants only case files there),
+    what the data was made from, so a rerun can reuse it."""
+    return folder.with_name(folder.name + ".signature.json")
+
+
+def data_signature(files: Sequence[str | Path], plans: dict, dataset_json: dict) -> str:
+    """Paths, sizes and modification times of the inputs, with the plans and dataset.json they were
+    preprocessed with: when any of it changes, the preprocessed data is stale."""
+    digest = hashlib.sha256(json.dumps([plans, dataset_json], sort_keys=True, default=str).encode())
+    for path in map(Path, files):
+        stat = path.stat()
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def is_up_to_date(folder: Path, signature: str) -> bool:
+    try:
+        return folder.is_dir() and json.loads(signature_file(folder).read_text()).get("signature") == signature
+    except (OSError, ValueError):
+        return False
+
+
 def preprocess_into(folder: Path, jobs: Sequence[CaseJob], plans: dict, dataset_json: dict,
-                    num_processes: int, bar=lambda it: it) -> list[dict]:
-    """Preprocess all `jobs` into `folder`, which is replaced only when every case succeeded."""
+                    num_processes: int, bar=lambda it: it, signature: str | None = None) -> list[dict]:
+    """Preprocess all `jobs` into `folder`, which is replaced only when every case succeeded.
+
+    `signature` (from `data_signature`) is written beside the data once it is complete.
+    """
+    signature_file(folder).unlink(missing_ok=True)
     with replaced_directory(folder) as tmp:
         calls = [(job, str(tmp), plans, dataset_json) for job in jobs]
-        return run_jobs(calls, preprocess_case, num_processes, bar)
+        results = run_jobs(calls, preprocess_case, num_processes, bar)
+    if signature is not None:
+        write_json_atomic(signature_file(folder), {"signature": signature, "cases": len(results)})
+    return results
 
 
 def copy_ground_truth(cases: dict, out_folder: Path, file_ending: str) -> int:

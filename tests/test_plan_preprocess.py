@@ -136,3 +136,21 @@ def test_run_log_and_json_and_ground_truth(preprocessed):
     with open(preprocessed["data"] / "phantom_000.pkl", "rb") as f:
         locations = pickle.load(f)["class_locations"]  # nnU-Net's foreground oversampling needs these
     assert len(locations[6]) > 0  # the liver
+
+
+def test_rerun_reuses_the_data_until_an_input_changes(preprocessed):
+    """Last in this module: it reruns the command on the shared fixture."""
+    import os
+
+    env, out, data = preprocessed["env"], preprocessed["out"], preprocessed["data"]
+    args = ["-d", "Phantom", "-np", "1", "--no-pbar"]
+    before = (data / "phantom_000.b2nd").stat().st_mtime_ns
+    assert run_module("medgmae_plans.plan_and_preprocess", args, env).returncode == 0
+    assert (data / "phantom_000.b2nd").stat().st_mtime_ns == before
+    assert json.loads((out / "medgmae_plan_and_preprocess.json").read_text())["results"]["preprocessing"] == "reused"
+
+    image = preprocessed["raw"] / "imagesTr" / "phantom_001_0000.nii.gz"
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))  # the input changed
+    assert run_module("medgmae_plans.plan_and_preprocess", args, env).returncode == 0
+    assert (data / "phantom_000.b2nd").stat().st_mtime_ns != before
+    assert json.loads((out / "medgmae_plan_and_preprocess.json").read_text())["results"]["preprocessing"] == "done"
