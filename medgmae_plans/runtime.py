@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import platform
+import signal
 import sys
 import time
 from pathlib import Path
@@ -99,3 +100,25 @@ def write_run_json(out_dir: str | Path, name: str, settings: dict, results: dict
 
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
+
+
+class StopSignals:
+    """Within the block, SIGINT/SIGTERM only set `signum`, which a training loop checks after each
+    step so that it saves its checkpoint before leaving; the previous handlers come back after."""
+
+    def __init__(self):
+        self.signum = 0
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+

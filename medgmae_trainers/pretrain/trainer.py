@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import signal
 import sys
 import time
 from contextlib import closing
@@ -20,7 +19,7 @@ from typing import Sequence
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from medgmae_plans.runtime import UserError, progress
+from medgmae_plans.runtime import StopSignals, UserError, progress
 from preprocessing.pretrain_sampling import CropChunks, PretrainCase, SamplingConfig, centre_crop, iterate_batches
 
 from ..networks import build_networks, network_config
@@ -122,26 +121,6 @@ def make_logger(out: Path, info: DistInfo) -> logging.Logger:
     return logger
 
 
-class _SignalFlag:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each step (so it saves before leaving)."""
-
-    def __init__(self):
-        self.signum = 0
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 def truncate_metrics(path: Path, step: int) -> None:
     """Drop rows logged after `step` (by a run that died after its last checkpoint)."""
     if path.exists():
@@ -240,7 +219,7 @@ def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dic
     bar = progress(total=s.steps, initial=step, enabled=s.pbar and info.is_main, desc="pretrain")
     # Closing the batch stream stops its worker processes now: left to interpreter exit, the
     # workers (which ignore SIGTERM, see pretrain_sampling) would keep the process from ending.
-    with _SignalFlag() as sig, closing(batches):
+    with StopSignals() as sig, closing(batches):
         while step < s.steps:
             imgs = next(batches).to(info.device, non_blocking=True)
             ddp.train()

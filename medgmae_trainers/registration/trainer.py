@@ -12,7 +12,6 @@ seeded by (seed, t), so a resumed run sees the same pairs as an uninterrupted on
 from __future__ import annotations
 
 import json
-import signal
 import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from medgmae_plans.atomic import save_torch_atomic
-from medgmae_plans.runtime import UserError, progress, setup_run_log, write_run_json
+from medgmae_plans.runtime import StopSignals, UserError, progress, setup_run_log, write_run_json
 
 from .dataset import Pair, RegistrationDataset
 from .inference import register, score_pair
@@ -75,22 +74,6 @@ class Volumes:
 def model_config(s: TrainSettings, ds: RegistrationDataset) -> dict:
     return {"network": s.network, "shape_zyx": list(ds.shape), "preset": s.preset, "patch": s.patch,
             "feature_size": s.feature_size, "diffeomorphic": s.diffeomorphic}
-
-
-class _StopRequest:
-    """SIGINT/SIGTERM -> save checkpoint_latest.pt, then stop (exit 130)."""
-
-    def __enter__(self):
-        self.hit = False
-        self.old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def _handle(self, signum, frame):
-        self.hit = True
-
-    def __exit__(self, *exc):
-        for sig, h in self.old.items():
-            signal.signal(sig, h)
 
 
 def validate(model, ds: RegistrationDataset, vols: Volumes, pairs: list[Pair], device, pbar: bool = False) -> dict:
@@ -166,8 +149,8 @@ def train(s: TrainSettings, resume: bool = False) -> dict:
         metrics_path.unlink()
     start, t_steps = time.time(), 0.0
     bar = progress(total=s.steps, initial=step, enabled=s.pbar, desc="train")
-    with _StopRequest() as stop, open(metrics_path, "a") as mlog:
-        while step < s.steps and not stop.hit:
+    with StopSignals() as stop, open(metrics_path, "a") as mlog:
+        while step < s.steps and not stop.signum:
             pair = pairs[int(np.random.default_rng([s.seed, step]).integers(len(pairs)))]
             model.train()
             t0 = time.time()
@@ -195,7 +178,7 @@ def train(s: TrainSettings, resume: bool = False) -> dict:
             if step % s.save_every == 0:
                 save_latest()
         bar.close()
-        if stop.hit:
+        if stop.signum:
             save_latest()
             log.info(f"stopped at step {step}; {latest} saved, continue with --resume")
             raise KeyboardInterrupt
