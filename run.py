@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -63,18 +64,57 @@ def demo_env() -> dict[str, str]:
     return env
 
 
+# The main job's budget on two CPU cores (about 20 minutes in all): a short tiny pretraining, and
+# fine-tuning runs of 30 iterations on 64^3 patches. That shows every step working, not the science:
+# real runs use the presets' and nnU-Net's defaults (and `python -m benchmarks.transfer`).
+PRETRAIN_STEPS = "600"
+FINETUNE = ["--fraction", "0.1", "--patch-size", "64", "--epochs", "3", "--iters-per-epoch", "10"]
+
+
 def demo_steps(env: dict[str, str], extra: list[str]) -> list[list[str]]:
     """The main job, one console command a step; every step reuses what a previous run finished."""
     bin_ = VENV / "bin"
     report = DEMO_ROOT / "report"
     unlabeled = Path(env["nnUNet_raw"]) / "Dataset990_AbdomenPhantom" / "imagesUnlabeled"
+    pretrained = pretrain_folder(env) / "checkpoint_final.pt"
     return [
         [str(bin_ / "medgmae_make_phantom"), "-n", "20", "--test", "4", "--unlabeled", "8",
          "--preview", str(report / "phantom_preview.png"), *extra],
         [str(bin_ / "medgmae_plan_and_preprocess"), "-d", "Phantom", "-np", "2", *extra],
         [str(bin_ / "medgmae_plan_and_preprocess"), "--images", str(unlabeled), "--name", "PhantomUnlabeled",
          "-np", "2", *extra],
+        [str(bin_ / "medgmae_pretrain"), "-d", "Phantom", "--images", "PhantomUnlabeled", "--preset", "tiny",
+         "--decoder", "gaussian", "--steps", PRETRAIN_STEPS, "--out", str(pretrain_folder(env)), "--resume", *extra],
+        [str(bin_ / "medgmae_train"), "Phantom", "3d_fullres", "--init", "scratch", "--preset", "tiny",
+         *FINETUNE, "--continue", *extra],
+        [str(bin_ / "medgmae_train"), "Phantom", "3d_fullres", "--pretrained", str(pretrained),
+         *FINETUNE, "--continue", *extra],
+        [str(bin_ / "medgmae_evaluate"), "Phantom", "--compare", "-o", str(report), *extra],
     ]
+
+
+def pretrain_folder(env: dict[str, str]) -> Path:
+    return Path(env["nnUNet_results"]) / "MedGMAE_pretrain" / "gaussian_tiny_p16"
+
+
+def finish_report(env: dict[str, str]) -> None:
+    """Put the pretraining pictures beside the evaluation's, and print where everything is."""
+    report = DEMO_ROOT / "report"
+    run = pretrain_folder(env)
+    snapshots = sorted((run / "snapshots").glob("step_*.png"))
+    copies = {run / "loss_curve.png": report / "pretrain_loss_curve.png"}
+    if snapshots:
+        copies[snapshots[-1]] = report / "pretrain_reconstruction.png"
+    for src, dst in copies.items():
+        if src.is_file():
+            shutil.copyfile(src, dst)
+    table = report / "table1.md"
+    if table.is_file():
+        print("\n" + table.read_text().strip() + "\n")
+    log(f"report folder {report}:")
+    for path in sorted(report.iterdir()):
+        if path.is_file():
+            print(f"    {path.name}")
 
 
 def run_demo(extra: list[str]) -> int:
@@ -82,10 +122,13 @@ def run_demo(extra: list[str]) -> int:
     start = time.time()
     for step in demo_steps(env, extra):
         log("$ " + " ".join(Path(step[0]).name if i == 0 else a for i, a in enumerate(step)))
+        t0 = time.time()
         code = subprocess.run(step, env=env, cwd=ROOT).returncode
         if code:
             log(f"step failed with exit code {code}")
             return code
+        log(f"step done in {time.time() - t0:.0f} s")
+    finish_report(env)
     log(f"main job finished in {time.time() - start:.0f} s; outputs under {DEMO_ROOT}")
     return 0
 
