@@ -1,0 +1,294 @@
+"""The phantom's Table 1: scratch vs voxel-MAE vs MedGMAE fine-tuning at fractions 0.1 and 1.0 (slow, not in CI).
+
+    python -m benchmarks.transfer [--root DIR] [--pretrain-steps 3000] [--epochs 25] [--iters-per-epoch 10]
+                                  [--fractions 0.1 1.0] [--inits scratch voxelmae medgmae] [--quick]
+
+It runs the toolkit's console commands as subprocesses, exactly as a user would, in its own nnU-Net
+folders `<root>/nnUNet_{raw,preprocessed,results}`:
+1. `medgmae_make_phantom -n 20 --unlabeled 8`, `medgmae_plan_and_preprocess -d Phantom` and the
+   unlabelled collection `PhantomUnlabeled`;
+2. `medgmae_pretrain --preset tiny` once per pretrained init (`--decoder voxel` for voxel-MAE,
+   `gaussian` for MedGMAE, `hierarchical` for MedGMAE*), same steps and seed, with `--resume`;
+3. `medgmae_train Phantom 3d_fullres --patch-size 64 --continue` for each init x fraction (fold 0);
+4. `medgmae_evaluate Phantom --compare -o <root>/report`.
+Every command reuses what a previous run finished, so after a crash or Ctrl-C the same command line
+resumes. Changing a budget option for runs that exist is refused by the commands themselves (or, for
+pretraining, extends the run); use another `--root` for another budget.
+
+At the end it prints the Markdown table, the wall time of every step, and the time of MedGMAE's
+pretraining against voxel-MAE's and of pretrained fine-tuning against scratch, with their ratios.
+`<root>/report/` holds `table1.md` (and the rest of `medgmae_evaluate --compare`'s outputs),
+`transfer.log`, and `transfer.json` (settings, step timings, the table), rewritten after every step.
+
+Budget. The defaults are meant to fit about 3 hours on two otherwise idle CPU cores. The estimate
+comes from figures measured on the two-core development machine (README, pretraining metrics and
+fine-tuning logs): data 5 min (20 phantom cases in ~50 s, preprocessing a few minutes); tiny
+pretraining ~0.3 s/step for voxel-MAE and ~0.5 s/step for MedGMAE with trained Gaussians
+(1.6x voxel), so 2 x 3000 steps ~ 40 min; fine-tuning a batch-2 step at 64^3 ~4 s, so 25 x 10
+iterations ~17 min, plus the per-epoch validation iterations and the final sliding-window validation
+of fold 0's 4 cases (~2.5 min) ~20 min a run, x 6 runs = 2 h; evaluation (Dice and surface Dice of
+15 organs at full resolution, 24 validation cases; ~2.5 min per run of 2 cases was measured with the
+machine ~3x oversubscribed) ~10-15 min. Total about 3 h; on a loaded machine, correspondingly longer.
+
+`--quick` (6 training cases, 2 unlabelled, 50 pretraining steps, 1 epoch x 3 iterations, root
+`./medgmae_benchmarks/transfer_quick`) checks the orchestration in minutes; its table means nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from medgmae_plans.runtime import UserError, add_common_flags, cli_entry, setup_run_log, write_run_json
+
+# Fine-tuning init name (trainer names, evaluate's rows) -> the pretraining decoder that makes it.
+DECODERS = {"voxelmae": "voxel", "medgmae": "gaussian", "medgmaestar": "hierarchical"}
+INITS = ("scratch", *DECODERS)
+DEFAULTS = dict(cases=20, unlabeled=8, pretrain_steps=3000, pretrain_warmup=None, epochs=25, iters_per_epoch=10)
+QUICK = dict(cases=6, unlabeled=2, pretrain_steps=50, pretrain_warmup=5, epochs=1, iters_per_epoch=3)
+PRESET = "tiny"
+PATCH_SIZE = 64  # a 64^3 UNETR step is ~3x cheaper than 96^3 on CPU (README, medgmae_train)
+PLANS, CONFIGURATION = "MedGMAEPlans", "3d_fullres"
+
+
+@dataclass
+class Step:
+    """One console command; `done` says whether a previous run already finished its work."""
+    name: str
+    argv: list[str]
+    done: Callable[[], bool] = lambda: False
+    kind: str = "data"
+    init: str | None = None
+    seconds: float | None = None
+    reused: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.transfer", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", type=Path, help="benchmark folder (default ./medgmae_benchmarks/transfer, "
+                   "or ./medgmae_benchmarks/transfer_quick with --quick)")
+    p.add_argument("--quick", action="store_true", help="tiny budget to check the orchestration: "
+                   + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in QUICK.items() if v is not None))
+    p.add_argument("--cases", type=int, help=f"labelled phantom cases (default {DEFAULTS['cases']})")
+    p.add_argument("--unlabeled", type=int, help=f"unlabelled phantom images (default {DEFAULTS['unlabeled']})")
+    p.add_argument("--pretrain-steps", type=int,
+                   help=f"steps of each pretraining (default {DEFAULTS['pretrain_steps']})")
+    p.add_argument("--pretrain-warmup", type=int, help="pretraining warmup steps (default: the tiny preset's 50)")
+    p.add_argument("--seed", type=int, default=41, help="pretraining seed, the same for every decoder (default 41)")
+    p.add_argument("--epochs", type=int, help=f"fine-tuning epochs (default {DEFAULTS['epochs']})")
+    p.add_argument("--iters-per-epoch", type=int,
+                   help=f"fine-tuning iterations per epoch (default {DEFAULTS['iters_per_epoch']})")
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 1.0])
+    p.add_argument("--inits", nargs="+", default=["scratch", "voxelmae", "medgmae"], choices=INITS)
+    p.add_argument("--fold", default="0", help="cross-validation fold of every fine-tuning run (default 0)")
+    p.add_argument("-np", "--workers", type=int, default=2, help="processes for phantom, preprocessing, evaluation")
+    add_common_flags(p)
+    args = p.parse_args(argv)
+    budget = QUICK if args.quick else DEFAULTS
+    for key, value in budget.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.root is None:
+        args.root = Path("medgmae_benchmarks") / ("transfer_quick" if args.quick else "transfer")
+    args.root = args.root.resolve()
+    for key in ("cases", "pretrain_steps", "epochs", "iters_per_epoch"):
+        if getattr(args, key) < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be at least 1")
+    if args.cases < 5:
+        raise UserError("--cases must be at least 5 (nnU-Net's five folds)")
+    if not all(0 < f <= 1 for f in args.fractions):
+        raise UserError(f"--fractions {args.fractions}: each must be in (0, 1]")
+    return args
+
+
+def command(name: str) -> str:
+    """The console script beside this interpreter (the toolkit's .venv/bin), else on PATH."""
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.is_file() else shutil.which(name)
+    if not found:
+        raise UserError(f"{local}: console command {name} not found; install the toolkit (python3 run.py setup)")
+    return found
+
+
+def benchmark_env(root: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        env[var] = str(root / var)
+    env.setdefault("nnUNet_compile", "f")  # torch.compile costs more than it saves in short CPU runs
+    return env
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def pretrain_folder(root: Path, decoder: str) -> Path:
+    return root / "nnUNet_results" / "MedGMAE_pretrain" / f"{decoder}_{PRESET}"
+
+
+def finetune_folder(root: Path, dataset: str, init: str, fraction: float, fold: str) -> Path:
+    from medgmae_trainers.finetune.fractions import fraction_tag
+    from medgmae_trainers.finetune.run_record import fold_folder
+
+    # medgmae_train's trainer_name(); spelled out here because its module imports nnU-Net.
+    trainer = f"MedGMAETrainer_{init}_{fraction_tag(fraction)}"
+    return fold_folder(root / "nnUNet_results", dataset, trainer, PLANS, CONFIGURATION, fold)
+
+
+def build_steps(args, report: Path) -> list[Step]:
+    from preprocessing.phantom import DATASET_NAME, DEFAULT_DATASET_ID
+
+    from medgmae_trainers.finetune.run_record import read_record
+
+    root, common = args.root, (["--no-pbar"] if args.no_pbar else []) + (["--verbose"] if args.verbose else [])
+    dataset = f"Dataset{DEFAULT_DATASET_ID:03d}_{DATASET_NAME}"
+    raw = root / "nnUNet_raw" / dataset
+    pre = root / "nnUNet_preprocessed"
+    np_ = ["-np", str(args.workers)]
+    steps = [
+        Step("phantom", [command("medgmae_make_phantom"), "-n", str(args.cases), "--unlabeled", str(args.unlabeled),
+                         "--preview", str(report / "phantom_preview.png"), *np_, *common],
+             done=lambda: (raw / "dataset.json").is_file()),
+        Step("preprocess Phantom", [command("medgmae_plan_and_preprocess"), "-d", "Phantom", *np_, *common],
+             done=lambda: (pre / dataset / f"{PLANS}.json").is_file()),
+    ]
+    pretrain_args = []
+    if args.unlabeled:
+        steps.append(Step("preprocess PhantomUnlabeled",
+                          [command("medgmae_plan_and_preprocess"), "--images", str(raw / "imagesUnlabeled"),
+                           "--name", "PhantomUnlabeled", *np_, *common],
+                          done=lambda: (pre / "Collection_PhantomUnlabeled" / f"{PLANS}.json").is_file()))
+        pretrain_args = ["--images", "PhantomUnlabeled"]
+
+    checkpoints = {}
+    for init in args.inits:
+        if init == "scratch":
+            continue
+        decoder = DECODERS[init]
+        out = pretrain_folder(root, decoder)
+        checkpoints[init] = out / "checkpoint_final.pt"
+        warmup = ["--warmup", str(args.pretrain_warmup)] if args.pretrain_warmup is not None else []
+
+        def finished(out=out, ckpt=checkpoints[init]):
+            record = _read_json(out / "pretrain.json") or {}
+            return ckpt.is_file() and (record.get("results") or {}).get("step", 0) >= args.pretrain_steps
+
+        steps.append(Step(f"pretrain {decoder}", [
+            command("medgmae_pretrain"), "-d", "Phantom", *pretrain_args, "--preset", PRESET, "--decoder", decoder,
+            "--steps", str(args.pretrain_steps), *warmup, "--seed", str(args.seed), "--out", str(out), "--resume",
+            *common], done=finished, kind="pretrain", init=init))
+
+    budget = ["--patch-size", str(PATCH_SIZE), "--epochs", str(args.epochs), "--iters-per-epoch",
+              str(args.iters_per_epoch), "--fold", str(args.fold)]
+    for fraction in args.fractions:
+        for init in args.inits:
+            source = ["--init", "scratch", "--preset", PRESET] if init == "scratch" else \
+                ["--pretrained", str(checkpoints[init])]
+            folder = finetune_folder(root, dataset, init, fraction, args.fold)
+
+            def finished(folder=folder):
+                record = read_record(folder)
+                return record is not None and record.status == "finished"
+
+            steps.append(Step(f"finetune {init} f{fraction:g}", [
+                command("medgmae_train"), "Phantom", CONFIGURATION, *source, "--fraction", f"{fraction:g}", *budget,
+                "--continue", *common], done=finished, kind="finetune", init=init, extra={"fraction": fraction}))
+
+    steps.append(Step("evaluate", [command("medgmae_evaluate"), "Phantom", "--compare", "-o", str(report), *np_,
+                                   *common], kind="evaluate"))
+    return steps
+
+
+def settings_of(args) -> dict:
+    keys = ("root", "quick", "cases", "unlabeled", "pretrain_steps", "pretrain_warmup", "seed", "epochs",
+            "iters_per_epoch", "fractions", "inits", "fold", "workers")
+    return {**{k: getattr(args, k) for k in keys}, "preset": PRESET, "patch_size": PATCH_SIZE}
+
+
+def timings_of(steps: list[Step]) -> list[dict]:
+    return [{"step": s.name, "seconds": s.seconds, "reused": s.reused, "command": " ".join(s.argv)}
+            for s in steps if s.seconds is not None]
+
+
+def comparisons(steps: list[Step]) -> list[str]:
+    """Ours against the baseline measured in this run: MedGMAE vs voxel-MAE pretraining, pretrained vs scratch."""
+    ran = {s.name: s.seconds for s in steps if s.seconds is not None and not s.reused}
+    lines = []
+    gauss, voxel = ran.get("pretrain gaussian"), ran.get("pretrain voxel")
+    if gauss and voxel:
+        lines.append(f"pretraining: MedGMAE {gauss:.0f} s, voxel-MAE {voxel:.0f} s, ratio {gauss / voxel:.2f}")
+    by_init: dict[str, float] = {}
+    for s in steps:
+        if s.kind == "finetune" and s.name in ran:
+            by_init[s.init] = by_init.get(s.init, 0.0) + s.seconds
+    for init, seconds in by_init.items():
+        if init != "scratch" and "scratch" in by_init:
+            lines.append(f"fine-tuning: {init} {seconds:.0f} s, scratch {by_init['scratch']:.0f} s, "
+                         f"ratio {seconds / by_init['scratch']:.2f}")
+    return lines
+
+
+def _show(argv: list[str]) -> str:
+    return " ".join([Path(argv[0]).name, *argv[1:]])
+
+
+def _main(argv) -> int:
+    args = parse_args(argv)
+    report = args.root / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    log = setup_run_log(report, "transfer", args.verbose)
+    env = benchmark_env(args.root)
+    steps = build_steps(args, report)
+    log.info(f"transfer benchmark in {args.root}: {len(steps)} steps, "
+             f"settings {json.dumps(settings_of(args), default=str)}")
+
+    def save(status: str, table: str | None = None) -> None:
+        write_run_json(report, "transfer", settings_of(args),
+                       {"status": status, "timings": timings_of(steps), "comparisons": comparisons(steps),
+                        "total_s": sum(s.seconds or 0.0 for s in steps), "table1_md": table})
+
+    for i, step in enumerate(steps, 1):
+        step.reused = step.done()
+        log.info(f"[{i}/{len(steps)}] {step.name}{' (finished before; the command reuses it)' if step.reused else ''}")
+        log.info(f"$ {_show(step.argv)}")
+        t0 = time.time()
+        code = subprocess.run(step.argv, env=env, cwd=args.root).returncode
+        step.seconds = time.time() - t0
+        if code:
+            save(f"failed at step {step.name}")
+            raise UserError(f"step '{step.name}' failed with exit code {code} (its output is above); "
+                            "run the same command again to resume")
+        log.info(f"[{i}/{len(steps)}] {step.name} done in {step.seconds:.0f} s")
+        save("running")
+
+    table_path = report / "table1.md"
+    table = table_path.read_text() if table_path.is_file() else None
+    save("finished", table)
+    print("\n" + (table.strip() if table else f"(no {table_path}: no finished fine-tuning run)") + "\n", flush=True)
+    width = max(len(s.name) for s in steps)
+    log.info("wall time per step:")
+    for s in steps:
+        log.info(f"  {s.name:<{width}} {s.seconds:8.0f} s{'  (reused)' if s.reused else ''}")
+    log.info(f"  {'total':<{width}} {sum(s.seconds for s in steps):8.0f} s")
+    for line in comparisons(steps):
+        log.info(line)
+    log.info(f"table, log and transfer.json in {report}")
+    return 0
+
+
+main = cli_entry(_main)
+
+if __name__ == "__main__":
+    raise SystemExit(main())
