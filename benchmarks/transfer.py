@@ -27,8 +27,8 @@ pretraining ~0.3 s/step for voxel-MAE and ~0.5 s/step for MedGMAE with trained G
 (1.6x voxel), so 2 x 3000 steps ~ 40 min; fine-tuning a batch-2 step at 64^3 ~4 s, so 25 x 10
 iterations ~17 min, plus the per-epoch validation iterations and the final sliding-window validation
 of fold 0's 4 cases (~2.5 min) ~20 min a run, x 6 runs = 2 h; evaluation (Dice and surface Dice of
-15 organs at full resolution, 24 validation cases; ~2.5 min per run of 2 cases was measured with the
-machine ~3x oversubscribed) ~10-15 min. Total about 3 h; on a loaded machine, correspondingly longer.
+15 organs at full resolution, 24 validation cases; 5-6 min per run of 2 cases was measured with the
+machine ~3x oversubscribed) ~15-25 min. Total about 3 h (2 h 50 to 3 h 15); longer on a loaded machine.
 
 `--quick` (6 training cases, 2 unlabelled, 50 pretraining steps, 1 epoch x 3 iterations, root
 `./medgmae_benchmarks/transfer_quick`) checks the orchestration in minutes; its table means nothing.
