@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 from typing import Sequence
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlays", type=int, metavar="N", help="with --compare: per trainer, a PNG of its first fold's "
                    "first N validation cases, predictions over the ground truth (default 2; 0 for none)")
     p.add_argument("--tolerance", type=float, default=NSD_TOLERANCE_MM, help="NSD tolerance in mm (default 1)")
+    p.add_argument("--no-nsd", action="store_true",
+                   help="Dice only: NSD is left out (NaN). MONAI's surface Dice can take minutes per case on a "
+                        "CPU when predictions are scattered, as those of a barely trained model are")
     p.add_argument("--chill", action="store_true",
                    help="with --ref/--pred: evaluate the predictions present even if references lack one")
     p.add_argument("--force", action="store_true", help="recompute summaries that are up to date")
@@ -58,6 +62,8 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.tolerance < 0:
         raise UserError(f"--tolerance must be >= 0 mm, got {args.tolerance}")
+    if args.no_nsd:
+        args.tolerance = math.nan  # case_metrics skips NSD; such summaries are never reused as NSD ones
     if args.ref or args.pred:
         if not (args.ref and args.pred):
             raise UserError("--ref and --pred go together")

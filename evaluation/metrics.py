@@ -107,7 +107,9 @@ def case_metrics(ref: np.ndarray, pred: np.ndarray, labels: Sequence[int], spaci
     out = {}
     for label in labels:
         entry = overlap_metrics(*counts[label])
-        if entry["n_ref"] == 0 and entry["n_pred"] == 0:
+        if math.isnan(tolerance_mm):  # NSD not asked for
+            entry["NSD"] = math.nan
+        elif entry["n_ref"] == 0 and entry["n_pred"] == 0:
             entry["NSD"] = math.nan
         elif entry["n_ref"] == 0 or entry["n_pred"] == 0:
             entry["NSD"] = 0.0

@@ -103,3 +103,14 @@ def test_case_metrics_follow_nnunet_for_empty_labels():
     assert (m[3]["Dice"], m[3]["NSD"], m[3]["n_ref"], m[3]["n_pred"]) == (0.0, 0.0, 27, 0)
     assert math.isnan(m[4]["Dice"]) and math.isnan(m[4]["IoU"]) and math.isnan(m[4]["NSD"])
     assert m[4]["TN"] == ref.size
+
+
+def test_nan_tolerance_skips_nsd_and_keeps_dice():
+    """`medgmae_evaluate --no-nsd`: Dice as usual, NSD NaN for every label."""
+    ref = np.zeros((8, 8, 8), np.uint8)
+    ref[2:6, 2:6, 2:6] = 1
+    pred = np.roll(ref, 1, axis=0)
+    full = case_metrics(ref, pred, [1, 2], (1.0, 1.0, 1.0), 1.0)
+    fast = case_metrics(ref, pred, [1, 2], (1.0, 1.0, 1.0), math.nan)
+    assert fast[1]["Dice"] == full[1]["Dice"] == 0.75 and not math.isnan(full[1]["NSD"])
+    assert math.isnan(fast[1]["NSD"]) and math.isnan(fast[2]["NSD"])
