@@ -60,14 +60,15 @@ PLANS, CONFIGURATION = "MedGMAEPlans", "3d_fullres"
 
 @dataclass
 class Step:
-    """One console command; `done` says whether a previous run already finished its work."""
+    """One console command; `done` says whether a previous run already wrote its output (the commands
+    themselves decide what to reuse: finished pretraining and fine-tuning runs are kept as they are)."""
     name: str
     argv: list[str]
     done: Callable[[], bool] = lambda: False
     kind: str = "data"
     init: str | None = None
     seconds: float | None = None
-    reused: bool = False
+    existed: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -218,13 +219,13 @@ def settings_of(args) -> dict:
 
 
 def timings_of(steps: list[Step]) -> list[dict]:
-    return [{"step": s.name, "seconds": s.seconds, "reused": s.reused, "command": " ".join(s.argv)}
+    return [{"step": s.name, "seconds": s.seconds, "output_existed": s.existed, "command": " ".join(s.argv)}
             for s in steps if s.seconds is not None]
 
 
 def comparisons(steps: list[Step]) -> list[str]:
     """Ours against the baseline measured in this run: MedGMAE vs voxel-MAE pretraining, pretrained vs scratch."""
-    ran = {s.name: s.seconds for s in steps if s.seconds is not None and not s.reused}
+    ran = {s.name: s.seconds for s in steps if s.seconds is not None and not s.existed}
     lines = []
     gauss, voxel = ran.get("pretrain gaussian"), ran.get("pretrain voxel")
     if gauss and voxel:
@@ -260,8 +261,9 @@ def _main(argv) -> int:
                         "total_s": sum(s.seconds or 0.0 for s in steps), "table1_md": table})
 
     for i, step in enumerate(steps, 1):
-        step.reused = step.done()
-        log.info(f"[{i}/{len(steps)}] {step.name}{' (finished before; the command reuses it)' if step.reused else ''}")
+        step.existed = step.done()
+        note = " (its output exists from a previous run)" if step.existed else ""
+        log.info(f"[{i}/{len(steps)}] {step.name}{note}")
         log.info(f"$ {_show(step.argv)}")
         t0 = time.time()
         code = subprocess.run(step.argv, env=env, cwd=args.root).returncode
@@ -280,7 +282,7 @@ def _main(argv) -> int:
     width = max(len(s.name) for s in steps)
     log.info("wall time per step:")
     for s in steps:
-        log.info(f"  {s.name:<{width}} {s.seconds:8.0f} s{'  (reused)' if s.reused else ''}")
+        log.info(f"  {s.name:<{width}} {s.seconds:8.0f} s{'  (output existed)' if s.existed else ''}")
     log.info(f"  {'total':<{width}} {sum(s.seconds for s in steps):8.0f} s")
     for line in comparisons(steps):
         log.info(line)
