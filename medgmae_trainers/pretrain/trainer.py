@@ -199,8 +199,9 @@ def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dic
     batches = iterate_batches(chunks, s.batch_size, start_step=step, workers=s.workers)
     use_bf16 = info.device.type == "cuda"
     # Snapshots always show the same crop (the centre of the first case) with the same mask, so
-    # the pictures of successive steps can be compared.
-    preview = torch.from_numpy(centre_crop(chunks.cases[0], crop))[None].to(info.device)
+    # the pictures of successive steps can be compared. It is loaded at the first snapshot, after
+    # the data workers have forked: reading a case here first (blosc2 threads) deadlocked them.
+    preview = None
 
     if info.is_main:
         log.info(f"pretraining {s.decoder} decoder, preset {s.preset}: {sum(p.numel() for p in model.parameters())/1e6:.2f} M "
@@ -256,6 +257,8 @@ def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dic
                          f"{row['sec_per_step']:.2f} s/step")
                 window, t_window = [], time.time()
             if info.is_main and (step % s.png_every == 0 or step == s.steps):
+                if preview is None:
+                    preview = torch.from_numpy(centre_crop(chunks.cases[0], crop))[None].to(info.device)
                 snapshot(model, preview, out / "snapshots" / f"step_{step:07d}.png", f"step {step}")
             if step % s.save_every == 0 and step < s.steps:
                 save_latest()
