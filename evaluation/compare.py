@@ -115,8 +115,9 @@ def _organ_means(summaries: list[dict]) -> dict[int, dict]:
 # ---------------------------------------------------------------- ranking and formatting
 
 def ranks(values: Sequence[float], decimals: int = 2) -> list[int | None]:
-    """1 for the best (highest) shown value, 2 for the second, None otherwise; ties share a rank."""
-    shown = [None if math.isnan(v) else round(v, decimals) for v in values]
+    """1 for the best (highest) value, 2 for the second, None otherwise. Values are fractions, compared
+    as shown (percent with `decimals` places), so only values that print the same share a rank."""
+    shown = [None if math.isnan(v) else round(100 * v, decimals) for v in values]
     distinct = sorted({v for v in shown if v is not None}, reverse=True)
     order = {v: i + 1 for i, v in enumerate(distinct[:2])}
     return [order.get(v) if v is not None else None for v in shown]

@@ -167,4 +167,5 @@ def test_ranks_and_fraction_names():
     assert ranks([0.5, 0.7, float("nan"), 0.6]) == [None, 1, None, 2]
     assert ranks([0.7, 0.7, 0.6]) == [1, 1, 2]  # ties share the mark
     assert ranks([0.4]) == [1]
+    assert ranks([0.0062, 0.0055, 0.0130]) == [2, None, 1]  # 0.62 %, 0.55 %, 1.30 % are not a tie
     assert [fraction_display(f) for f in (0.01, 0.1, 1.0, 0.025)] == ["1%", "10%", "100%", "2.5%"]
