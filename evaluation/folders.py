@@ -44,10 +44,9 @@ def read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
     """A 3D label map as an integer array [D, H, W] (z, y, x) and its geometry."""
     import SimpleITK as sitk
 
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as err:
-        raise UserError(f"{path}: cannot be read as an image ({str(err).strip().splitlines()[-1]})") from None
+    from medgmae_plans.validate import read_image
+
+    image = read_image(path)
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise UserError(f"{path}: expected a 3D single-channel label map, got {image.GetDimension()}D "
                         f"with {image.GetNumberOfComponentsPerPixel()} component(s)")

@@ -37,10 +37,9 @@ def load_volume(path: str | Path, spacing: float = PRETRAIN_SPACING) -> tuple[np
         return _load_preprocessed(path)
     import SimpleITK as sitk
 
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as err:
-        raise UserError(f"{path}: cannot be read as an image ({str(err).strip().splitlines()[-1]})") from None
+    from medgmae_plans.validate import read_image
+
+    image = read_image(path)
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise UserError(f"{path}: expected a 3D single-channel CT image, got {image.GetDimension()}D with "
                         f"{image.GetNumberOfComponentsPerPixel()} component(s)")

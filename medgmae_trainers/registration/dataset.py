@@ -141,10 +141,9 @@ class RegistrationDataset:
         """(array [z, y, x] or [z, y, x, 3], SimpleITK image for the geometry), checked against the grid."""
         import SimpleITK as sitk
 
-        try:
-            img = sitk.ReadImage(str(path))
-        except RuntimeError as err:
-            raise UserError(f"{path}: cannot be read ({str(err).strip().splitlines()[-1]})") from None
+        from medgmae_plans.validate import read_image
+
+        img = read_image(path)
         arr = sitk.GetArrayFromImage(img)
         if tuple(arr.shape[:3]) != self.shape or (vector and arr.shape[3:] != (3,)) or (not vector and arr.ndim != 3):
             raise UserError(f"{path}: shape {arr.shape} (z, y, x{', 3' if vector else ''}) differs from the "
