@@ -85,12 +85,7 @@ def load_decoder(checkpoint: str | Path, init: str, device="cpu"):
     from medgmae_trainers.pretrain.checkpoint import load_checkpoint
 
     path = Path(checkpoint)
-    if not path.is_file():
-        raise UserError(f"{path}: no such checkpoint")
-    try:
-        ckpt = load_checkpoint(path)
-    except (ValueError, RuntimeError, OSError, EOFError) as err:
-        raise UserError(f"{path}: not a readable MedGMAE pretraining checkpoint ({err})") from None
+    ckpt = load_checkpoint(path)  # a missing, unreadable or foreign file is a one-line UserError
     meta = ckpt.get("metadata", {})
     wanted = DECODER_FOR_INIT[init]
     if meta.get("decoder_type") != wanted:

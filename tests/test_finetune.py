@@ -12,11 +12,11 @@ import torch
 
 from finetune_support import DATASET, fake_checkpoint, labels_json, minimal_preprocessed
 from medgmae_plans.runtime import UserError
-from medgmae_trainers.finetune.encoder_loading import (check_fits, interpolate_pos_embed, load_encoder,
-                                                       read_pretrained)
+from medgmae_trainers.finetune.encoder_loading import check_fits, load_encoder, read_pretrained
 from medgmae_trainers.finetune.fractions import fraction_tag, parse_fraction, select_cases, tag_fraction
 from medgmae_trainers.finetune.optim import WarmupCosine, param_groups
 from medgmae_trainers.networks import sincos_pos_embed_3d
+from medgmae_trainers.networks.pos_embed import resize_pos_embed
 from medgmae_trainers.unetr import build_unetr
 
 torch.set_num_threads(1)
@@ -60,14 +60,15 @@ def test_trainer_names_resolve_to_nnunet_trainers():
 
 
 # ---- position embeddings ---------------------------------------------------------------------
-def test_pos_embed_interpolation_between_token_grids():
-    """Pretrained on 96^3 crops (grid 6), fine-tuned on 128^3 patches (grid 8)."""
+def test_learned_pos_embed_is_interpolated_between_token_grids():
+    """Pretrained on 96^3 crops (grid 6), fine-tuned on 128^3 patches (grid 8): a table that is not the
+    sin-cos one (a ramp, as a learned table could be) is interpolated trilinearly by fine-tuning's policy."""
     c = 6
     ramp = torch.zeros(1, 1 + 216, c)
     z, y, x = torch.meshgrid(*[(torch.arange(6) + 0.5) / 6] * 3, indexing="ij")
     ramp[0, 1:, 0], ramp[0, 1:, 1], ramp[0, 1:, 2] = z.flatten(), y.flatten(), x.flatten()
     ramp[0, 0] = 7.0  # cls row
-    out = interpolate_pos_embed(ramp, (6, 6, 6), (8, 8, 8))
+    out = resize_pos_embed(ramp, (6, 6, 6), (8, 8, 8))
     assert out.shape == (1, 1 + 512, c) and torch.all(out[0, 0] == 7.0)
     grid = out[0, 1:, :3].reshape(8, 8, 8, 3)
     centres = (torch.arange(8) + 0.5) / 8  # a linear ramp stays linear in normalised coordinates
@@ -75,7 +76,8 @@ def test_pos_embed_interpolation_between_token_grids():
     assert torch.allclose(grid[inner, 0, 0, 0], centres[inner], atol=1e-5)  # z varies along axis 0 (raster z)
     assert torch.allclose(grid[0, 0, inner, 2], centres[inner], atol=1e-5)  # x along axis 2
     same = torch.from_numpy(sincos_pos_embed_3d(48, (4, 4, 4)))[None]
-    assert interpolate_pos_embed(same, (4, 4, 4), (4, 4, 4)) is same
+    assert torch.equal(resize_pos_embed(same, (4, 4, 4), (4, 4, 4)), same)  # same grid: unchanged
+    assert torch.equal(resize_pos_embed(ramp, (6, 6, 6), (6, 6, 6)), ramp)
 
 
 # ---- loading the encoder ---------------------------------------------------------------------
@@ -101,6 +103,8 @@ def test_loading_into_a_larger_patch_interpolates_pos_embed(tmp_path):
     net = _unetr(img=64)  # grid 4
     report = load_encoder(net, read_pretrained(tmp_path / "c.pt"), log=lambda s: None)
     assert report["pos_embed_interpolated"] == {"from": [2, 2, 2], "to": [4, 4, 4]}
+    # the checkpoint's fixed sin-cos table is recomputed on the new grid (networks.pos_embed.resize_pos_embed)
+    assert torch.equal(net.encoder.pos_embed.data, torch.from_numpy(sincos_pos_embed_3d(48, (4, 4, 4)))[None])
     assert net(torch.randn(1, 1, 64, 64, 64)).shape == (1, 3, 64, 64, 64)
 
 

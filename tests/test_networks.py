@@ -164,3 +164,20 @@ def test_networks_import_with_torch_alone():
             "bad = [m for m in ('nnunetv2', 'monai', 'SimpleITK', 'batchgenerators') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_encoder_state_loader_regrids_learned_pos_embed_and_refuses_foreign_keys():
+    from medgmae_trainers.networks import EncoderStateMismatch, load_encoder_state
+
+    torch.manual_seed(0)
+    src = ViT3D(img_size=16, patch_size=8, embed_dim=24, depth=1, num_heads=2)  # grid 2x2x2
+    state = src.state_dict()
+    state["pos_embed"] = torch.randn(1, 1 + 8, 24)  # a learned table: interpolated, not recomputed
+    dst = ViT3D(img_size=32, patch_size=8, embed_dim=24, depth=1, num_heads=2)  # grid 4x4x4
+    report = load_encoder_state(dst, state, skipped=["decoder.x"])
+    assert report["pos_embed_interpolated"] == {"from": [2, 2, 2], "to": [4, 4, 4]}
+    assert report["loaded_keys"] == len(state) and report["skipped"] == ["decoder.x"]
+    assert torch.equal(dst.pos_embed[:, 0], state["pos_embed"][:, 0])  # cls row kept
+    assert torch.equal(dst.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
+    with pytest.raises(EncoderStateMismatch, match="unexpected"):
+        load_encoder_state(dst, {**src.state_dict(), "head.weight": torch.zeros(1)})

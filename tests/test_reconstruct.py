@@ -80,7 +80,7 @@ def test_medgmae_star_needs_a_hierarchical_checkpoint(tmp_path, scene):
     hier = make_checkpoint(tmp_path / "h.pt", "hierarchical")
     with pytest.raises(UserError, match="hierarchical"):
         load_decoder(gauss, "medgmae-star")
-    with pytest.raises(UserError, match="no such checkpoint"):
+    with pytest.raises(UserError, match="no such pretraining checkpoint"):
         load_decoder(tmp_path / "missing.pt", "medgmae")
     g, info = initialise("medgmae-star", scene[3], checkpoint=hier)
     inside_with_positive_scales(g)

@@ -86,7 +86,7 @@ def test_help(command, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["train", "--no-pbar"], "exactly one of --pretrained CKPT or --init scratch"),
     (["train", "--pretrained", "{tmp}/missing.pt", "--no-pbar"], "missing.pt does not exist"),
-    (["train", "--pretrained", "{tmp}/junk.pt", "--no-pbar"], "junk.pt: cannot be read as a checkpoint"),
+    (["train", "--pretrained", "{tmp}/junk.pt", "--no-pbar"], "junk.pt: not a readable torch checkpoint"),
     (["predict", "--model", "{tmp}", "--no-pbar"], "checkpoint_final.pt does not exist"),
     (["evaluate", "{tmp}", "--no-pbar"], "has no predict.json"),
     (["convert", "ixi", "{tmp}/nothing", "--no-pbar"], "atlas.pkl is missing"),

@@ -14,8 +14,9 @@ import torch.nn as nn
 
 from medgmae_plans.runtime import UserError
 
-from ..networks import ViT3D, network_config
+from ..networks import EncoderStateMismatch, ViT3D, load_encoder_state, network_config
 from ..networks.pos_embed import set_token_grid
+from ..pretrain.checkpoint import encoder_state, load_checkpoint
 
 
 class Classifier(nn.Module):
@@ -40,38 +41,20 @@ def token_grid(size_zyx: Sequence[int], patch: int) -> tuple[int, int, int]:
 
 
 def load_pretrained_encoder(path: Path) -> tuple[ViT3D, dict]:
-    """ViT3D from a pretraining `checkpoint_final.pt`, every encoder key loaded (else one-line UserError)."""
-    from ..pretrain.checkpoint import load_checkpoint
+    """ViT3D from a pretraining checkpoint, every encoder key loaded (else one-line UserError).
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"pretrained checkpoint {path} does not exist")
-    try:
-        ckpt = load_checkpoint(path)
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    except Exception as err:  # a truncated or foreign file: torch/pickle raise many kinds
-        raise UserError(f"{path}: cannot be read as a checkpoint ({type(err).__name__}: {err})") from None
-    meta = ckpt.get("metadata", {})
-    if "encoder" not in ckpt or "encoder_config" not in meta:
-        raise UserError(f"{path}: has no 'encoder' weights or no metadata 'encoder_config' (use checkpoint_final.pt)")
+    Returns (encoder, the checkpoint's metadata plus `load_report`, `load_encoder_state`'s report).
+    The encoder keeps the pretraining crop's token grid; `set_token_grid` adapts it to the volumes.
+    """
+    ckpt = load_checkpoint(path, metadata_keys=("encoder_config",))
+    meta = ckpt["metadata"]
+    state, other = encoder_state(ckpt, path)
     encoder = ViT3D(**meta["encoder_config"])
-    report = load_encoder_state(encoder, ckpt["encoder"], path)
+    try:
+        report = load_encoder_state(encoder, state, skipped=other)
+    except EncoderStateMismatch as err:
+        raise UserError(f"{path}: {err}") from None
     return encoder, {**meta, "load_report": report}
-
-
-def load_encoder_state(encoder: ViT3D, state: dict, path: Path) -> dict:
-    """Load `state` into `encoder`, asserting that every key of the encoder is present with its shape."""
-    expected = encoder.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k].shape))
-    if missing or unexpected or wrong:
-        parts = [f"{name} {keys[:4]}{'...' if len(keys) > 4 else ''}" for name, keys in
-                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
-        raise UserError(f"{path}: encoder weights do not match the ViT3D config: {'; '.join(parts)}")
-    encoder.load_state_dict(state, strict=True)
-    return {"loaded_keys": len(expected), "missing": [], "unexpected": []}
 
 
 def build_classifier(*, num_classes: int, size_zyx: Sequence[int], pretrained: Path | None = None,

@@ -19,6 +19,8 @@ from .vit import ViT3D, sincos_pos_embed_3d
 
 def is_sincos(pos_embed: torch.Tensor, grid: Sequence[int], atol: float = 1e-5) -> bool:
     """Whether `pos_embed` [1, 1 + N, C] is the fixed sin-cos table of `grid`."""
+    if pos_embed.shape[-1] % 6:  # no 3D sin-cos table has such a width (sincos_pos_embed_3d would raise)
+        return False
     ref = torch.from_numpy(sincos_pos_embed_3d(pos_embed.shape[-1], grid))[None]
     return ref.shape == pos_embed.shape and torch.allclose(pos_embed.detach().float().cpu(), ref, atol=atol)
 
