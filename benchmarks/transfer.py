@@ -1,7 +1,7 @@
 """The phantom's Table 1: scratch vs voxel-MAE vs MedGMAE fine-tuning at fractions 0.1 and 1.0 (slow, not in CI).
 
-    python -m benchmarks.transfer [--root DIR] [--pretrain-steps 3000] [--epochs 25] [--iters-per-epoch 10]
-                                  [--fractions 0.1 1.0] [--inits scratch voxelmae medgmae] [--quick]
+    python -m benchmarks.transfer [--root DIR] [--pretrain-steps 3000] [--epochs 15] [--iters-per-epoch 10]
+                                  [--fractions 0.1 1.0] [--inits scratch voxelmae medgmae] [--nsd] [--quick]
 
 It runs the toolkit's console commands as subprocesses, exactly as a user would, in its own nnU-Net
 folders `<root>/nnUNet_{raw,preprocessed,results}`:
@@ -10,7 +10,8 @@ folders `<root>/nnUNet_{raw,preprocessed,results}`:
 2. `medgmae_pretrain --preset tiny` once per pretrained init (`--decoder voxel` for voxel-MAE,
    `gaussian` for MedGMAE, `hierarchical` for MedGMAE*), same steps and seed, with `--resume`;
 3. `medgmae_train Phantom 3d_fullres --patch-size 64 --continue` for each init x fraction (fold 0);
-4. `medgmae_evaluate Phantom --compare -o <root>/report`.
+4. `medgmae_evaluate Phantom --compare --no-nsd -o <root>/report` (Dice, as in Table 1; `--nsd` adds
+   surface Dice, which on these short runs' scattered predictions costs minutes per case).
 Every command reuses what a previous run finished, so after a crash or Ctrl-C the same command line
 resumes. Changing a budget option for runs that exist is refused by the commands themselves (or, for
 pretraining, extends the run); use another `--root` for another budget.
@@ -51,7 +52,7 @@ from medgmae_plans.runtime import UserError, add_common_flags, cli_entry, setup_
 # Fine-tuning init name (trainer names, evaluate's rows) -> the pretraining decoder that makes it.
 DECODERS = {"voxelmae": "voxel", "medgmae": "gaussian", "medgmaestar": "hierarchical"}
 INITS = ("scratch", *DECODERS)
-DEFAULTS = dict(cases=20, unlabeled=8, pretrain_steps=3000, pretrain_warmup=None, epochs=25, iters_per_epoch=10)
+DEFAULTS = dict(cases=20, unlabeled=8, pretrain_steps=3000, pretrain_warmup=None, epochs=15, iters_per_epoch=10)
 QUICK = dict(cases=6, unlabeled=2, pretrain_steps=50, pretrain_warmup=5, epochs=1, iters_per_epoch=3)
 PRESET = "tiny"
 PATCH_SIZE = 64  # a 64^3 UNETR step is ~3x cheaper than 96^3 on CPU (README, medgmae_train)
@@ -91,6 +92,7 @@ def parse_args(argv):
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 1.0])
     p.add_argument("--inits", nargs="+", default=["scratch", "voxelmae", "medgmae"], choices=INITS)
     p.add_argument("--fold", default="0", help="cross-validation fold of every fine-tuning run (default 0)")
+    p.add_argument("--nsd", action="store_true", help="also compute surface Dice at 1 mm (slow on poor predictions)")
     p.add_argument("-np", "--workers", type=int, default=2, help="processes for phantom, preprocessing, evaluation")
     add_common_flags(p)
     args = p.parse_args(argv)
@@ -207,14 +209,15 @@ def build_steps(args, report: Path) -> list[Step]:
                 command("medgmae_train"), "Phantom", CONFIGURATION, *source, "--fraction", f"{fraction:g}", *budget,
                 "--continue", *common], done=finished, kind="finetune", init=init, extra={"fraction": fraction}))
 
-    steps.append(Step("evaluate", [command("medgmae_evaluate"), "Phantom", "--compare", "-o", str(report), *np_,
-                                   *common], kind="evaluate"))
+    nsd = [] if args.nsd else ["--no-nsd"]
+    steps.append(Step("evaluate", [command("medgmae_evaluate"), "Phantom", "--compare", *nsd, "-o", str(report),
+                                   *np_, *common], kind="evaluate"))
     return steps
 
 
 def settings_of(args) -> dict:
     keys = ("root", "quick", "cases", "unlabeled", "pretrain_steps", "pretrain_warmup", "seed", "epochs",
-            "iters_per_epoch", "fractions", "inits", "fold", "workers")
+            "iters_per_epoch", "fractions", "inits", "fold", "nsd", "workers")
     return {**{k: getattr(args, k) for k in keys}, "preset": PRESET, "patch_size": PATCH_SIZE}
 
 

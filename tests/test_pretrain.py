@@ -74,6 +74,15 @@ def test_masked_mse_counts_masked_voxels_only():
     assert masked_mse(pred, target, mask).item() == 1.0
 
 
+def test_visible_mean_baseline_of_the_snapshots():
+    # Crop 0: visible 0.2, masked 0.5 -> (0.3)^2; crop 1: visible and masked alike -> 0. Mean over masked voxels.
+    imgs = torch.full((2, 1, 4, 4, 4), 0.2)
+    mask = torch.zeros(2, 4, 4, 4, dtype=torch.bool)
+    mask[:, :2] = True
+    imgs[0, 0, :2] = 0.5
+    assert trainer_mod.visible_mean_mse(imgs, mask) == pytest.approx(0.09 / 2, abs=1e-6)
+
+
 def test_crop_centres_are_three_positive_to_one_negative():
     img, seg = body_volume()
     rng = np.random.default_rng(0)
