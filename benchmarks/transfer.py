@@ -1,6 +1,6 @@
 """The phantom's Table 1: scratch vs voxel-MAE vs MedGMAE fine-tuning at fractions 0.1 and 1.0 (slow, not in CI).
 
-    python -m benchmarks.transfer [--root DIR] [--pretrain-steps 3000] [--epochs 15] [--iters-per-epoch 10]
+    python -m benchmarks.transfer [--root DIR] [--pretrain-steps 3600] [--epochs 15] [--iters-per-epoch 10]
                                   [--fractions 0.1 1.0] [--inits scratch voxelmae medgmae] [--nsd] [--quick]
 
 It runs the toolkit's console commands as subprocesses, exactly as a user would, in its own nnU-Net
@@ -21,15 +21,12 @@ pretraining against voxel-MAE's and of pretrained fine-tuning against scratch, w
 `<root>/report/` holds `table1.md` (and the rest of `medgmae_evaluate --compare`'s outputs),
 `transfer.log`, and `transfer.json` (settings, step timings, the table), rewritten after every step.
 
-Budget. The defaults are meant to fit about 3 hours on two otherwise idle CPU cores. The estimate
-comes from figures measured on the two-core development machine (README, pretraining metrics and
-fine-tuning logs): data 5 min (20 phantom cases in ~50 s, preprocessing a few minutes); tiny
-pretraining ~0.3 s/step for voxel-MAE and ~0.5 s/step for MedGMAE with trained Gaussians
-(1.6x voxel), so 2 x 3000 steps ~ 40 min; fine-tuning a batch-2 step at 64^3 ~4 s, so 25 x 10
-iterations ~17 min, plus the per-epoch validation iterations and the final sliding-window validation
-of fold 0's 4 cases (~2.5 min) ~20 min a run, x 6 runs = 2 h; evaluation (Dice and surface Dice of
-15 organs at full resolution, 24 validation cases; 5-6 min per run of 2 cases was measured with the
-machine ~3x oversubscribed) ~15-25 min. Total about 3 h (2 h 50 to 3 h 15); longer on a loaded machine.
+Budget. The defaults are meant to fit about 75 minutes on two otherwise idle CPU cores, from figures
+measured there: data ~10 min (reused when present); tiny pretraining is the preset's recipe, 3600
+steps, ~7.5 min for MedGMAE (0.12 s/step) and a little less for voxel-MAE; a fine-tuning run is
+15 x 10 batch-2 iterations at 64^3 (~2.5 s each idle) plus nnU-Net's start-up and the sliding-window
+validation of fold 0's 4 cases, ~8 min, x 6 runs; evaluation (Dice of 15 organs, 24 validation
+cases) ~2 min. Longer on a loaded machine: with the cores shared, steps slow 2-10x.
 
 `--quick` (6 training cases, 2 unlabelled, 50 pretraining steps, 1 epoch x 3 iterations, root
 `./medgmae_benchmarks/transfer_quick`) checks the orchestration in minutes; its table means nothing.
@@ -52,7 +49,7 @@ from medgmae_plans.runtime import UserError, add_common_flags, cli_entry, setup_
 # Fine-tuning init name (trainer names, evaluate's rows) -> the pretraining decoder that makes it.
 DECODERS = {"voxelmae": "voxel", "medgmae": "gaussian", "medgmaestar": "hierarchical"}
 INITS = ("scratch", *DECODERS)
-DEFAULTS = dict(cases=20, unlabeled=8, pretrain_steps=3000, pretrain_warmup=None, epochs=15, iters_per_epoch=10)
+DEFAULTS = dict(cases=20, unlabeled=8, pretrain_steps=3600, pretrain_warmup=None, epochs=15, iters_per_epoch=10)
 QUICK = dict(cases=6, unlabeled=2, pretrain_steps=50, pretrain_warmup=5, epochs=1, iters_per_epoch=3)
 PRESET = "tiny"
 PATCH_SIZE = 64  # a 64^3 UNETR step is ~3x cheaper than 96^3 on CPU (README, medgmae_train)
