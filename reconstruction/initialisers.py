@@ -81,26 +81,14 @@ def fbp_init(fbp: torch.Tensor, num_points: int = 4096, air_threshold: float = 0
 
 def load_decoder(checkpoint: str | Path, init: str, device="cpu"):
     """(encoder, decoder, metadata) of a pretraining checkpoint, checked against the init's decoder type."""
-    from medgmae_trainers.networks import build_networks
-    from medgmae_trainers.pretrain.checkpoint import load_checkpoint
+    from medgmae_trainers.pretrain.model import load_pretrain_model
 
-    path = Path(checkpoint)
-    ckpt = load_checkpoint(path)  # a missing, unreadable or foreign file is a one-line UserError
-    meta = ckpt.get("metadata", {})
+    model, meta = load_pretrain_model(checkpoint, device)  # bad files are one-line UserErrors
     wanted = DECODER_FOR_INIT[init]
     if meta.get("decoder_type") != wanted:
-        raise UserError(f"{path}: has a {meta.get('decoder_type')!r} decoder; --init {init} needs a {wanted!r} "
-                        f"decoder checkpoint (pretrain with --decoder {wanted})")
-    if "network_config" not in meta or not any(k.startswith("decoder.") for k in ckpt.get("model", {})):
-        raise UserError(f"{path}: holds no decoder weights or network config (is it a checkpoint_final.pt?)")
-    encoder, decoder = build_networks(meta["network_config"], wanted)
-    state = ckpt["model"]
-    try:
-        encoder.load_state_dict({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")})
-        decoder.load_state_dict({k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")})
-    except RuntimeError as err:
-        raise UserError(f"{path}: weights do not fit the network config it declares ({str(err).splitlines()[0]})") from None
-    return encoder.to(device).eval(), decoder.to(device).eval(), meta
+        raise UserError(f"{checkpoint}: has a {meta.get('decoder_type')!r} decoder; --init {init} needs a "
+                        f"{wanted!r} decoder checkpoint (pretrain with --decoder {wanted})")
+    return model.encoder, model.decoder, meta
 
 
 @torch.no_grad()

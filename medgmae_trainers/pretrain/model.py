@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..networks import ViT3D, token_mask_to_voxels, unpatchify
+from medgmae_plans.runtime import UserError
+
+from ..networks import ViT3D, build_networks, token_mask_to_voxels, unpatchify
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, voxel_mask: torch.Tensor) -> torch.Tensor:
@@ -77,3 +79,27 @@ class PretrainModel(nn.Module):
             out["pred"] = render(out["gaussians"], imgs.shape[2:], mask=None, backend=self.render_backend,
                                  cutoff=self.render_cutoff)
         return out
+
+
+def load_pretrain_model(path, device="cpu") -> tuple[PretrainModel, dict]:
+    """(the whole pretraining model of a checkpoint, encoder and decoder, in eval mode; its metadata).
+
+    Both checkpoint kinds hold the model; a missing, unreadable or foreign file, or weights that do not
+    fit the network config the checkpoint declares, is a one-line `UserError` naming the file.
+    """
+    from .checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    meta = ckpt.get("metadata", {})
+    if "network_config" not in meta or not any(k.startswith("decoder.") for k in ckpt.get("model", {})):
+        raise UserError(f"{path}: holds no decoder weights or network config (is it a checkpoint_final.pt?)")
+    cfg = meta["network_config"]
+    encoder, decoder = build_networks(cfg, meta["decoder_type"])
+    model = PretrainModel(encoder, decoder, meta["decoder_type"], meta.get("mask_ratio", 0.75),
+                          render_cutoff=cfg["gaussians"]["render_cutoff"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise UserError(f"{path}: weights do not fit the network config it declares "
+                        f"({str(err).splitlines()[0]})") from None
+    return model.to(device).eval(), meta
