@@ -65,6 +65,31 @@ def _first_ratios(a, lin, dxc, h, rho):
     return right, math.exp(-0.5 * (a * h * (h - 2.0 * dxc) - 2.0 * lin * h))
 
 
+@numba.njit(cache=True, inline="always")
+def _conic(conics, b, k):
+    """The six inverse-covariance entries (zz, zy, zx, yy, yx, xx) of Gaussian (b, k), in float64."""
+    c = conics[b, k]
+    return (np.float64(c[0]), np.float64(c[1]), np.float64(c[2]), np.float64(c[3]), np.float64(c[4]),
+            np.float64(c[5]))
+
+
+@numba.njit(cache=True, inline="always")
+def _row(azz, azy, azx, ayy, ayx, axx, dz, dy, mx, W, h, rho, cutoff2):
+    """Everything a sweep along the (dz, dy) row needs: (hit, xc, ec, r_right, r_left, lin, const).
+
+    q(dx) = axx dx^2 + 2 lin dx + const along the row; xc is the in-volume voxel nearest its minimum,
+    ec = exp(-q/2) there, r_right / r_left the first step ratios. hit is False when even xc lies
+    outside the cut-off ellipsoid, i.e. the row misses the Gaussian."""
+    lin = azx * dz + ayx * dy
+    const = azz * dz * dz + 2.0 * azy * dz * dy + ayy * dy * dy
+    xc, dxc = _row_start(axx, lin, W, mx)
+    qc = (axx * dxc + 2.0 * lin) * dxc + const
+    if qc > cutoff2:
+        return False, xc, 0.0, 0.0, 0.0, lin, const
+    r_right, r_left = _first_ratios(axx, lin, dxc, h, rho)
+    return True, xc, math.exp(-0.5 * max(qc, 0.0)), r_right, r_left, lin, const
+
+
 @numba.njit(nogil=True, cache=True)
 def render_forward(means, conics, intensities, radii, mask, rows, use_mask, cutoff2, out, first, stop):
     """out [B,D,H,W] (zero-initialised) += the Gaussians, for flat slices b*D + z in [first, stop)."""
@@ -83,26 +108,16 @@ def render_forward(means, conics, intensities, radii, mask, rows, use_mask, cuto
             mx = np.float64(means[b, k, 2])
             ry = np.float64(radii[b, k, 1])
             y0, y1 = _index_range(my, -ry, ry, H)
-            azz = np.float64(conics[b, k, 0])
-            azy = np.float64(conics[b, k, 1])
-            azx = np.float64(conics[b, k, 2])
-            ayy = np.float64(conics[b, k, 3])
-            ayx = np.float64(conics[b, k, 4])
-            axx = np.float64(conics[b, k, 5])
+            azz, azy, azx, ayy, ayx, axx = _conic(conics, b, k)
             inten = np.float64(intensities[b, k])
             rho = math.exp(-axx * h * h)
             for y in range(y0, y1 + 1):
                 if use_mask and rows[b, z, y] == 0:
                     continue
-                dy = (y + 0.5) / H - my
-                lin = azx * dz + ayx * dy
-                const = azz * dz * dz + 2.0 * azy * dz * dy + ayy * dy * dy
-                xc, dxc = _row_start(axx, lin, W, mx)
-                qc = (axx * dxc + 2.0 * lin) * dxc + const
-                if qc > cutoff2:
-                    continue  # the row misses the ellipsoid
-                ec = math.exp(-0.5 * max(qc, 0.0))
-                r_right, r_left = _first_ratios(axx, lin, dxc, h, rho)
+                hit, xc, ec, r_right, r_left, lin, const = _row(azz, azy, azx, ayy, ayx, axx, dz,
+                                                                (y + 0.5) / H - my, mx, W, h, rho, cutoff2)
+                if not hit:
+                    continue
                 for step in (1, -1):
                     if step == 1:
                         x, e, r = xc, ec, r_right
@@ -131,12 +146,7 @@ def render_backward(means, conics, radii, mask, rows, use_mask, cutoff2, grad_ou
         mz = np.float64(means[b, k, 0])
         my = np.float64(means[b, k, 1])
         mx = np.float64(means[b, k, 2])
-        azz = np.float64(conics[b, k, 0])
-        azy = np.float64(conics[b, k, 1])
-        azx = np.float64(conics[b, k, 2])
-        ayy = np.float64(conics[b, k, 3])
-        ayx = np.float64(conics[b, k, 4])
-        axx = np.float64(conics[b, k, 5])
+        azz, azy, azx, ayy, ayx, axx = _conic(conics, b, k)
         rz = np.float64(radii[b, k, 0])
         ry = np.float64(radii[b, k, 1])
         z0, z1 = _index_range(mz, -rz, rz, D)
@@ -150,17 +160,13 @@ def render_backward(means, conics, radii, mask, rows, use_mask, cutoff2, grad_ou
                 if use_mask and rows[b, z, y] == 0:
                     continue
                 dy = (y + 0.5) / H - my
-                lin = azx * dz + ayx * dy
-                const = azz * dz * dz + 2.0 * azy * dz * dy + ayy * dy * dy
-                xc, dxc = _row_start(axx, lin, W, mx)
-                qc = (axx * dxc + 2.0 * lin) * dxc + const
-                if qc > cutoff2:
+                hit, xc, ec, r_right, r_left, lin, const = _row(azz, azy, azx, ayy, ayx, axx, dz, dy, mx, W, h,
+                                                                rho, cutoff2)
+                if not hit:
                     continue
-                ec = math.exp(-0.5 * max(qc, 0.0))
                 # dz and dy are constant along the row: sum w, w dx, w dx^2 here and expand
                 # them into the ten moments once per row.
                 rw = rwx = rwxx = 0.0
-                r_right, r_left = _first_ratios(axx, lin, dxc, h, rho)
                 for step in (1, -1):
                     if step == 1:
                         x, e, r = xc, ec, r_right
