@@ -21,12 +21,13 @@ pretraining against voxel-MAE's and of pretrained fine-tuning against scratch, w
 `<root>/report/` holds `table1.md` (and the rest of `medgmae_evaluate --compare`'s outputs),
 `transfer.log`, and `transfer.json` (settings, step timings, the table), rewritten after every step.
 
-Budget. The defaults are meant to fit about 75 minutes on two otherwise idle CPU cores, from figures
-measured there: data ~10 min (reused when present); tiny pretraining is the preset's recipe, 3600
-steps, ~7.5 min for MedGMAE (0.12 s/step) and a little less for voxel-MAE; a fine-tuning run is
-15 x 10 batch-2 iterations at 64^3 (~2.5 s each idle) plus nnU-Net's start-up and the sliding-window
-validation of fold 0's 4 cases, ~8 min, x 6 runs; evaluation (Dice of 15 organs, 24 validation
-cases) ~2 min. Longer on a loaded machine: with the cores shared, steps slow 2-10x.
+Budget. The defaults ran in 50 min (3009 s) on two otherwise idle CPU cores (2026-11-24): data
+169 s (phantom 46 s, preprocessing 100 s + 23 s), pretraining 395 s voxel-MAE and 473 s MedGMAE
+(3600 steps each, the tiny recipe), six fine-tuning runs of 15 x 10 batch-2 iterations at 64^3,
+313-357 s each including nnU-Net's start-up and the validation of fold 0's 4 cases, evaluation 18 s.
+At that budget every mean Dice stays below 2 %: it shows the comparison running end to end, not
+which initialisation transfers better. Raise --epochs for that (each 10 more epochs add about 2.5
+min per run, x 6 runs); a loaded machine is 2-10x slower.
 
 `--quick` (6 training cases, 2 unlabelled, 50 pretraining steps, 1 epoch x 3 iterations, root
 `./medgmae_benchmarks/transfer_quick`) checks the orchestration in minutes; its table means nothing.
