@@ -100,16 +100,16 @@ def case_metrics(ref: np.ndarray, pred: np.ndarray, labels: Sequence[int], spaci
     from scipy.ndimage import find_objects
 
     counts = confusion_counts(ref, pred, labels)
-    top = max(labels, default=0)
-    # boxes of every label in one pass each, so the surface work only touches each organ's box
-    ref_boxes = find_objects(np.clip(ref, 0, top + 1).astype(np.int32), max_label=top)
-    pred_boxes = find_objects(np.clip(pred, 0, top + 1).astype(np.int32), max_label=top)
+    want_nsd = not math.isnan(tolerance_mm)  # NaN: Dice only (medgmae_evaluate --no-nsd)
+    if want_nsd:
+        top = max(labels, default=0)
+        # boxes of every label in one pass each, so the surface work only touches each organ's box
+        ref_boxes = find_objects(np.clip(ref, 0, top + 1).astype(np.int32), max_label=top)
+        pred_boxes = find_objects(np.clip(pred, 0, top + 1).astype(np.int32), max_label=top)
     out = {}
     for label in labels:
         entry = overlap_metrics(*counts[label])
-        if math.isnan(tolerance_mm):  # NSD not asked for
-            entry["NSD"] = math.nan
-        elif entry["n_ref"] == 0 and entry["n_pred"] == 0:
+        if not want_nsd or (entry["n_ref"] == 0 and entry["n_pred"] == 0):
             entry["NSD"] = math.nan
         elif entry["n_ref"] == 0 or entry["n_pred"] == 0:
             entry["NSD"] = 0.0
