@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from medgmae_trainers.networks import DECODER_TYPES, build_networks, network_config
+from medgmae_trainers.pretrain.checkpoint import load_checkpoint
 from medgmae_trainers.pretrain.model import PretrainModel
 from medgmae_trainers.pretrain.trainer import param_groups
 from preprocessing.pretrain_sampling import CropChunks, SamplingConfig, in_memory_case, iterate_batches
@@ -53,7 +54,7 @@ def time_steps(args, batch: torch.Tensor, device: torch.device) -> dict[str, flo
     cfg = network_config(args.preset, patch_size=args.patch, crop_size=args.crop_size)
     trained = {}
     for path in args.weights:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(path)
         trained[ckpt["metadata"]["decoder_type"]] = ckpt["model"]
     runs = {}
     for kind in DECODER_TYPES:

@@ -19,21 +19,16 @@ import argparse
 import torch
 
 from medgmae_plans.runtime import UserError, cli_entry
-from medgmae_trainers.pretrain.model import load_pretrain_model
-from medgmae_trainers.pretrain.trainer import visible_mean_mse
+from medgmae_trainers.pretrain.model import load_pretrain_model, visible_mean_mse
 from preprocessing.pretrain_sampling import CropChunks, SamplingConfig
 
 MASK_SEED = 0
 
 
-def evaluation_crops(cases, crop_size: int, n: int, seed: int) -> torch.Tensor:
-    """n crops [n, 1, S, S, S], four per loaded case, from the sampling stream of `seed`."""
-    chunks = CropChunks(cases, SamplingConfig(crop_size=crop_size, sub_crops=4, augment=False), seed=seed)
-    crops, chunk = [], 0
-    while sum(len(c) for c in crops) < n:
-        crops.append(torch.from_numpy(chunks[chunk]))
-        chunk += 1
-    return torch.cat(crops)[:n].float()
+def evaluation_crops(cases, crop_size: int, n: int, seed: int, per_case: int = 4) -> torch.Tensor:
+    """n crops [n, 1, S, S, S], `per_case` per loaded case, from the sampling stream of `seed`."""
+    chunks = CropChunks(cases, SamplingConfig(crop_size=crop_size, sub_crops=per_case, augment=False), seed=seed)
+    return torch.cat([torch.from_numpy(chunks[i]) for i in range(-(-n // per_case))])[:n].float()
 
 
 @torch.no_grad()

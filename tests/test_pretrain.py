@@ -12,7 +12,7 @@ import torch
 
 from medgmae_trainers.networks import build_networks, network_config
 from medgmae_trainers.pretrain import trainer as trainer_mod
-from medgmae_trainers.pretrain.model import PretrainModel, masked_mse
+from medgmae_trainers.pretrain.model import PretrainModel, masked_mse, visible_mean_mse
 from medgmae_trainers.pretrain.trainer import PretrainSettings, lr_lambda, pretrain
 from medgmae_plans.runtime import UserError
 from preprocessing.pretrain_sampling import (CropChunks, SamplingConfig, crop_centres, extract_crop,
@@ -80,7 +80,7 @@ def test_visible_mean_baseline_of_the_snapshots():
     mask = torch.zeros(2, 4, 4, 4, dtype=torch.bool)
     mask[:, :2] = True
     imgs[0, 0, :2] = 0.5
-    assert trainer_mod.visible_mean_mse(imgs, mask) == pytest.approx(0.09 / 2, abs=1e-6)
+    assert visible_mean_mse(imgs, mask) == pytest.approx(0.09 / 2, abs=1e-6)
 
 
 def test_quality_benchmark_scores_a_perfect_model_zero_and_the_baseline_above():

@@ -24,6 +24,14 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, voxel_mask: torch.Tenso
     return ((pred - target) ** 2 * m).sum() / m.sum().clamp_min(1.0)
 
 
+def visible_mean_mse(imgs: torch.Tensor, voxel_mask: torch.Tensor) -> float:
+    """The masked MSE of the trivial prediction, each crop's mean visible intensity: the number a
+    model has to beat before its pictures show anything. imgs [B, 1, D, H, W], voxel_mask [B, D, H, W]."""
+    x, m = imgs[:, 0].float(), voxel_mask
+    visible_mean = (x * ~m).sum((1, 2, 3)) / (~m).sum((1, 2, 3)).clamp_min(1)
+    return masked_mse(visible_mean.view(-1, 1, 1, 1, 1).expand_as(imgs).float(), imgs.float(), m).item()
+
+
 def render(gaussians: dict[str, torch.Tensor], shape, mask: torch.Tensor | None = None,
            backend: str = "auto", cutoff: float = 2.0) -> torch.Tensor:
     """Render Gaussians (float32, outside autocast) -> [B, 1, D, H, W]; `mask` bool [B, D, H, W] or None."""

@@ -25,7 +25,7 @@ from preprocessing.pretrain_sampling import CropChunks, PretrainCase, SamplingCo
 from ..networks import build_networks, network_config
 from . import checkpoint as ckpt
 from .distributed import DistInfo, all_reduce, barrier, cleanup_distributed, gather_objects, setup_distributed
-from .model import PretrainModel, masked_mse
+from .model import PretrainModel, visible_mean_mse
 from .plots import plot_loss_curve, plot_snapshot
 
 # Training defaults per preset (table 9 for base/paper). tiny fills about 8 minutes of two idle CPU
@@ -301,10 +301,3 @@ def snapshot(model: PretrainModel, imgs: torch.Tensor, png: Path, title: str) ->
                   title=f"{title}: masked MSE {out['loss'].item():.4f} "
                         f"(predicting the visible mean: {visible_mean_mse(imgs, out['voxel_mask']):.4f})")
 
-
-def visible_mean_mse(imgs: torch.Tensor, voxel_mask: torch.Tensor) -> float:
-    """The masked MSE of the trivial prediction, each crop's mean visible intensity: the number a
-    model has to beat before its pictures show anything. imgs [B, 1, D, H, W], voxel_mask [B, D, H, W]."""
-    x, m = imgs[:, 0].float(), voxel_mask
-    visible_mean = (x * ~m).sum((1, 2, 3)) / (~m).sum((1, 2, 3)).clamp_min(1)
-    return masked_mse(visible_mean.view(-1, 1, 1, 1, 1).expand_as(imgs).float(), imgs.float(), m).item()
