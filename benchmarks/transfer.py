@@ -41,14 +41,15 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from medgmae_plans.runtime import UserError, add_common_flags, cli_entry, setup_run_log, write_run_json
+from medgmae_trainers.finetune.encoder_loading import INIT_BY_DECODER
 
 # Fine-tuning init name (trainer names, evaluate's rows) -> the pretraining decoder that makes it.
-DECODERS = {"voxelmae": "voxel", "medgmae": "gaussian", "medgmaestar": "hierarchical"}
+DECODERS = {init: decoder for decoder, init in INIT_BY_DECODER.items()}
 INITS = ("scratch", *DECODERS)
 DEFAULTS = dict(cases=20, unlabeled=8, pretrain_steps=3600, pretrain_warmup=None, epochs=15, iters_per_epoch=10)
 QUICK = dict(cases=6, unlabeled=2, pretrain_steps=50, pretrain_warmup=5, epochs=1, iters_per_epoch=3)
@@ -68,7 +69,6 @@ class Step:
     init: str | None = None
     seconds: float | None = None
     existed: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def parse_args(argv):
@@ -205,7 +205,7 @@ def build_steps(args, report: Path) -> list[Step]:
 
             steps.append(Step(f"finetune {init} f{fraction:g}", [
                 command("medgmae_train"), "Phantom", CONFIGURATION, *source, "--fraction", f"{fraction:g}", *budget,
-                "--continue", *common], done=finished, kind="finetune", init=init, extra={"fraction": fraction}))
+                "--continue", *common], done=finished, kind="finetune", init=init))
 
     nsd = [] if args.nsd else ["--no-nsd"]
     steps.append(Step("evaluate", [command("medgmae_evaluate"), "Phantom", "--compare", *nsd, "-o", str(report),
