@@ -13,9 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from medgmae_plans.atomic import atomic_path
+from medgmae_plans.constants import HU_WINDOW
 from medgmae_plans.runtime import UserError
-
-CT_WINDOW = (-175, 250)  # the toolkit's CT window (HU), as in preprocessing
 
 
 def _pyplot():
@@ -115,7 +114,7 @@ def prediction_overlays(cases: Sequence[OverlayCase], out_png: Path, label_names
         for ax in row:
             ax.axis("off")
         for ax, z in zip(row, picks):
-            ax.imshow(ct[z], cmap="gray", vmin=CT_WINDOW[0], vmax=CT_WINDOW[1], aspect=aspect,
+            ax.imshow(ct[z], cmap="gray", vmin=HU_WINDOW[0], vmax=HU_WINDOW[1], aspect=aspect,
                       interpolation="nearest")
             labels = sorted((set(np.unique(ref[z]).tolist()) | set(np.unique(pred[z]).tolist())) - {0})
             fill = np.zeros(ref[z].shape + (4,), np.float32)

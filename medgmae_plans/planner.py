@@ -34,6 +34,7 @@ from nnunetv2.preprocessing.resampling.default_resampling import compute_new_sha
 from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 
 from .atomic import atomic_path, write_json_atomic
+from .constants import HU_WINDOW
 
 PLANS_NAME = "MedGMAEPlans"
 CONFIGURATION = "3d_fullres"
@@ -41,7 +42,6 @@ DATA_IDENTIFIER = f"{PLANS_NAME}_{CONFIGURATION}"
 TARGET_SPACING = (1.5, 1.5, 1.5)
 PATCH_SIZE = (96, 96, 96)
 BATCH_SIZE = 2
-HU_WINDOW = (-175.0, 250.0)
 
 # Fed to nnU-Net's CTNormalization in place of the fingerprint's foreground statistics.
 WINDOW_INTENSITY_PROPERTIES = {
@@ -69,12 +69,6 @@ UNETR_ARCHITECTURE = {
     },
     "_kw_requires_import": [],
 }
-
-
-def window_hu(hu: np.ndarray) -> np.ndarray:
-    """The toolkit's intensity convention, for tests and readers: clip to the window, scale to [0, 1]."""
-    low, high = HU_WINDOW
-    return ((np.clip(hu, low, high) - low) / (high - low)).astype(np.float32)
 
 
 def fullres_configuration(median_shape: Sequence[float]) -> dict:

@@ -16,16 +16,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from medgmae_plans.constants import window_hu
 from medgmae_plans.runtime import UserError
 
-HU_WINDOW = (-175.0, 250.0)
 PRETRAIN_SPACING = 1.5
-
-
-def window_hu(hu: np.ndarray) -> np.ndarray:
-    """The pretraining window: clip(HU, -175, 250), then (HU + 175) / 425."""
-    lo, hi = HU_WINDOW
-    return ((np.clip(hu, lo, hi) - lo) / (hi - lo)).astype(np.float32)
 
 
 def load_volume(path: str | Path, spacing: float = PRETRAIN_SPACING) -> tuple[np.ndarray, tuple[float, ...]]:

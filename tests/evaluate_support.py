@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from medgmae_plans.constants import INIT_DISPLAY
+
 DATASET = "Dataset990_AbdomenPhantom"
 LABELS = {"background": 0, "spleen": 1, "liver": 2, "kidney": 3}
 SHAPE = (20, 24, 28)          # z, y, x
 SPACING = (0.8, 0.9, 2.0)     # x, y, z mm (anisotropic, like CT)
-INIT_DISPLAY = {"scratch": "Scratch", "voxelmae": "voxel-MAE", "medgmae": "MedGMAE", "medgmaestar": "MedGMAE*"}
 
 
 def write_label_map(path: Path, array: np.ndarray, spacing=SPACING, origin=(-10.0, 5.0, 30.0),

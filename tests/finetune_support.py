@@ -6,11 +6,10 @@ from pathlib import Path
 
 import torch
 
+from medgmae_plans.constants import NORMALISATION
 from medgmae_trainers.networks import build_networks, network_config
 from medgmae_trainers.pretrain.checkpoint import FORMAT
 
-NORMALISATION = {"scheme": "CTNormalization", "hu_window": [-175.0, 250.0], "range": [0.0, 1.0],
-                 "formula": "(clip(HU, -175, 250) + 175) / 425"}
 DATASET = "Dataset990_AbdomenPhantom"
 
 

@@ -90,7 +90,7 @@ def test_every_case_loads_at_target_spacing(preprocessed):
 def test_intensities_are_the_window_of_resampled_hu(preprocessed):
     from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
 
-    from medgmae_plans.planner import window_hu
+    from medgmae_plans.constants import window_hu
 
     kwargs = preprocessed["plans"]["configurations"]["3d_fullres"]["resampling_fn_data_kwargs"]
     for case in _cases(preprocessed["raw"])[:2]:

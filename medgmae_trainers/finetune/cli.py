@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from medgmae_plans.constants import INIT_DISPLAY
 from medgmae_plans.runtime import UserError, add_common_flags, cli_entry, setup_run_log
 
 from . import EXT_TRAINER_DIR
-from .encoder_loading import INIT_DISPLAY, check_fits, preset_encoder, read_pretrained, unetr_arch_kwargs
+from .encoder_loading import check_fits, preset_encoder, read_pretrained, unetr_arch_kwargs
 from .fractions import FRACTION_SEED, parse_fraction
 from .run_record import RECORD, Settings, differences, fold_folder, read_record, write_record
 

@@ -17,14 +17,14 @@ from typing import Callable
 
 import torch
 
+from medgmae_plans.constants import NORMALISATION
 from medgmae_plans.runtime import UserError
 
 from ..networks import PRESETS, EncoderStateMismatch, load_encoder_state, network_config
 from ..pretrain.checkpoint import encoder_state, load_checkpoint
 
-# decoder type of the pretraining -> the init name in trainer names, and how tables show it
+# decoder type of the pretraining -> the init name in trainer names (medgmae_plans.constants.INITS)
 INIT_BY_DECODER = {"voxel": "voxelmae", "gaussian": "medgmae", "hierarchical": "medgmaestar"}
-INIT_DISPLAY = {"scratch": "Scratch", "voxelmae": "voxel-MAE", "medgmae": "MedGMAE", "medgmaestar": "MedGMAE*"}
 
 
 @dataclass
@@ -62,7 +62,7 @@ def read_pretrained(path) -> PretrainedEncoder:
 
 def check_fits(pre: PretrainedEncoder, plans: dict, *, preset: str | None = None, patch: int | None = None) -> None:
     """Refuse a checkpoint whose preset, patch, normalisation or spacing does not fit this fine-tuning."""
-    from medgmae_plans.planner import HU_WINDOW, TARGET_SPACING  # imports nnunetv2: not at module import
+    from medgmae_plans.planner import TARGET_SPACING  # imports nnunetv2: not at module import
 
     meta, where = pre.metadata, pre.path
     if preset is not None and meta.get("preset") != preset:
@@ -71,14 +71,15 @@ def check_fits(pre: PretrainedEncoder, plans: dict, *, preset: str | None = None
     if patch is not None and int(meta["patch_size"]) != int(patch):
         raise UserError(f"{where}: pretrained with patch {meta['patch_size']}^3, but --patch {patch} was asked; "
                         f"the patch embedding cannot be loaded into another patch size")
-    norm = meta["normalisation"]
+    # the record medgmae_pretrain wrote into the checkpoint, against the one it writes from
+    norm, expected = meta["normalisation"], NORMALISATION
     window = [float(v) for v in norm.get("hu_window", [])]
-    if norm.get("scheme") != "CTNormalization" or window != [float(v) for v in HU_WINDOW]:
+    if norm.get("scheme") != expected["scheme"] or window != expected["hu_window"]:
         raise UserError(f"{where}: pretrained with normalisation {norm.get('scheme')} {window}, but the plans use "
-                        f"CTNormalization with the HU window {list(HU_WINDOW)}")
+                        f"{expected['scheme']} with the HU window {expected['hu_window']}")
     props = plans.get("foreground_intensity_properties_per_channel", {}).get("0", {})
     plan_window = [props.get("percentile_00_5"), props.get("percentile_99_5")]
-    if plan_window != [float(v) for v in HU_WINDOW]:
+    if plan_window != expected["hu_window"]:
         raise UserError(f"plans {plans.get('plans_name')}: intensity window {plan_window} differs from the "
                         f"checkpoint's {window}; re-plan with medgmae_plan_and_preprocess")
     spacing = meta.get("spacing")

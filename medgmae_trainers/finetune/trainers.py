@@ -38,9 +38,10 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from medgmae_plans.atomic import atomic_path
+from medgmae_plans.constants import INIT_DISPLAY, INITS
 from medgmae_plans.runtime import progress
 
-from .encoder_loading import INIT_DISPLAY, load_encoder, read_pretrained
+from .encoder_loading import load_encoder, read_pretrained
 from .fractions import fraction_tag, select_cases, tag_fraction
 from .optim import WarmupCosine, param_groups
 from .run_record import Settings, fold_folder, read_record, write_record
@@ -58,7 +59,6 @@ TORCH_PROBABILITY_RESAMPLING = {
                                            "memefficient_seg_resampling": False},
 }
 
-INITS = ("scratch", "voxelmae", "medgmae", "medgmaestar")
 NAME_PATTERN = re.compile(r"^MedGMAETrainer_(scratch|voxelmae|medgmae|medgmaestar)_(f\d+(?:p\d+)?)(?:_([A-Za-z0-9]+))?$")
 
 

@@ -8,14 +8,12 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
+from medgmae_plans.constants import NORMALISATION
 from medgmae_plans.runtime import UserError
 from preprocessing.collections import CaseRef, list_pretraining_cases, load_case, load_properties
 from preprocessing.pretrain_sampling import PretrainCase
 
 PLANS_FILE = "MedGMAEPlans.json"
-# The toolkit's preprocessing (DESIGN.md); the plans of every source are checked against each other.
-NORMALISATION = {"scheme": "CTNormalization", "hu_window": [-175.0, 250.0], "range": [0.0, 1.0],
-                 "formula": "(clip(HU, -175, 250) + 175) / 425"}
 
 
 class CaseLoader:
@@ -50,6 +48,6 @@ def pretraining_cases(datasets: Sequence[str], image_collections: Sequence[str])
     metadata = {
         "datasets": [s for s in sources if first[s].labelled],
         "image_collections": [s for s in sources if not first[s].labelled],
-        "spacing": next(iter(spacings.values())), "normalisation": NORMALISATION, "num_cases": len(cases),
+        "spacing": next(iter(spacings.values())), "normalisation": dict(NORMALISATION), "num_cases": len(cases),
     }
     return cases, metadata

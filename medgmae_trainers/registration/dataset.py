@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medgmae_plans.constants import HU_WINDOW, window_hu
 from medgmae_plans.runtime import UserError
 
 FORMAT = "medgmae-registration/1"
@@ -181,8 +182,7 @@ class RegistrationDataset:
 def normalise(arr: np.ndarray, intensity: dict) -> np.ndarray:
     scheme = intensity["scheme"]
     if scheme == "ct_window":
-        lo, hi = intensity.get("window", (-175.0, 250.0))
-        return ((np.clip(arr, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+        return window_hu(arr, intensity.get("window", HU_WINDOW))
     if scheme == "minmax":
         lo, hi = float(arr.min()), float(arr.max())
         return ((arr - lo) / (hi - lo if hi > lo else 1.0)).astype(np.float32)

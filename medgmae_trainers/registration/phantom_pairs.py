@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from medgmae_plans.atomic import atomic_directory, write_json_atomic, write_text_atomic
+from medgmae_plans.constants import HU_WINDOW
 from medgmae_plans.runtime import UserError, progress
 
 from .dataset import DESCRIPTION, FORMAT, PREFIX, ddf_to_itk
@@ -149,7 +150,7 @@ def build_phantom_pairs(raw_root: Path, *, pbar: bool = True, log=print, **overr
             "format": FORMAT, "name": NAME, "modality": "CT",
             "source": f"medgmae phantom (preprocessing.phantom), seed {s['seed']}, {sp:g} mm",
             "shape_zyx": list(shape), "spacing_zyx": [sp] * 3,
-            "intensity": {"scheme": "ct_window", "window": [-175.0, 250.0]},
+            "intensity": {"scheme": "ct_window", "window": list(HU_WINDOW)},
             "labels": {str(v): k for k, v in AMOS_LABELS.items() if v},
             "cases": cases,
             "train": {"mode": "all_pairs", "cases": [n for n, sp_ in zip(names, split_of) if sp_ == "train"]},
