@@ -7,8 +7,7 @@
     paper  appendix tables 6-7: encoder 1536 wide, 12 layers, 16 heads, drop path 0.1;
            decoder 528 wide, 8 layers, 16 heads, 512 Gaussians, max scale 0.5
 
-`render_cutoff` 2.0 is the paper's "2 sigma rule" (appendix 7.5): a Gaussian reaches the voxels
-within Mahalanobis distance 2 of its centre.
+`render_cutoff` is `RENDER_CUTOFF` in every preset.
 """
 from __future__ import annotations
 
@@ -22,6 +21,9 @@ from .vit import ViT3D
 from .voxel_decoder import VoxelDecoder
 
 DECODER_TYPES = ("gaussian", "hierarchical", "voxel")
+# The paper's "2 sigma rule" (appendix 7.5): a Gaussian reaches the voxels within Mahalanobis
+# distance 2 of its centre. Pretraining passes it to the renderer, whose own default (3.0) differs.
+RENDER_CUTOFF = 2.0
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
@@ -30,21 +32,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         "decoder": dict(dim=96, depth=2, num_heads=3, mlp_ratio=4.0, drop_path_rate=0.0),
         # MedGMAE*'s scale steps shrink with the max scale (0.02, 0.05 at 0.5).
         "gaussians": dict(num_gaussians=64, max_scale=0.15, multiplicities=(2, 4), delta_scales=(0.006, 0.015),
-                          render_cutoff=2.0),
+                          render_cutoff=RENDER_CUTOFF),
     },
     "base": {
         "encoder": dict(img_size=96, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
                         drop_path_rate=0.1),
         "decoder": dict(dim=384, depth=4, num_heads=12, mlp_ratio=4.0, drop_path_rate=0.0),
         "gaussians": dict(num_gaussians=512, max_scale=0.5, multiplicities=(2, 4), delta_scales=(0.02, 0.05),
-                          render_cutoff=2.0),
+                          render_cutoff=RENDER_CUTOFF),
     },
     "paper": {
         "encoder": dict(img_size=96, patch_size=16, embed_dim=1536, depth=12, num_heads=16, mlp_ratio=4.0,
                         drop_path_rate=0.1),
         "decoder": dict(dim=528, depth=8, num_heads=16, mlp_ratio=4.0, drop_path_rate=0.1),
         "gaussians": dict(num_gaussians=512, max_scale=0.5, multiplicities=(2, 4), delta_scales=(0.02, 0.05),
-                          render_cutoff=2.0),
+                          render_cutoff=RENDER_CUTOFF),
     },
 }
 

@@ -14,8 +14,10 @@ import torch
 import torch.nn as nn
 
 from medgmae_plans.runtime import UserError
+from renderer_cupy import render_gaussians
 
 from ..networks import ViT3D, build_networks, token_mask_to_voxels, unpatchify
+from ..networks.presets import RENDER_CUTOFF
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, voxel_mask: torch.Tensor) -> torch.Tensor:
@@ -32,22 +34,11 @@ def visible_mean_mse(imgs: torch.Tensor, voxel_mask: torch.Tensor) -> float:
     return masked_mse(visible_mean.view(-1, 1, 1, 1, 1).expand_as(imgs).float(), imgs.float(), m).item()
 
 
-def render(gaussians: dict[str, torch.Tensor], shape, mask: torch.Tensor | None = None,
-           backend: str = "auto", cutoff: float = 2.0) -> torch.Tensor:
-    """Render Gaussians (float32, outside autocast) -> [B, 1, D, H, W]; `mask` bool [B, D, H, W] or None."""
-    from renderer_cupy import render_gaussians
-
-    with torch.autocast(device_type=gaussians["means"].device.type, enabled=False):
-        return render_gaussians(gaussians["means"].float(), gaussians["scales"].float(),
-                                gaussians["quats"].float(), gaussians["intensities"].float(),
-                                tuple(shape), mask=mask, cutoff=cutoff, backend=backend)
-
-
 class PretrainModel(nn.Module):
     """MedGMAE (decoder_type "gaussian"), MedGMAE* ("hierarchical") or voxel MAE ("voxel")."""
 
     def __init__(self, encoder: ViT3D, decoder: nn.Module, decoder_type: str, mask_ratio: float = 0.75,
-                 render_backend: str = "auto", render_cutoff: float = 2.0):
+                 render_backend: str = "auto", render_cutoff: float = RENDER_CUTOFF):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
@@ -72,8 +63,11 @@ class PretrainModel(nn.Module):
             pred = unpatchify(self.decoder(latent, ids_restore), enc.grid, enc.patch_embed.patch_size).float()
         else:
             gaussians = self.decoder(latent, ids_keep)
-            pred = render(gaussians, imgs.shape[2:], mask=voxel_mask, backend=self.render_backend,
-                          cutoff=self.render_cutoff)
+            # The renderer computes in float32 outside autocast itself. The cutoff is the preset's
+            # (the paper's 2 sigma), not the renderer's own default.
+            pred = render_gaussians(gaussians["means"], gaussians["scales"], gaussians["quats"],
+                                    gaussians["intensities"], tuple(imgs.shape[2:]), mask=voxel_mask,
+                                    cutoff=self.render_cutoff, backend=self.render_backend)
             out["gaussians"] = gaussians
         out["pred"] = pred
         out["loss"] = masked_mse(pred, target.float(), voxel_mask)
@@ -84,8 +78,10 @@ class PretrainModel(nn.Module):
         """For pictures: like forward, but the prediction covers every voxel (the full render)."""
         out = self.forward(imgs)
         if "gaussians" in out:
-            out["pred"] = render(out["gaussians"], imgs.shape[2:], mask=None, backend=self.render_backend,
-                                 cutoff=self.render_cutoff)
+            g = out["gaussians"]
+            out["pred"] = render_gaussians(g["means"], g["scales"], g["quats"], g["intensities"],
+                                           tuple(imgs.shape[2:]), cutoff=self.render_cutoff,
+                                           backend=self.render_backend)
         return out
 
 
