@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from medgmae_plans.atomic import write_text_atomic
 from medgmae_plans.runtime import UserError, add_common_flags, cli_entry, setup_run_log, write_run_json
 
 from .folders import (detect_ending, file_ending_of, find_runs, image_for_case, pair_cases, read_dataset_labels,
@@ -140,7 +141,7 @@ def _resolve_results(items: Sequence[str]) -> list[Path]:
 def evaluate_results(args) -> int:
     from medgmae_plans.paths import ensure_nnunet_env
 
-    from .compare import Scored, build_comparison, table_markdown, write_comparison
+    from .compare import Scored, build_comparison, table_markdown
 
     env = ensure_nnunet_env()
     runs = find_runs(_resolve_results(args.results))
@@ -199,6 +200,29 @@ def evaluate_run(run, args, preprocessed_root: Path) -> tuple[dict, bool]:
     summary = summarise(per_case, labels, args.tolerance, stamps)
     write_summary(summary, out)
     return summary, False
+
+
+def write_comparison(comp, out_dir: Path, title: str = "") -> dict[str, Path]:
+    """table1.md (Dice and NSD tables, then the per-organ tables), table1.csv, table1_nsd.csv,
+    per_organ.csv, per_organ.md and the Dice chart table1.png of a `compare.Comparison`, each written
+    atomically."""
+    from .compare import per_organ_csv, per_organ_markdown, table_csv, table_markdown
+    from .plots import dice_chart
+
+    out_dir = Path(out_dir)
+    files = {name: out_dir / name for name in
+             ("table1.md", "table1.csv", "table1_nsd.csv", "per_organ.csv", "per_organ.md", "table1.png")}
+    heading = f"# {title}\n\n" if title else ""
+    note = ("Rows: initialisation; columns: dataset and fraction of the training cases. Mean over organs "
+            "and validation cases, averaged over folds. **bold**: best, <u>underlined</u>: second.\n")
+    write_text_atomic(files["table1.md"], heading + note + "\n" + table_markdown(comp, "dice") + "\n"
+                      + table_markdown(comp, "nsd"))
+    write_text_atomic(files["table1.csv"], table_csv(comp, "dice"))
+    write_text_atomic(files["table1_nsd.csv"], table_csv(comp, "nsd"))
+    write_text_atomic(files["per_organ.csv"], per_organ_csv(comp))
+    write_text_atomic(files["per_organ.md"], per_organ_markdown(comp))
+    dice_chart(comp, files["table1.png"], title=title)
+    return files
 
 
 def write_overlays(scored, out_dir: Path, n_cases: int, raw_root: Path, preprocessed_root: Path, log) -> dict:

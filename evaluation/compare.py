@@ -14,38 +14,16 @@ import io
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from medgmae_plans.atomic import write_text_atomic
+from medgmae_plans.constants import INITS
 
+from .display import column_header, init_display
 from .folders import Run
 
-INIT_ORDER = ("scratch", "voxelmae", "medgmae", "medgmaestar")
-INIT_DISPLAY = {"scratch": "Scratch", "voxelmae": "voxel-MAE", "medgmae": "MedGMAE", "medgmaestar": "MedGMAE*"}
 MISSING = "—"
-
-# the paper's names for the datasets our aliases resolve (medgmae_plans.datasets.ALIASES)
-_DATASET_DISPLAY = ((r"amos", "AMOS"), (r"flare_?22", "FLARE'22"), (r"btcv", "BTCV"), (r"segthor", "SegTHOR"),
-                    (r"abdomenatlas", "AbdomenAtlas"), (r"phantom", "Phantom"))
-
-
-def dataset_display(name: str) -> str:
-    short = re.sub(r"^Dataset\d+_", "", name)
-    for pattern, display in _DATASET_DISPLAY:
-        if re.search(pattern, short.lower()):
-            return display
-    return short
-
-
-def fraction_display(fraction: float) -> str:
-    return f"{fraction * 100:g}%"
-
-
-def init_display(init: str) -> str:
-    return INIT_DISPLAY.get(init, init)
 
 
 @dataclass
@@ -90,7 +68,7 @@ def build_comparison(scored: Sequence[Scored]) -> Comparison:
         per_organ.setdefault(key, []).append(item.summary)
     columns = sorted({(d, f) for _, d, f in cells}, key=lambda c: (_dataset_sort_key(c[0]), c[1]))
     inits = {i for i, _, _ in cells}
-    rows = [i for i in INIT_ORDER if i in inits] + sorted(inits - set(INIT_ORDER))
+    rows = [i for i in INITS if i in inits] + sorted(inits - set(INITS))
     organs = {key: _organ_means(summaries) for key, summaries in per_organ.items()}
     return Comparison(columns, rows, cells, organs)
 
@@ -131,13 +109,9 @@ def _pct(value: float) -> str:
     return MISSING if math.isnan(value) else f"{100 * value:.2f}"
 
 
-def _column_header(column: tuple[str, float]) -> str:
-    return f"{dataset_display(column[0])} {fraction_display(column[1])}"
-
-
 def table_markdown(comp: Comparison, metric: str = "dice") -> str:
     name = {"dice": "Mean Dice (%)", "nsd": "Mean NSD at 1 mm (%)"}[metric]
-    lines = ["| " + " | ".join([f"Init ({name})"] + [_column_header(c) for c in comp.columns]) + " |",
+    lines = ["| " + " | ".join([f"Init ({name})"] + [column_header(c) for c in comp.columns]) + " |",
              "| " + " | ".join(["---"] + ["---:"] * len(comp.columns)) + " |"]
     marks = {c: ranks([comp.value(i, c, metric) for i in comp.rows]) for c in comp.columns}
     for r, init in enumerate(comp.rows):
@@ -149,7 +123,7 @@ def table_markdown(comp: Comparison, metric: str = "dice") -> str:
 def table_csv(comp: Comparison, metric: str = "dice") -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["init"] + [_column_header(c) for c in comp.columns])
+    writer.writerow(["init"] + [column_header(c) for c in comp.columns])
     for init in comp.rows:
         values = [comp.value(init, c, metric) for c in comp.columns]
         writer.writerow([init_display(init)] + ["" if math.isnan(v) else f"{100 * v:.2f}" for v in values])
@@ -179,7 +153,7 @@ def per_organ_markdown(comp: Comparison) -> str:
     for column in comp.columns:
         inits = [i for i in comp.rows if (i, *column) in comp.organs]
         labels = sorted({label for i in inits for label in comp.organs[(i, *column)]})
-        parts.append(f"### {_column_header(column)}: Dice (%) per organ\n")
+        parts.append(f"### {column_header(column)}: Dice (%) per organ\n")
         parts.append("| " + " | ".join(["organ"] + [init_display(i) for i in inits]) + " |")
         parts.append("| " + " | ".join(["---"] + ["---:"] * len(inits)) + " |")
         for label in labels:
@@ -192,24 +166,3 @@ def per_organ_markdown(comp: Comparison) -> str:
         parts.append("| " + " | ".join(["**mean**"] + [_mark(_pct(v), r) for v, r in zip(means, ranks(means))]) + " |")
         parts.append("")
     return "\n".join(parts)
-
-
-def write_comparison(comp: Comparison, out_dir: Path, title: str = "") -> dict[str, Path]:
-    """table1.md (Dice and NSD tables, then the per-organ tables), table1.csv, table1_nsd.csv,
-    per_organ.csv and the Dice chart table1.png, each written atomically."""
-    from .plots import dice_chart
-
-    out_dir = Path(out_dir)
-    files = {name: out_dir / name for name in
-             ("table1.md", "table1.csv", "table1_nsd.csv", "per_organ.csv", "per_organ.md", "table1.png")}
-    heading = f"# {title}\n\n" if title else ""
-    note = ("Rows: initialisation; columns: dataset and fraction of the training cases. Mean over organs "
-            "and validation cases, averaged over folds. **bold**: best, <u>underlined</u>: second.\n")
-    write_text_atomic(files["table1.md"], heading + note + "\n" + table_markdown(comp, "dice") + "\n"
-                      + table_markdown(comp, "nsd"))
-    write_text_atomic(files["table1.csv"], table_csv(comp, "dice"))
-    write_text_atomic(files["table1_nsd.csv"], table_csv(comp, "nsd"))
-    write_text_atomic(files["per_organ.csv"], per_organ_csv(comp))
-    write_text_atomic(files["per_organ.md"], per_organ_markdown(comp))
-    dice_chart(comp, files["table1.png"], title=title)
-    return files

@@ -16,6 +16,8 @@ from medgmae_plans.atomic import atomic_path
 from medgmae_plans.constants import HU_WINDOW
 from medgmae_plans.runtime import UserError
 
+from .display import column_header, init_display
+
 
 def _pyplot():
     import matplotlib
@@ -36,8 +38,6 @@ def label_color(label: int):
 def dice_chart(comp, out_png: Path, title: str = "") -> Path:
     """Grouped bars: one group per (dataset, fraction), one bar per init; mean Dice in %,
     with the range over folds as an error bar when a cell has several folds."""
-    from .compare import _column_header, init_display
-
     plt = _pyplot()
     n_cols, n_rows = len(comp.columns), len(comp.rows)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + 1.1 * n_cols * max(n_rows, 1) * 0.6), 3.8))
@@ -57,7 +57,7 @@ def dice_chart(comp, out_png: Path, title: str = "") -> Path:
         bars = ax.bar(xs, ys, width * 0.95, label=init_display(init), color=colors.get(init),
                       yerr=[lo, hi] if any(lo) or any(hi) else None, capsize=2)
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
-    ax.set_xticks(range(n_cols), [_column_header(c) for c in comp.columns])
+    ax.set_xticks(range(n_cols), [column_header(c) for c in comp.columns])
     ax.set_ylabel("mean Dice (%)")
     ax.set_ylim(0, 105)
     ax.grid(axis="y", alpha=0.3)

@@ -9,7 +9,8 @@ import pytest
 
 from evaluate_support import DATASET, make_gt, make_run, perturb, reference_case, write_label_map
 from evaluation.cli import main
-from evaluation.compare import fraction_display, ranks
+from evaluation.compare import ranks
+from evaluation.display import fraction_display
 
 CASES = {f"phantom_{i:03d}": reference_case(i, with_kidney=i != 2) for i in range(3)}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
