@@ -50,3 +50,21 @@ def minimal_preprocessed(preprocessed: Path, patch=(32, 32, 32), n_labels: int =
     (folder / "MedGMAEPlans.json").write_text(json.dumps(plans))
     (folder / "dataset.json").write_text(json.dumps(labels_json(n_labels)))
     return plans
+
+
+def small_trainer(results: Path, name: str, plans: dict, **settings_changes):
+    """The MedGMAE trainer `name` as nnU-Net builds it, on `plans` (`minimal_preprocessed`'s), with a
+    run record for a small UNETR (48 wide, 3 layers, decoder width 4); returns (trainer, fold folder)."""
+    from medgmae_trainers.finetune.encoder_loading import unetr_arch_kwargs
+    from medgmae_trainers.finetune.run_record import Settings, fold_folder, write_record
+    from medgmae_trainers.finetune.trainers import parse_trainer_name, trainer_class
+
+    init, fraction, _ = parse_trainer_name(name)
+    encoder = dict(img_size=32, patch_size=16, embed_dim=48, depth=3, num_heads=3, mlp_ratio=4.0)
+    settings = Settings(dataset=DATASET, trainer=name, init=init, fraction=fraction, fold=0, epochs=2,
+                        iterations_per_epoch=5, arch_kwargs=unetr_arch_kwargs(encoder, [32] * 3, 4),
+                        **settings_changes)
+    folder = fold_folder(results, DATASET, name, "MedGMAEPlans", "3d_fullres", 0)
+    write_record(folder, settings)
+    plans = {**plans, "continue_training": False}
+    return trainer_class(name)(plans, "3d_fullres", 0, labels_json(), torch.device("cpu")), folder

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from finetune_support import DATASET, fake_checkpoint, labels_json, minimal_preprocessed
+from finetune_support import DATASET, fake_checkpoint, labels_json, minimal_preprocessed, small_trainer
 from medgmae_plans.runtime import UserError
 from medgmae_trainers.finetune.encoder_loading import check_fits, load_encoder, read_pretrained
 from medgmae_trainers.finetune.fractions import fraction_tag, parse_fraction, select_cases, tag_fraction
@@ -173,21 +173,8 @@ def test_warmup_then_cosine():
 
 # ---- the trainer as nnU-Net builds it --------------------------------------------------------
 def _trainer(nnunet_env, name, settings_changes=None):
-    from medgmae_trainers.finetune.encoder_loading import unetr_arch_kwargs
-    from medgmae_trainers.finetune.run_record import Settings, fold_folder, write_record
-    from medgmae_trainers.finetune.trainers import parse_trainer_name, trainer_class
-
     plans = minimal_preprocessed(nnunet_env["nnUNet_preprocessed"])
-    init, fraction, _ = parse_trainer_name(name)
-    encoder = dict(img_size=32, patch_size=16, embed_dim=48, depth=3, num_heads=3, mlp_ratio=4.0)
-    settings = Settings(dataset=DATASET, trainer=name, init=init, fraction=fraction, fold=0, epochs=2,
-                        iterations_per_epoch=5, arch_kwargs=unetr_arch_kwargs(encoder, [32] * 3, 4),
-                        **(settings_changes or {}))
-    folder = fold_folder(nnunet_env["nnUNet_results"], DATASET, name, "MedGMAEPlans", "3d_fullres", 0)
-    write_record(folder, settings)
-    plans["continue_training"] = False
-    trainer = trainer_class(name)(plans, "3d_fullres", 0, labels_json(), torch.device("cpu"))
-    return trainer, folder
+    return small_trainer(nnunet_env["nnUNet_results"], name, plans, **(settings_changes or {}))
 
 
 def test_trainer_loads_every_encoder_key_and_scratch_does_not(nnunet_env, tmp_path):
@@ -211,13 +198,88 @@ def test_trainer_loads_every_encoder_key_and_scratch_does_not(nnunet_env, tmp_pa
     assert not torch.equal(state["blocks.0.attn.qkv.weight"], ckpt["encoder"]["blocks.0.attn.qkv.weight"])
 
 
-def test_pretrained_trainer_without_settings_file_says_how_to_start(nnunet_env):
+def test_pretrained_trainer_without_settings_file_says_how_to_start(nnunet_env, capsys):
+    """Plain nnUNetv2_train on a pretrained trainer: one line naming medgmae_train --pretrained, exit 2."""
     from medgmae_trainers.finetune.trainers import trainer_class
 
     plans = minimal_preprocessed(nnunet_env["nnUNet_preprocessed"])
     plans["continue_training"] = False
-    with pytest.raises(RuntimeError, match="medgmae_train --pretrained"):
+    with pytest.raises(SystemExit) as stop:
         trainer_class("MedGMAETrainer_medgmae_f10")(plans, "3d_fullres", 0, labels_json(), torch.device("cpu"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and "medgmae_train" in err[0] and "--pretrained CKPT" in err[0]
+
+
+# ---- nnUNetv2_train on our scratch names trains medgmae_train's run ----------------------------
+@pytest.fixture
+def clean_env(monkeypatch):
+    """The variables our commands set, unset here and restored afterwards (setenv first, so that
+    monkeypatch restores them even when they were not set before)."""
+    for var in ("nnUNet_extTrainer", "nnUNet_def_n_proc", "nnUNet_compile"):
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
+
+
+def _started_trainer(monkeypatch, start) -> "MedGMAETrainer":
+    """The trainer that `start()` has nnU-Net's `run_training` build, with training and validation
+    replaced by nothing; initialised (network, optimiser, schedule) from seed 0."""
+    from medgmae_trainers.finetune.trainers import MedGMAETrainer
+
+    started = []
+    monkeypatch.setattr(MedGMAETrainer, "run_training", lambda self: started.append(self))
+    monkeypatch.setattr(MedGMAETrainer, "perform_actual_validation", lambda self, save_probabilities=False: None)
+    threads = torch.get_num_threads()
+    start()
+    torch.set_num_threads(threads)  # nnUNetv2_train takes every core for -device cpu
+    (trainer,) = started
+    torch.manual_seed(0)
+    trainer.initialize()
+    return trainer
+
+
+def test_nnunet_train_on_a_scratch_name_trains_what_medgmae_train_does(nnunet_env, clean_env, monkeypatch):
+    import sys
+
+    from nnunetv2.run.run_training import run_training_entry
+
+    from medgmae_trainers.finetune import EXT_TRAINER_DIR
+    from medgmae_trainers.finetune.cli import main
+
+    minimal_preprocessed(nnunet_env["nnUNet_preprocessed"])
+    name = "MedGMAETrainer_scratch_f10"
+    monkeypatch.setenv("nnUNet_extTrainer", str(EXT_TRAINER_DIR))  # the documented export
+    monkeypatch.setattr(sys, "argv", ["nnUNetv2_train", "990", "3d_fullres", "0", "-tr", name, "-p", "MedGMAEPlans",
+                                      "-device", "cpu"])
+    plain = _started_trainer(monkeypatch, run_training_entry)  # no run record: the trainer makes the settings
+
+    def medgmae_train():
+        assert main(["Phantom", "3d_fullres", "--init", "scratch", "--fraction", "0.1", "--device", "cpu"]) == 0
+    ours = _started_trainer(monkeypatch, medgmae_train)
+
+    run_only = ("status", "results", "train_cases", "val_cases")
+    record = {k: v for k, v in ours.medgmae.to_json().items() if k not in run_only}
+    assert {k: v for k, v in plain.medgmae.to_json().items() if k not in run_only} == record
+    # medgmae_train's flag defaults are what users ran: torch resampling, the CPU validation
+    assert record["export_resampling"] == "torch" and record["preset"] == "base" and record["fraction"] == 0.1
+    assert (record["val_step_size"], record["val_mirroring"]) == (1.0, False)
+
+    # the same network, to the weight, from the same plans
+    assert plain.configuration_manager.configuration == ours.configuration_manager.configuration
+    a, b = plain.network.state_dict(), ours.network.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    # the same optimiser, schedule and loop lengths
+    for attr in ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "initial_lr",
+                 "weight_decay", "save_every", "enable_deep_supervision"):
+        assert getattr(plain, attr) == getattr(ours, attr), attr
+
+    def hyperparameters(trainer):
+        return [{k: v for k, v in g.items() if k != "params"} for g in trainer.optimizer.param_groups]
+
+    for epoch in (0, 1, 30, ours.num_epochs - 1):  # nnU-Net steps the scheduler at each epoch's start
+        plain.lr_scheduler.step(epoch)
+        ours.lr_scheduler.step(epoch)
+        assert hyperparameters(plain) == hyperparameters(ours), epoch
 
 
 # ---- the command's bad input -----------------------------------------------------------------

@@ -17,36 +17,38 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from medgmae_plans.constants import INIT_DISPLAY
 from medgmae_plans.runtime import UserError, add_common_flags, cli_entry, setup_run_log
 
-from . import EXT_TRAINER_DIR
-from .encoder_loading import check_fits, preset_encoder, read_pretrained, unetr_arch_kwargs
-from .fractions import FRACTION_SEED, parse_fraction
-from .run_record import RECORD, Settings, differences, fold_folder, read_record, write_record
+from ..networks.presets import UNETR_FEATURE_SIZE
+from . import EXT_TRAINER_DIR, use_ext_trainers
+from .encoder_loading import check_fits, read_pretrained
+from .fractions import parse_fraction
+from .run_record import (RECORD, VALIDATION_BY_DEVICE, Settings, differences, fold_folder, new_settings,
+                         read_record, write_record)
 
-PLANS = "MedGMAEPlans"
-# The UNETR decoder's full-resolution convolutions dominate CPU time; the tiny preset halves their width.
-FEATURE_SIZE_BY_PRESET = {"tiny": 8}
+PLANS = Settings.plans
+DEFAULTS = Settings()  # the run defaults live there; the flags below default to None ("not given")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    d = DEFAULTS
+    on_gpu, on_cpu = VALIDATION_BY_DEVICE["cuda"], VALIDATION_BY_DEVICE["cpu"]
     p = argparse.ArgumentParser(
         prog="medgmae_train",
         description="Fine-tune UNETR (our ViT encoder + MONAI's UNETR blocks) with nnU-Net v2 on a fraction of "
                     "a fold's training cases, from a medgmae_pretrain checkpoint or from scratch. The results "
-                    "folder is a normal nnU-Net results folder (nnUNetv2_predict works on it with "
-                    f"nnUNet_extTrainer={EXT_TRAINER_DIR}).")
+                    "folder is a normal nnU-Net results folder: medgmae_predict predicts with it as it is, "
+                    f"nnUNetv2_predict with nnUNet_extTrainer={EXT_TRAINER_DIR}.")
     p.add_argument("dataset", help="dataset id, name or alias (AMOS, FLARE22, BTCV, SegTHOR, AbdomenAtlas, Phantom)")
     p.add_argument("configuration", help="plans configuration (MedGMAEPlans has 3d_fullres)")
-    p.add_argument("--fraction", default="1.0", help="fraction of the fold's training cases, in (0, 1] (default 1.0)")
-    p.add_argument("--fold", default="0", help="cross-validation fold 0..4, or 'all' (default 0)")
+    p.add_argument("--fraction", help=f"fraction of the fold's training cases, in (0, 1] (default {d.fraction:g})")
+    p.add_argument("--fold", help=f"cross-validation fold 0..4, or 'all' (default {d.fold})")
     init = p.add_mutually_exclusive_group(required=True)
     init.add_argument("--pretrained", metavar="CKPT", help="medgmae_pretrain checkpoint_final.pt (any decoder type)")
     init.add_argument("--init", choices=("scratch",), help="random initialisation instead of a checkpoint")
     p.add_argument("--preset", choices=("tiny", "base", "paper"),
-                   help="encoder sizes; scratch: default base (what the plans say); with --pretrained it must "
-                        "match the checkpoint's")
+                   help=f"encoder sizes; scratch: default {d.preset} (what the plans say); with --pretrained it "
+                        f"must match the checkpoint's")
     p.add_argument("--patch", type=int, choices=(12, 16),
                    help="ViT patch size (default: the checkpoint's, or the preset's)")
     p.add_argument("--patch-size", type=int, metavar="N",
@@ -54,19 +56,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "interpolated to its token grid. On CPU, 64 makes a training step ~3x cheaper")
     p.add_argument("--trainer", help="trainer name MedGMAETrainer_<init>_f<pct>[_<tag>] (default: derived from the "
                                      "init and fraction; add a tag to keep variants apart)")
-    p.add_argument("--epochs", type=int, default=1000, help="epochs (nnU-Net's default 1000)")
-    p.add_argument("--iters-per-epoch", type=int, default=250, help="training iterations per epoch (default 250)")
-    p.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate of the decoder (default 3e-4)")
-    p.add_argument("--layer-decay", type=float, default=0.75, help="layer-wise lr decay of a pretrained encoder")
-    p.add_argument("--feature-size", type=int, help="UNETR decoder width (default: the plans' 16; tiny preset 8)")
+    p.add_argument("--epochs", type=int, help=f"epochs (default {d.epochs}, nnU-Net's)")
+    p.add_argument("--iters-per-epoch", type=int, dest="iterations_per_epoch", metavar="N",
+                   help=f"training iterations per epoch (default {d.iterations_per_epoch})")
+    p.add_argument("--lr", type=float, help=f"peak AdamW learning rate of the decoder (default {d.lr:g})")
+    p.add_argument("--layer-decay", type=float,
+                   help=f"layer-wise lr decay of a pretrained encoder (default {d.layer_decay:g})")
+    tiny = ", ".join(f"{k} preset {v}" for k, v in UNETR_FEATURE_SIZE.items())
+    p.add_argument("--feature-size", type=int, help=f"UNETR decoder width (default: the plans' 16; {tiny})")
     p.add_argument("--val-step-size", type=float,
-                   help="sliding-window step of the final validation (default: nnU-Net's 0.5 on cuda, 1.0 on cpu)")
+                   help=f"sliding-window step of the final validation (default: nnU-Net's "
+                        f"{on_gpu['val_step_size']:g} on cuda, {on_cpu['val_step_size']:g} on cpu)")
     p.add_argument("--val-mirroring", choices=("on", "off"),
-                   help="test-time mirroring in the final validation (default: on with cuda, off on cpu)")
-    p.add_argument("--export-resampling", choices=("torch", "plans"), default="torch",
-                   help="how predicted probabilities go back to the original geometry (validation and "
-                        "nnUNetv2_predict): nnU-Net's resample_torch_fornnunet (default; ~7x faster on CPU) or "
-                        "the plans' scikit-image resampling")
+                   help=f"test-time mirroring in the final validation (default: "
+                        f"{'on' if on_gpu['val_mirroring'] else 'off'} with cuda, "
+                        f"{'on' if on_cpu['val_mirroring'] else 'off'} on cpu)")
+    p.add_argument("--export-resampling", choices=("torch", "plans"),
+                   help=f"how predicted probabilities go back to the original geometry (validation and "
+                        f"prediction): torch, nnU-Net's resample_torch_fornnunet (~7x faster on CPU), or plans, "
+                        f"the plans' scikit-image resampling (default {d.export_resampling})")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--num-gpus", type=int, default=1, help="GPUs for nnU-Net's own DDP (cuda only)")
     p.add_argument("--continue", dest="resume", action="store_true", help="continue the run in the results folder")
@@ -74,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     return add_common_flags(p)
 
 
-def _fold(text: str):
+def _fold(text: str | None):
+    if text is None:
+        return DEFAULTS.fold
     if text == "all":
         return "all"
     if text.isdigit():
@@ -99,32 +109,19 @@ def _plans(folders, dataset: str, configuration: str) -> dict:
     return plans
 
 
-def make_settings(args, folders, dataset: str, plans: dict) -> Settings:
-    """Everything the trainer needs, checked: init, architecture, fraction, names."""
+def make_settings(args, plans: dict) -> Settings:
+    """The run's settings from the flags given (checked); `new_settings` fills in the defaults."""
     from .trainers import parse_trainer_name, trainer_name
 
-    fraction = parse_fraction(args.fraction)
+    fraction = DEFAULTS.fraction if args.fraction is None else parse_fraction(args.fraction)
     fold = _fold(args.fold)
-    if args.epochs < 1 or args.iters_per_epoch < 1:
-        raise UserError("--epochs and --iters-per-epoch must be at least 1")
-    config = plans["configurations"][args.configuration]
-    img_size = [args.patch_size] * 3 if args.patch_size else list(config["patch_size"])
     if args.patch_size is not None and args.patch_size < 16:
         raise UserError(f"--patch-size {args.patch_size} is too small; give e.g. 64 or 96")
-    plan_arch = config.get("architecture", {}).get("arch_kwargs", {})
+    pre = None
     if args.pretrained:
         pre = read_pretrained(args.pretrained)
         check_fits(pre, plans, preset=args.preset, patch=args.patch)
-        init, preset, encoder = pre.init, pre.metadata.get("preset"), pre.encoder_config
-        checkpoint, decoder = str(pre.path), pre.metadata["decoder_type"]
-    else:
-        init, preset, checkpoint, decoder = "scratch", args.preset or "base", None, None
-        encoder = preset_encoder(preset, args.patch)
-    feature_size = args.feature_size or FEATURE_SIZE_BY_PRESET.get(preset, plan_arch.get("feature_size", 16))
-    arch = unetr_arch_kwargs(encoder, img_size, feature_size, plan_arch.get("norm_name", "instance"))
-    if any(s % arch["patch_size"] for s in img_size):
-        raise UserError(f"patch size {img_size} is not a multiple of the ViT patch {arch['patch_size']}"
-                        + ("" if args.patch_size else " (plans); pass --patch-size"))
+    init = pre.init if pre else "scratch"
     name = args.trainer or trainer_name(init, fraction)
     try:
         name_init, name_fraction, _ = parse_trainer_name(name)
@@ -133,16 +130,16 @@ def make_settings(args, folders, dataset: str, plans: dict) -> Settings:
     if name_init != init or abs(name_fraction - fraction) > 1e-9:
         raise UserError(f"--trainer {name} says init {name_init}, fraction {name_fraction}, but this run is init "
                         f"{init}, fraction {fraction}")
-    cuda = args.device == "cuda"
-    return Settings(
-        dataset=dataset, configuration=args.configuration, plans=PLANS, fold=fold, trainer=name, init=init,
-        init_display=INIT_DISPLAY[init], pretrained_checkpoint=checkpoint, pretrained_decoder=decoder, preset=preset,
-        patch_size=arch["patch_size"], input_patch_size=[args.patch_size] * 3 if args.patch_size else None,
-        fraction=fraction, fraction_seed=FRACTION_SEED, epochs=args.epochs,
-        iterations_per_epoch=args.iters_per_epoch, lr=args.lr, layer_decay=args.layer_decay,
-        val_step_size=args.val_step_size or (0.5 if cuda else 1.0),
-        val_mirroring=(args.val_mirroring or ("on" if cuda else "off")) == "on", arch_kwargs=arch,
-        progress_bar=not args.no_pbar, export_resampling=args.export_resampling)
+    settings = new_settings(
+        plans, args.configuration, fold, name, fraction, args.device, pretrained=pre, preset=args.preset,
+        patch=args.patch, patch_size=args.patch_size, feature_size=args.feature_size,
+        epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, lr=args.lr,
+        layer_decay=args.layer_decay, val_step_size=args.val_step_size,
+        val_mirroring=None if args.val_mirroring is None else args.val_mirroring == "on",
+        export_resampling=args.export_resampling, progress_bar=False if args.no_pbar else None)
+    if settings.epochs < 1 or settings.iterations_per_epoch < 1:
+        raise UserError("--epochs and --iters-per-epoch must be at least 1")
+    return settings
 
 
 def check_existing(settings: Settings, folder: Path, resume: bool) -> None:
@@ -172,10 +169,8 @@ def check_existing(settings: Settings, folder: Path, resume: bool) -> None:
 
 
 def _environment(device: str) -> None:
-    """nnU-Net reads these at import: our trainer folder, and worker counts that fit the machine."""
-    ext = os.environ.get("nnUNet_extTrainer", "")
-    if str(EXT_TRAINER_DIR) not in ext.split(os.pathsep):
-        os.environ["nnUNet_extTrainer"] = os.pathsep.join([str(EXT_TRAINER_DIR)] + ([ext] if ext else []))
+    """nnU-Net reads these: our trainer folder, and worker counts that fit the machine."""
+    use_ext_trainers()
     os.environ.setdefault("nnUNet_def_n_proc", str(max(1, min(8, os.cpu_count() or 1))))
     if device == "cpu":
         os.environ.setdefault("nnUNet_compile", "f")  # nnU-Net never compiles on CPU; this keeps it quiet
@@ -197,7 +192,6 @@ def _main(argv: Sequence[str] | None) -> int:
     from medgmae_plans.datasets import resolve_dataset
     from medgmae_plans.paths import ensure_nnunet_env
 
-    parse_fraction(args.fraction)
     folders = ensure_nnunet_env()
     dataset = resolve_dataset(args.dataset)
     plans = _plans(folders, dataset, args.configuration)
@@ -207,7 +201,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.num_gpus > 1 and args.device != "cuda":
         raise UserError("--num-gpus > 1 needs --device cuda (nnU-Net's DDP is NCCL only)")
     _environment(args.device)
-    settings = make_settings(args, folders, dataset, plans)
+    settings = make_settings(args, plans)
     folder = fold_folder(folders["nnUNet_results"], dataset, settings.trainer, PLANS, args.configuration,
                          settings.fold)
     check_existing(settings, folder, args.resume)

@@ -12,8 +12,11 @@ checkpoint, preset, epochs, learning rate...) travel in a file beside the result
 fold). A file is visible to spawned processes and survives for `--continue`, unlike environment
 variables (lost between sessions) or class attributes (lost in spawned processes). The trainer
 adds the case lists when it splits; the command completes the file with the results at the end.
-A trainer started by plain `nnUNetv2_train` without the file falls back to `Settings()` defaults
-(scratch only: a pretrained init needs the checkpoint path, so it asks for `medgmae_train`).
+
+The defaults are the `Settings` fields' and nowhere else: `medgmae_train` passes `new_settings` only
+the flags the user gave, and a scratch trainer started by plain `nnUNetv2_train` without the file
+calls `new_settings` with nothing given, so both train the same run (a pretrained init needs the
+checkpoint path, so it asks for `medgmae_train --pretrained`).
 """
 from __future__ import annotations
 
@@ -22,6 +25,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from medgmae_plans.atomic import write_json_atomic
+from medgmae_plans.constants import INIT_DISPLAY
+from medgmae_plans.runtime import UserError
+
+from ..networks.presets import UNETR_FEATURE_SIZE
+from .encoder_loading import PretrainedEncoder, preset_encoder, unetr_arch_kwargs
+from .fractions import FRACTION_SEED
 
 RECORD = "medgmae_finetune.json"
 
@@ -31,8 +40,16 @@ DEFINING = ("dataset", "configuration", "plans", "fold", "trainer", "init", "pre
             "arch_kwargs", "export_resampling")
 
 
+# The final validation's sliding window by training device: nnU-Net's own (step 0.5, mirroring) on a
+# GPU; on a CPU tiles one patch apart and no mirroring, each up to 8x fewer network passes in 3D
+# (half the step per axis; 8 mirrorings), which is what a CPU budget allows.
+VALIDATION_BY_DEVICE = {"cuda": {"val_step_size": 0.5, "val_mirroring": True},
+                        "cpu": {"val_step_size": 1.0, "val_mirroring": False}}
+
+
 @dataclass
 class Settings:
+    """One fine-tuning run. The field defaults are the toolkit's defaults (medgmae_train's --help shows them)."""
     dataset: str = ""
     configuration: str = "3d_fullres"
     plans: str = "MedGMAEPlans"
@@ -42,11 +59,11 @@ class Settings:
     init_display: str = "Scratch"
     pretrained_checkpoint: str | None = None
     pretrained_decoder: str | None = None
-    preset: str | None = None
+    preset: str | None = "base"            # scratch's encoder (the plans' ViT-B); pretrained: the checkpoint's
     patch_size: int | None = None
     input_patch_size: list | None = None   # nnU-Net's patch (voxels) when --patch-size overrides the plans'
     fraction: float = 1.0
-    fraction_seed: int = 12345
+    fraction_seed: int = FRACTION_SEED
     epochs: int = 1000
     iterations_per_epoch: int = 250
     lr: float = 3e-4
@@ -54,10 +71,10 @@ class Settings:
     weight_decay_encoder: float = 0.01
     weight_decay_decoder: float = 0.05
     warmup_fraction: float = 0.05
-    val_step_size: float = 0.5
-    val_mirroring: bool = True
+    val_step_size: float | None = None     # None: by the training device (VALIDATION_BY_DEVICE)
+    val_mirroring: bool | None = None      # None: by the training device
     progress_bar: bool = True
-    export_resampling: str = "plans"       # "torch": nnU-Net's resample_torch_fornnunet for the probabilities
+    export_resampling: str = "torch"       # nnU-Net's resample_torch_fornnunet for the probabilities; "plans": the plans'
     arch_kwargs: dict | None = None
     train_cases: list = field(default_factory=list)
     val_cases: list = field(default_factory=list)
@@ -71,6 +88,39 @@ class Settings:
     def from_json(cls, data: dict) -> "Settings":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def new_settings(plans: dict, configuration: str, fold, trainer: str, fraction: float, device: str, *,
+                 pretrained: PretrainedEncoder | None = None, preset: str | None = None, patch: int | None = None,
+                 patch_size: int | None = None, feature_size: int | None = None, **given) -> Settings:
+    """A new run's settings: the ones given (Settings fields; None means not given), the rest from the
+    `Settings` defaults, the plans, and the encoder (the checkpoint's, or the preset's for scratch).
+
+    `preset` names a scratch run's encoder sizes (a pretrained run has the checkpoint's), `patch` is
+    the ViT patch, `patch_size` the cubic fine-tuning patch in voxels (default: the plans'),
+    `feature_size` the UNETR decoder width (default: the preset's `UNETR_FEATURE_SIZE`, else the plans').
+    """
+    given = {key: value for key, value in given.items() if value is not None}
+    config = plans["configurations"][configuration]
+    plan_arch = config["architecture"]["arch_kwargs"]
+    img_size = [patch_size] * 3 if patch_size else [int(s) for s in config["patch_size"]]
+    if pretrained is not None:
+        init, preset, encoder = pretrained.init, pretrained.metadata.get("preset"), pretrained.encoder_config
+        given.update(pretrained_checkpoint=str(pretrained.path), pretrained_decoder=pretrained.metadata["decoder_type"])
+    else:
+        init, preset = "scratch", preset or Settings.preset
+        encoder = preset_encoder(preset, patch)
+    feature_size = feature_size or UNETR_FEATURE_SIZE.get(preset, plan_arch["feature_size"])
+    arch = unetr_arch_kwargs(encoder, img_size, feature_size, plan_arch.get("norm_name", "instance"))
+    if any(s % arch["patch_size"] for s in img_size):
+        raise UserError(f"patch size {img_size} is not a multiple of the ViT patch {arch['patch_size']}"
+                        + ("" if patch_size else " (plans); pass --patch-size"))
+    validation = VALIDATION_BY_DEVICE["cuda" if device == "cuda" else "cpu"]
+    return Settings(**{
+        **validation, **given, "dataset": plans["dataset_name"], "configuration": configuration,
+        "plans": plans["plans_name"], "fold": fold, "trainer": trainer, "init": init,
+        "init_display": INIT_DISPLAY[init], "preset": preset, "patch_size": arch["patch_size"],
+        "input_patch_size": [patch_size] * 3 if patch_size else None, "fraction": fraction, "arch_kwargs": arch})
 
 
 def fold_folder(results_root, dataset: str, trainer: str, plans: str, configuration: str, fold) -> Path:

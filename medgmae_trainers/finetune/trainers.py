@@ -14,6 +14,8 @@ What the trainers change against `nnUNetTrainer` (everything else, data loading,
 DC+CE loss, checkpoints, validation and its summary.json, DDP, is nnU-Net's):
 
 - settings come from `medgmae_finetune.json` in the fold folder (see `run_record`), read in `__init__`;
+  without the file (plain `nnUNetv2_train`) a scratch trainer makes the settings `medgmae_train` would
+  give it with no flags, and a pretrained one says in one line that it needs `medgmae_train --pretrained`;
 - before nnU-Net sees the plans, the configuration's `architecture.arch_kwargs` are replaced by the
   run's UNETR settings (the pretrained checkpoint's encoder sizes), and its `patch_size` by
   `--patch-size` if given, so the `plans.json` nnU-Net copies into the results folder rebuilds exactly
@@ -39,12 +41,12 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from medgmae_plans.atomic import atomic_path
 from medgmae_plans.constants import INIT_DISPLAY, INITS
-from medgmae_plans.runtime import progress
+from medgmae_plans.runtime import EXIT_USER_ERROR, progress
 
 from .encoder_loading import load_encoder, read_pretrained
 from .fractions import fraction_tag, select_cases, tag_fraction
 from .optim import WarmupCosine, param_groups
-from .run_record import Settings, fold_folder, read_record, write_record
+from .run_record import Settings, fold_folder, new_settings, read_record, write_record
 
 nnunet_trainer_module = sys.modules[nnUNetTrainer.__module__]  # where validation looks up nnUNetPredictor
 
@@ -110,7 +112,7 @@ class MedGMAETrainer(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        settings = self._find_settings(plans, configuration, fold)
+        settings = self._find_settings(plans, configuration, fold, device)
         config = plans["configurations"][configuration]
         if settings.input_patch_size:
             config["patch_size"] = [int(s) for s in settings.input_patch_size]
@@ -133,17 +135,19 @@ class MedGMAETrainer(nnUNetTrainer):
 
     # ---- settings -------------------------------------------------------------------------------
     @classmethod
-    def _find_settings(cls, plans: dict, configuration: str, fold) -> Settings:
+    def _find_settings(cls, plans: dict, configuration: str, fold, device: torch.device) -> Settings:
         folder = fold_folder(nnUNet_results, plans["dataset_name"], cls.__name__, plans["plans_name"],
                              configuration, fold) if nnUNet_results.is_set() else None
         settings = read_record(folder) if folder is not None else None
         if settings is None:
             if cls.INIT != "scratch":
-                raise RuntimeError(f"{cls.__name__} needs the pretrained checkpoint named in {folder}/"
-                                   f"medgmae_finetune.json; start it with medgmae_train --pretrained CKPT")
-            settings = Settings(dataset=plans["dataset_name"], configuration=configuration,
-                                plans=plans["plans_name"], fold=fold, trainer=cls.__name__,
-                                fraction=cls.FRACTION)
+                # Plain nnUNetv2_train: the checkpoint path exists only in the file medgmae_train writes.
+                # nnU-Net would show an exception as a traceback from deep inside its own code; one
+                # line and the toolkit's user-error status say what to do instead.
+                print(f"{cls.__name__}: a pretrained init needs its checkpoint; start it with "
+                      f"medgmae_train DATASET CONFIGURATION --pretrained CKPT", file=sys.stderr)
+                raise SystemExit(EXIT_USER_ERROR)
+            settings = new_settings(plans, configuration, fold, cls.__name__, cls.FRACTION, device.type)
         if settings.trainer != cls.__name__ or settings.init != cls.INIT or \
                 abs(float(settings.fraction) - cls.FRACTION) > 1e-9:
             raise RuntimeError(f"{folder}/medgmae_finetune.json describes {settings.trainer} "

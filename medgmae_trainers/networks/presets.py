@@ -50,6 +50,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+# UNETR decoder width when fine-tuning an encoder of this preset; presets not named use the plans'
+# (16). The decoder's full-resolution convolutions dominate CPU time; the tiny preset halves them.
+UNETR_FEATURE_SIZE = {"tiny": 8}
+
 
 def network_config(preset: str, *, patch_size: int | None = None, crop_size: int | None = None,
                    num_gaussians: int | None = None) -> dict[str, Any]:

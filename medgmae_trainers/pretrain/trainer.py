@@ -56,7 +56,7 @@ class PretrainSettings:
     clip: float = 1.0
     seed: int = 41
     device: str = "cpu"
-    workers: int = 0
+    workers: int = 2
     sub_crops: int = 8
     augment: bool = True
     resume: bool = False
