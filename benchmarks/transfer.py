@@ -45,8 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from medgmae_plans.constants import INIT_BY_DECODER
 from medgmae_plans.runtime import UserError, add_common_flags, cli_entry, setup_run_log, write_run_json
-from medgmae_trainers.finetune.encoder_loading import INIT_BY_DECODER
 
 # Fine-tuning init name (trainer names, evaluate's rows) -> the pretraining decoder that makes it.
 DECODERS = {init: decoder for decoder, init in INIT_BY_DECODER.items()}

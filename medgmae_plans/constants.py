@@ -23,6 +23,8 @@ NORMALISATION = {"scheme": "CTNormalization", "hu_window": [_LOW, _HIGH], "range
 # trainer names, run records and result tables show them.
 INIT_DISPLAY = {"scratch": "Scratch", "voxelmae": "voxel-MAE", "medgmae": "MedGMAE", "medgmaestar": "MedGMAE*"}
 INITS = tuple(INIT_DISPLAY)
+# The pretraining decoder type a checkpoint records -> the init name of the runs it starts.
+INIT_BY_DECODER = {"voxel": "voxelmae", "gaussian": "medgmae", "hierarchical": "medgmaestar"}
 
 
 def window_hu(hu: np.ndarray, window=HU_WINDOW) -> np.ndarray:

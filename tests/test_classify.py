@@ -16,9 +16,10 @@ from medgmae_trainers.classification import metrics
 from medgmae_trainers.classification.cli import main as classify
 from medgmae_trainers.classification.data import (Geometry, Source, crop_or_pad, fraction_subset, preprocess_image,
                                                   read_labels)
-from medgmae_trainers.classification.model import Classifier, build_classifier, load_pretrained_encoder
+from medgmae_trainers.classification.model import Classifier, build_classifier
 from medgmae_trainers.networks import ViT3D, sincos_pos_embed_3d
 from medgmae_trainers.networks.pos_embed import is_sincos, resize_pos_embed, set_token_grid
+from medgmae_trainers.networks.pretrained import pretrained_vit
 from medgmae_trainers.pretrain.checkpoint import FORMAT as PRETRAIN_FORMAT
 
 TINY_ENCODER = dict(img_size=16, patch_size=8, in_chans=1, embed_dim=48, depth=2, num_heads=2, mlp_ratio=2.0,
@@ -44,7 +45,7 @@ def test_pretrained_encoder_loads_every_key(tmp_path):
     with torch.no_grad():
         src.blocks[1].mlp.fc2.weight.add_(1.0)  # differs from any fresh initialisation
     ckpt = _pretrain_checkpoint(tmp_path / "ck.pt", src)
-    enc, meta = load_pretrained_encoder(ckpt)
+    enc, meta = pretrained_vit(ckpt)
     assert meta["load_report"]["loaded_keys"] == len(src.state_dict())
     for k, v in src.state_dict().items():
         assert torch.equal(enc.state_dict()[k], v), k
@@ -63,7 +64,7 @@ def test_bad_pretrained_checkpoint_is_one_clear_error(tmp_path, breakage):
     elif breakage == "foreign":
         path.write_bytes(b"not a checkpoint at all")
     with pytest.raises(UserError, match=str(path.name)) as err:
-        load_pretrained_encoder(path)
+        pretrained_vit(path)
     if breakage == "missing":
         assert "blocks.0.attn.qkv.weight" in str(err.value)
 

@@ -14,9 +14,9 @@ import torch.nn as nn
 
 from medgmae_plans.runtime import UserError
 
-from ..networks import EncoderStateMismatch, ViT3D, load_encoder_state, network_config
+from ..networks import ViT3D, network_config
 from ..networks.pos_embed import set_token_grid
-from ..pretrain.checkpoint import encoder_state, load_checkpoint
+from ..networks.pretrained import pretrained_vit
 
 
 class Classifier(nn.Module):
@@ -40,28 +40,11 @@ def token_grid(size_zyx: Sequence[int], patch: int) -> tuple[int, int, int]:
     return tuple(n // patch for n in size_zyx)
 
 
-def load_pretrained_encoder(path: Path) -> tuple[ViT3D, dict]:
-    """ViT3D from a pretraining checkpoint, every encoder key loaded (else one-line UserError).
-
-    Returns (encoder, the checkpoint's metadata plus `load_report`, `load_encoder_state`'s report).
-    The encoder keeps the pretraining crop's token grid; `set_token_grid` adapts it to the volumes.
-    """
-    ckpt = load_checkpoint(path, metadata_keys=("encoder_config",))
-    meta = ckpt["metadata"]
-    state, other = encoder_state(ckpt, path)
-    encoder = ViT3D(**meta["encoder_config"])
-    try:
-        report = load_encoder_state(encoder, state, skipped=other)
-    except EncoderStateMismatch as err:
-        raise UserError(f"{path}: {err}") from None
-    return encoder, {**meta, "load_report": report}
-
-
 def build_classifier(*, num_classes: int, size_zyx: Sequence[int], pretrained: Path | None = None,
                      preset: str = "tiny", patch: int | None = None) -> tuple[Classifier, dict]:
     """A classifier for volumes of `size_zyx`: pretrained encoder from `pretrained`, else a scratch `preset`."""
     if pretrained is not None:
-        encoder, meta = load_pretrained_encoder(pretrained)
+        encoder, meta = pretrained_vit(pretrained)
         info = {"init": "pretrained", "checkpoint": str(pretrained), "pretrain_metadata": meta}
     else:
         cfg = network_config(preset, patch_size=patch)["encoder"]

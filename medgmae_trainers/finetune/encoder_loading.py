@@ -4,60 +4,34 @@ A pretraining `checkpoint_final.pt` holds `encoder` (the ViT3D state dict), `mod
 and `decoder.*`) and `metadata` (preset, decoder type, patch and crop size, spacing, normalisation,
 network config). UNETR's encoder is the same ViT3D under the prefix `encoder.`, so the keys load
 one-to-one, through `networks.encoder_state.load_encoder_state` (the loader classification and
-registration use too). When the fine-tuning patch gives another token grid than the pretraining crop,
+registration use too, through `networks.pretrained`). When the fine-tuning patch gives another
+token grid than the pretraining crop,
 the position embeddings are re-gridded by `networks.pos_embed.resize_pos_embed`: the fixed sin-cos
 table is recomputed on the new grid, a learned table is interpolated trilinearly; the cls row is kept.
 Every encoder key must load; the decoder keys are logged as skipped.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from medgmae_plans.constants import NORMALISATION
+from medgmae_plans.constants import INIT_BY_DECODER, NORMALISATION
 from medgmae_plans.runtime import UserError
 
-from ..networks import PRESETS, EncoderStateMismatch, load_encoder_state, network_config
-from ..pretrain.checkpoint import encoder_state, load_checkpoint
-
-# decoder type of the pretraining -> the init name in trainer names (medgmae_plans.constants.INITS)
-INIT_BY_DECODER = {"voxel": "voxelmae", "gaussian": "medgmae", "hierarchical": "medgmaestar"}
-
-
-@dataclass
-class PretrainedEncoder:
-    path: Path
-    state: dict           # ViT3D state dict (keys without prefix)
-    metadata: dict
-    other_keys: list = field(default_factory=list)  # keys of the checkpoint's model that are not the encoder's
-
-    @property
-    def init(self) -> str:
-        return INIT_BY_DECODER[self.metadata["decoder_type"]]
-
-    @property
-    def encoder_config(self) -> dict:
-        return dict(self.metadata["network_config"]["encoder"])
-
-    @property
-    def token_grid(self) -> list[int] | None:
-        """The pretraining crop's token grid (crop size / patch per axis), or None when not recorded."""
-        crop = self.metadata.get("crop_size")
-        return [int(s) // int(self.metadata["patch_size"]) for s in crop] if crop else None
+from ..networks import PRESETS, network_config, pretrained
+from ..networks.pretrained import PretrainedEncoder
 
 
 def read_pretrained(path) -> PretrainedEncoder:
     """Read a pretraining checkpoint; a missing, unreadable or foreign file is a one-line `UserError`."""
     path = Path(path).expanduser().resolve()
-    ckpt = load_checkpoint(path, metadata_keys=("decoder_type", "patch_size", "network_config", "normalisation"))
-    meta = ckpt["metadata"]
-    if meta["decoder_type"] not in INIT_BY_DECODER:
-        raise UserError(f"{path}: unknown decoder type {meta['decoder_type']!r}")
-    state, other = encoder_state(ckpt, path)
-    return PretrainedEncoder(path, state, meta, other)
+    pre = pretrained.read_pretrained(path, metadata_keys=("decoder_type", "patch_size", "network_config",
+                                                          "normalisation"))
+    if pre.metadata["decoder_type"] not in INIT_BY_DECODER:
+        raise UserError(f"{path}: unknown decoder type {pre.metadata['decoder_type']!r}")
+    return pre
 
 
 def check_fits(pre: PretrainedEncoder, plans: dict, *, preset: str | None = None, patch: int | None = None) -> None:
@@ -117,11 +91,8 @@ def load_encoder(network: torch.nn.Module, pre: PretrainedEncoder, log: Callable
     position-embedding grids when they were re-gridded) plus the checkpoint path. A key or shape
     mismatch is a `UserError`.
     """
-    encoder = network.encoder
-    try:
-        report = load_encoder_state(encoder, pre.state, source_grid=pre.token_grid, skipped=pre.other_keys)
-    except EncoderStateMismatch as err:
-        raise UserError(f"{pre.path}: {err}; the checkpoint's network differs from the plans' architecture") from None
+    report = pretrained.load_pretrained(network.encoder, pre,
+                                        "; the checkpoint's network differs from the plans' architecture")
     report["checkpoint"] = str(pre.path)
     if report["pos_embed_interpolated"]:
         grids = report["pos_embed_interpolated"]

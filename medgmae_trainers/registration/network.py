@@ -42,6 +42,7 @@ from monai.networks.blocks import DVF2DDF, UnetrBasicBlock, UnetrPrUpBlock, Unet
 from medgmae_plans.runtime import UserError
 
 from ..networks import ViT3D, network_config
+from ..networks.pretrained import pretrained_vit
 from .warping import warp_image
 
 NETWORKS = ("vit", "voxelmorph")
@@ -138,9 +139,7 @@ def build_model(config: dict, pretrained: Path | None = None) -> tuple[nn.Module
             raise UserError(f"VoxelMorph needs volume sizes divisible by {div}, got {tuple(config['shape_zyx'])}")
         return build_voxelmorph(config.get("diffeomorphic", False)), {"init": "scratch", "network": "voxelmorph"}
     if pretrained is not None:
-        from ..classification.model import load_pretrained_encoder
-
-        encoder, meta = load_pretrained_encoder(pretrained)
+        encoder, meta = pretrained_vit(pretrained)
         info = {"init": "pretrained", "checkpoint": str(pretrained), "load_report": meta.pop("load_report"),
                 "pretrain_metadata": meta}
     else:

@@ -1,0 +1,78 @@
+"""A pretraining checkpoint's encoder, read and loaded the same way by every downstream task.
+
+`read_pretrained` reads a `checkpoint_final.pt` (or `checkpoint_latest.pt`) through the one reader
+of those files, `pretrain.checkpoint.load_checkpoint`; `load_pretrained` copies its encoder into a
+ViT3D through `encoder_state.load_encoder_state` (every key must load; the position embeddings are
+re-gridded from the pretraining crop's token grid), and a mismatch is a one-line `UserError` naming
+the file. Classification and registration build the ViT3D the checkpoint describes
+(`pretrained_vit`); fine-tuning loads into UNETR's encoder (`finetune.encoder_loading`).
+
+Not imported by `networks/__init__`, which needs torch alone: this module reads checkpoint files.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from medgmae_plans.constants import INIT_BY_DECODER
+from medgmae_plans.runtime import UserError
+
+from ..pretrain.checkpoint import encoder_state, load_checkpoint
+from .encoder_state import EncoderStateMismatch, load_encoder_state
+from .vit import ViT3D
+
+
+@dataclass
+class PretrainedEncoder:
+    path: Path
+    state: dict           # ViT3D state dict (keys without prefix)
+    metadata: dict
+    other_keys: list = field(default_factory=list)  # keys of the checkpoint's model that are not the encoder's
+
+    @property
+    def init(self) -> str:
+        """The init name of runs started from this checkpoint (`medgmaestar` for a hierarchical decoder)."""
+        return INIT_BY_DECODER[self.metadata["decoder_type"]]
+
+    @property
+    def encoder_config(self) -> dict:
+        return dict(self.metadata["network_config"]["encoder"])
+
+    @property
+    def token_grid(self) -> list[int] | None:
+        """The pretraining crop's token grid (crop size / patch per axis), or None when not recorded."""
+        crop = self.metadata.get("crop_size")
+        return [int(s) // int(self.metadata["patch_size"]) for s in crop] if crop else None
+
+
+def read_pretrained(path, metadata_keys: Sequence[str] = ()) -> PretrainedEncoder:
+    """The encoder of a pretraining checkpoint; a missing, unreadable or foreign file, metadata lacking
+    one of `metadata_keys`, or no encoder weights is a one-line `UserError`."""
+    path = Path(path)
+    ckpt = load_checkpoint(path, metadata_keys=metadata_keys)
+    state, other = encoder_state(ckpt, path)
+    return PretrainedEncoder(path, state, ckpt["metadata"], other)
+
+
+def load_pretrained(encoder: ViT3D, pre: PretrainedEncoder, mismatch_hint: str = "") -> dict:
+    """Copy `pre`'s weights into `encoder` in place; `load_encoder_state`'s report.
+
+    A key or shape mismatch is a `UserError` naming the checkpoint, followed by `mismatch_hint`.
+    """
+    try:
+        return load_encoder_state(encoder, pre.state, source_grid=pre.token_grid, skipped=pre.other_keys)
+    except EncoderStateMismatch as err:
+        raise UserError(f"{pre.path}: {err}{mismatch_hint}") from None
+
+
+def pretrained_vit(path) -> tuple[ViT3D, dict]:
+    """The ViT3D a pretraining checkpoint describes (`encoder_config`), every encoder key loaded.
+
+    Returns (encoder, the checkpoint's metadata plus `load_report`, `load_encoder_state`'s report).
+    The encoder keeps the pretraining crop's token grid; `pos_embed.set_token_grid` adapts it to the
+    caller's volumes.
+    """
+    pre = read_pretrained(path, metadata_keys=("encoder_config",))
+    encoder = ViT3D(**pre.metadata["encoder_config"])
+    return encoder, {**pre.metadata, "load_report": load_pretrained(encoder, pre)}
