@@ -1,0 +1,154 @@
+"""`medgmae_predict`: nnU-Net's prediction from a results folder, with our trainers findable.
+
+    medgmae_predict -i IMAGES -o OUT -d DATASET -tr MedGMAETrainer_medgmae_f10 [-c 3d_fullres] [-p MedGMAEPlans]
+                    [-f 0 1 ..] [-chk checkpoint_final.pth] [-step_size 0.5] [--disable_tta] [-device cuda|cpu|mps]
+                    [--save_probabilities] [--continue_prediction] [-npp N] [-nps N] [-num_parts N -part_id K]
+
+nnU-Net 2.8 finds a trainer outside its own package only through `nnUNet_extTrainer`, so plain
+`nnUNetv2_predict -tr MedGMAETrainer_...` needs `export nnUNet_extTrainer=<our nnunet_ext folder>`
+first. This command puts that folder into the variable itself (`use_ext_trainers`), then runs
+nnU-Net's own `nnUNetPredictor` the way `nnUNetv2_predict` does, so the two give the same output.
+
+The arguments are `nnUNetv2_predict`'s, with defaults that fit this toolkit: `-p` MedGMAEPlans,
+`-c` 3d_fullres, `-tr` required (nnU-Net's default trainer is not ours), `-f` the folds whose
+checkpoint exists (nnU-Net's 0..4 fails on a one-fold run), `-device` cuda when available; `-d`
+also takes the toolkit's aliases. A missing folder, fold or device is one line and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Sequence
+
+from medgmae_plans.runtime import UserError, add_common_flags, cli_entry
+
+from . import use_ext_trainers
+from .run_record import Settings
+
+
+def _env_int(var: str, default: int) -> int:
+    """nnUNetv2_predict's -npp/-nps default: the variable when it holds an integer, else `default`."""
+    try:
+        return int(os.environ.get(var) or default)
+    except ValueError:
+        return default
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="medgmae_predict",
+        description="Predict segmentations with a trained results folder, as nnUNetv2_predict does (same "
+                    "arguments), but with the MedGMAE trainers found without exporting nnUNet_extTrainer.")
+    p.add_argument("-i", required=True, metavar="FOLDER",
+                   help="input images, named CASE_0000.nii.gz (the training dataset's channels and file ending)")
+    p.add_argument("-o", required=True, metavar="FOLDER", help="output folder (created if missing)")
+    p.add_argument("-d", required=True, metavar="DATASET", help="dataset id, name or alias (e.g. 990, Phantom)")
+    p.add_argument("-p", default=Settings.plans, metavar="PLANS", help=f"plans identifier (default {Settings.plans})")
+    p.add_argument("-tr", required=True, metavar="TRAINER", help="trainer name, e.g. MedGMAETrainer_medgmae_f10")
+    p.add_argument("-c", default=Settings.configuration, metavar="CONFIGURATION",
+                   help=f"configuration (default {Settings.configuration})")
+    p.add_argument("-f", nargs="+", metavar="FOLD",
+                   help="folds to ensemble, numbers or 'all' (default: every fold that has the checkpoint)")
+    p.add_argument("-step_size", type=float, default=0.5,
+                   help="sliding-window step as a fraction of the patch, in (0, 1] (default 0.5, nnU-Net's)")
+    p.add_argument("--disable_tta", action="store_true", help="no test-time mirroring (faster, less accurate)")
+    p.add_argument("--save_probabilities", action="store_true",
+                   help="also save the class probabilities (.npz, for ensembling)")
+    p.add_argument("--continue_prediction", action="store_true", help="keep outputs that exist already")
+    p.add_argument("-chk", default="checkpoint_final.pth", metavar="NAME",
+                   help="checkpoint file name in each fold folder (default checkpoint_final.pth)")
+    p.add_argument("-npp", type=int, default=_env_int("nnUNet_npp", 3), metavar="N",
+                   help="preprocessing processes (default $nnUNet_npp or 3; -npp 0 -nps 0: one process)")
+    p.add_argument("-nps", type=int, default=_env_int("nnUNet_nps", 3), metavar="N",
+                   help="segmentation export processes (default $nnUNet_nps or 3)")
+    p.add_argument("-prev_stage_predictions", metavar="FOLDER",
+                   help="previous stage's predictions (cascades only)")
+    p.add_argument("-num_parts", type=int, default=1, metavar="N",
+                   help="split the cases over N separate calls (default 1)")
+    p.add_argument("-part_id", type=int, default=0, metavar="K", help="which of the -num_parts calls this is")
+    p.add_argument("-device", choices=("cuda", "cpu", "mps"), help="default: cuda when available, else cpu")
+    p.add_argument("--not_on_device", action="store_true",
+                   help="keep the sliding-window results off the GPU (for cases larger than its memory)")
+    p.add_argument("--disable_progress_bar", dest="no_pbar", action="store_true", help="the same as --no-pbar")
+    return add_common_flags(p)
+
+
+def _folds(given: list[str] | None, model: Path, checkpoint: str) -> list:
+    """The folds to use, each with its checkpoint file present."""
+    if given is None:
+        found = sorted(p.name[len("fold_"):] for p in model.glob("fold_*") if (p / checkpoint).is_file())
+        if not found:
+            raise UserError(f"{model}: no fold_*/{checkpoint}; has the training finished?")
+        given = found
+    folds = []
+    for text in given:
+        if text != "all" and not text.isdigit():
+            raise UserError(f"-f {text!r}: give fold numbers or 'all'")
+        fold = text if text == "all" else int(text)
+        if not (model / f"fold_{fold}" / checkpoint).is_file():
+            raise UserError(f"{model / f'fold_{fold}' / checkpoint}: no such checkpoint")
+        folds.append(fold)
+    return folds
+
+
+def _device(name: str | None):
+    import torch
+
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("-device cuda: no CUDA device is available")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("-device mps: no Apple MPS device is available")
+    # nnUNetv2_predict's thread settings: all cores for CPU inference, one thread feeding a GPU
+    if name == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    else:
+        torch.set_num_threads(1)
+    return torch.device(name)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    from medgmae_plans.datasets import resolve_dataset
+    from medgmae_plans.paths import ensure_nnunet_env
+
+    results = ensure_nnunet_env()["nnUNet_results"]
+    if not Path(args.i).is_dir():
+        raise UserError(f"-i {args.i}: no such folder of input images")
+    if not 0 < args.step_size <= 1:
+        raise UserError(f"-step_size {args.step_size} is outside (0, 1]")
+    if not 0 <= args.part_id < args.num_parts:
+        raise UserError(f"-part_id {args.part_id} must be in 0..{args.num_parts - 1} (-num_parts {args.num_parts})")
+    dataset = resolve_dataset(args.d, roots=[results])
+    model = results / dataset / f"{args.tr}__{args.p}__{args.c}"
+    if not model.is_dir():
+        trained = sorted(p.name for p in (results / dataset).iterdir() if p.is_dir() and "__" in p.name)
+        raise UserError(f"{model}: no such results folder; {dataset} has {', '.join(trained) or 'none'}")
+    folds = _folds(args.f, model, args.chk)
+    device = _device(args.device)
+
+    use_ext_trainers()
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(tile_step_size=args.step_size, use_gaussian=True, use_mirroring=not args.disable_tta,
+                                perform_everything_on_device=not args.not_on_device, device=device,
+                                verbose=args.verbose, verbose_preprocessing=args.verbose, allow_tqdm=not args.no_pbar)
+    predictor.initialize_from_trained_model_folder(str(model), folds, checkpoint_name=args.chk)
+    Path(args.o).mkdir(parents=True, exist_ok=True)
+    common = dict(save_probabilities=args.save_probabilities, overwrite=not args.continue_prediction,
+                  folder_with_segs_from_prev_stage=args.prev_stage_predictions)
+    if args.npp == 0 and args.nps == 0:  # nnUNetv2_predict's rule: no worker processes at all
+        predictor.predict_from_files_sequential(args.i, args.o, **common)
+    else:
+        predictor.predict_from_files(args.i, args.o, num_processes_preprocessing=args.npp,
+                                     num_processes_segmentation_export=args.nps, num_parts=args.num_parts,
+                                     part_id=args.part_id, **common)
+    return 0
+
+
+main = cli_entry(_main)
+
+if __name__ == "__main__":
+    raise SystemExit(main())
