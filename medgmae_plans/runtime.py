@@ -22,8 +22,13 @@ from .atomic import write_json_atomic
 EXIT_USER_ERROR = 2
 
 
-class UserError(Exception):
-    """Bad input or a refused request: reported as one line, exit code 2."""
+class UserError(ValueError):
+    """Bad input or a refused request: reported as one line, exit code 2, by `cli_entry`.
+
+    A `ValueError`, so that code calling the toolkit as a library catches it with the family it
+    expects for bad arguments; `cli_entry` catches only this subclass, so any other ValueError (a
+    bug) still ends in a traceback.
+    """
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

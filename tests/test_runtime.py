@@ -58,6 +58,17 @@ def test_cli_entry_turns_user_errors_into_one_line_and_exit_2(capsys):
         main(["--verbose"])
 
 
+def test_user_errors_are_value_errors_but_only_they_become_one_line(capsys):
+    assert issubclass(UserError, ValueError)
+
+    @cli_entry
+    def main(argv):
+        raise ValueError("a bug, not bad input")
+
+    with pytest.raises(ValueError, match="a bug"):
+        main([])
+
+
 def test_unset_nnunet_folder_defaults_under_the_working_directory(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("nnUNet_results", raising=False)
     monkeypatch.chdir(tmp_path)
