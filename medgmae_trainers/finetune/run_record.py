@@ -29,7 +29,8 @@ from medgmae_plans.constants import INIT_DISPLAY
 from medgmae_plans.runtime import UserError
 
 from ..networks.presets import UNETR_FEATURE_SIZE
-from .encoder_loading import PretrainedEncoder, preset_encoder, unetr_arch_kwargs
+from ..networks.pretrained import PretrainedEncoder
+from .encoder_loading import preset_encoder, unetr_arch_kwargs
 from .fractions import FRACTION_SEED
 
 RECORD = "medgmae_finetune.json"
@@ -74,7 +75,7 @@ class Settings:
     val_step_size: float | None = None     # None: by the training device (VALIDATION_BY_DEVICE)
     val_mirroring: bool | None = None      # None: by the training device
     progress_bar: bool = True
-    export_resampling: str = "torch"       # nnU-Net's resample_torch_fornnunet for the probabilities; "plans": the plans'
+    export_resampling: str = "torch"       # probabilities: nnU-Net's resample_torch_fornnunet; "plans": the plans'
     arch_kwargs: dict | None = None
     train_cases: list = field(default_factory=list)
     val_cases: list = field(default_factory=list)
