@@ -10,12 +10,12 @@ import SimpleITK as sitk
 import torch
 
 from medgmae_plans.runtime import UserError
-from medgmae_trainers.registration.convert_ixi import SEG_TABLE, VOI, convert_ixi, seg_norm
-from medgmae_trainers.registration.convert_oasis import convert_oasis
 from medgmae_trainers.registration.dataset import RegistrationDataset, resolve
 from medgmae_trainers.registration.metrics import dice_per_label, jacobian_determinant
 from medgmae_trainers.registration.phantom_pairs import build_phantom_pairs
 from medgmae_trainers.registration.warping import warp_labels
+from preprocessing.convert.ixi import SEG_TABLE, VOI, convert_ixi, seg_norm
+from preprocessing.convert.oasis import convert_oasis
 
 TINY = dict(n_train=2, n_val=2, n_test=2, spacing_mm=12.0, shape_zyx=(16, 32, 32),
             box_lo_zyx=(-170.0, -170.0, -192.0), max_disp_mm=24.0)

@@ -173,7 +173,7 @@ def _evaluate(args) -> int:
 
 
 def _convert(args) -> int:
-    from .convert_ctrate import convert_ctrate
+    from preprocessing.convert.ctrate import convert_ctrate
 
     if not 1 <= args.dataset_id <= 999:
         raise UserError(f"--dataset-id must be in 1..999 (got {args.dataset_id})")

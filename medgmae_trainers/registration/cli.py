@@ -158,11 +158,11 @@ def _convert(args) -> int:
     name = {"oasis": "OASIS", "ixi": "IXI"}[args.which]
     target = args.out or nnunet_folder("nnUNet_raw") / (PREFIX + name)
     if args.which == "oasis":
-        from .convert_oasis import convert_oasis
+        from preprocessing.convert.oasis import convert_oasis
 
         convert_oasis(args.source, target, overwrite=args.overwrite)
     else:
-        from .convert_ixi import convert_ixi
+        from preprocessing.convert.ixi import convert_ixi
 
         convert_ixi(args.source, target, overwrite=args.overwrite)
     return 0

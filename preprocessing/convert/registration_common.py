@@ -1,4 +1,5 @@
-"""What the OASIS and IXI converters share: writing the registration layout of dataset.py atomically."""
+"""What the OASIS and IXI converters share: writing the registration layout
+(`medgmae_trainers.registration.dataset`) atomically."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +7,7 @@ from pathlib import Path
 from medgmae_plans.atomic import atomic_directory, write_json_atomic, write_text_atomic
 from medgmae_plans.runtime import UserError
 
-from .dataset import DESCRIPTION, FORMAT
+from medgmae_trainers.registration.dataset import DESCRIPTION, FORMAT
 
 
 def check_target(target: Path, overwrite: bool) -> None:

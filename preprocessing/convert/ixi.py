@@ -22,7 +22,7 @@ import numpy as np
 
 from medgmae_plans.runtime import UserError
 
-from .convert_common import check_target, write_dataset
+from .registration_common import check_target, write_dataset
 
 SEG_TABLE = (0, 2, 3, 4, 5, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 24, 26, 28, 30, 31, 41, 42, 43, 44, 46, 47,
              49, 50, 51, 52, 53, 54, 58, 60, 62, 63, 72, 77, 80, 85, 251, 252, 253, 254, 255)

@@ -30,7 +30,7 @@ from medgmae_plans.atomic import atomic_directory, write_json_atomic, write_text
 from medgmae_plans.paths import dataset_folder_name
 from medgmae_plans.runtime import UserError
 
-from .data import LABELS_CSV, SOURCES_CSV, LabelTable, write_labels
+from medgmae_trainers.classification.data import LABELS_CSV, SOURCES_CSV, LabelTable, write_labels
 
 DATASET_NAME = "CTRATE"
 DEFAULT_DATASET_ID = 992

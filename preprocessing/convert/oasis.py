@@ -21,7 +21,7 @@ from pathlib import Path
 
 from medgmae_plans.runtime import UserError
 
-from .convert_common import check_target, write_dataset
+from .registration_common import check_target, write_dataset
 
 SUBJECT = re.compile(r"^OASIS_OAS1_(\d{4})_MR1$")
 IMAGE, LABEL = "aligned_norm.nii.gz", "aligned_seg35.nii.gz"
