@@ -2,7 +2,7 @@
 
 A command's `main(argv)` builds its parser with `add_common_flags`, and is wrapped by `cli_entry`
 so that bad input (a `UserError`) prints one line naming the file, exits non-zero, and shows a
-traceback only with `--verbose`.
+traceback only with `--verbose`; a run stopped by a signal (`Interrupted`) exits 128 + the signal.
 """
 from __future__ import annotations
 
@@ -52,9 +52,12 @@ def cli_entry(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence
                 raise
             print(f"{prog}: error: {err}", file=sys.stderr)
             return EXIT_USER_ERROR
+        except Interrupted as stop:
+            print(f"{prog}: {stop}", file=sys.stderr)
+            return stop.code
         except KeyboardInterrupt:
             print(f"{prog}: interrupted", file=sys.stderr)
-            return 130
+            return 128 + signal.SIGINT
         return int(result or 0)
 
     return entry
@@ -107,9 +110,19 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+class Interrupted(Exception):
+    """A run stopped by SIGINT/SIGTERM, after saving what lets it resume. `cli_entry` exits with
+    `code`, 128 + the signal number as a shell reports a process killed by it (130 Ctrl-C, 143 SIGTERM)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.code = 128 + signum
+
+
 class StopSignals:
     """Within the block, SIGINT/SIGTERM only set `signum`, which a training loop checks after each
-    step so that it saves its checkpoint before leaving; the previous handlers come back after."""
+    step so that it saves its checkpoint before leaving (then raises `Interrupted`); the previous
+    handlers come back after."""
 
     def __init__(self):
         self.signum = 0

@@ -1,4 +1,4 @@
-"""Checkpoints: what they hold, atomic saving, and exact restoring of RNG state.
+"""Pretraining checkpoints: what they hold, how they are written, and their one reader.
 
 checkpoint_latest.pt (for --resume)          checkpoint_final.pt (for fine-tuning)
     format, metadata, model, step                format, metadata, model, step
@@ -6,46 +6,29 @@ checkpoint_latest.pt (for --resume)          checkpoint_final.pt (for fine-tunin
     world_size, settings
 `model` is the whole PretrainModel (keys `encoder.*`, `decoder.*`). `metadata` is what fine-tuning
 reads: preset, decoder type, patch size, crop size, spacing, normalisation, step, network config.
+Reading, the training state and the RNG states are the shared run core's (`medgmae_trainers.run`).
 """
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Sequence
-
-import numpy as np
-import torch
 
 from medgmae_plans.atomic import save_torch_atomic
 from medgmae_plans.runtime import UserError
 
+from .. import run
+from ..run import FINAL, LATEST  # noqa: F401  (the file names, as this module has always exported them)
+
 FORMAT = "medgmae-pretrain/1"
-LATEST = "checkpoint_latest.pt"
-FINAL = "checkpoint_final.pt"
+WHAT = "pretraining checkpoint"
 ENCODER_PREFIX = "encoder."  # PretrainModel's encoder keys: "encoder." + ViT3D's own
-
-
-def capture_rng() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
 
 
 def save_latest(path: Path, *, model, optimizer, scheduler, step: int, metadata: dict, rng_states: list,
                 settings: dict) -> None:
     save_torch_atomic({
-        "format": FORMAT, "metadata": {**metadata, "step": step}, "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-        "rng": rng_states, "world_size": len(rng_states), "settings": settings,
+        "format": FORMAT, "metadata": {**metadata, "step": step}, **run.training_state(model, optimizer, scheduler),
+        "step": step, "rng": rng_states, "world_size": len(rng_states), "settings": settings,
     }, path)
 
 
@@ -62,16 +45,7 @@ def load_checkpoint(path, *, metadata_keys: Sequence[str] = ()) -> dict:
     A missing, unreadable or foreign file, or metadata lacking one of `metadata_keys`, is a one-line
     `UserError` naming the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such pretraining checkpoint")
-    try:
-        # weights_only=False: the checkpoint holds numpy/python RNG states, and it is our own file.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # unpickling a truncated or foreign file raises many kinds (zip, pickle, EOF, import)
-        raise UserError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise UserError(f"{path}: not a medgmae pretraining checkpoint (expected format {FORMAT!r})")
+    ckpt = run.load_checkpoint(path, FORMAT, WHAT)
     meta = ckpt.get("metadata") or {}
     for key in metadata_keys:
         if key not in meta:

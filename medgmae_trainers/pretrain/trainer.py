@@ -6,7 +6,6 @@ data stream of `preprocessing.pretrain_sampling`, sharded by rank); rank 0 write
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -19,10 +18,12 @@ from typing import Sequence
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from medgmae_plans.runtime import StopSignals, UserError, progress
+from medgmae_plans.runtime import Interrupted, StopSignals, UserError, progress
 from preprocessing.pretrain_sampling import CropChunks, PretrainCase, SamplingConfig, centre_crop, iterate_batches
 
+from .. import run
 from ..networks import build_networks, network_config
+from ..run import lr_lambda, param_groups  # noqa: F401  (imported from here by tests and benchmarks)
 from . import checkpoint as ckpt
 from .distributed import DistInfo, all_reduce, barrier, cleanup_distributed, gather_objects, setup_distributed
 from .model import PretrainModel, visible_mean_mse
@@ -76,36 +77,6 @@ class PretrainSettings:
             if getattr(self, key) is None:
                 setattr(self, key, value)
         return self
-
-
-class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived; the latest checkpoint was saved. `code` is the exit status to use."""
-
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.code = code
-
-
-def lr_lambda(warmup: int, total: int):
-    """Linear warmup from 0 to 1 over `warmup` steps, then cosine from 1 to 0 at `total`."""
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress_ = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
-    return f
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms, and the learnable tokens (cls, queries, mask token), as in MAE."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(("cls_token", "queries", "mask_token")) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def make_logger(out: Path, info: DistInfo) -> logging.Logger:
     """Console + `log.txt` (appended) on rank 0; warnings only, console only, elsewhere."""
     logger = logging.getLogger(f"medgmae.pretrain.rank{info.rank}")
@@ -122,13 +93,6 @@ def make_logger(out: Path, info: DistInfo) -> logging.Logger:
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         logger.addHandler(fh)
     return logger
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop rows logged after `step` (by a run that died after its last checkpoint)."""
-    if path.exists():
-        rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        path.write_text("".join(r + "\n" for r in rows))
 
 
 def pretrain(settings: PretrainSettings, cases: Sequence[PretrainCase], metadata: dict | None = None) -> dict:
@@ -150,62 +114,33 @@ def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dic
     out.mkdir(parents=True, exist_ok=True)
     log = make_logger(out, info)
     latest, final = out / ckpt.LATEST, out / ckpt.FINAL
-    metrics_path = out / "metrics.jsonl"
-    if latest.exists() and not s.resume:
-        raise UserError(f"{latest} exists; pass --resume to continue that run, or choose another --out")
+    state = run.resume_state(latest, s.resume, ckpt.FORMAT, ckpt.WHAT)
 
-    netcfg = network_config(s.preset, patch_size=s.patch, crop_size=s.crop_size, num_gaussians=s.gaussians)
     torch.manual_seed(s.seed)  # identical initial weights on every rank
-    encoder, decoder = build_networks(netcfg, s.decoder)
-    model = PretrainModel(encoder, decoder, s.decoder, s.mask_ratio, s.render_backend,
-                          netcfg["gaussians"]["render_cutoff"]).to(info.device)
-    crop = encoder.config["img_size"]
-    meta = {
-        **metadata, "preset": s.preset, "decoder_type": s.decoder, "patch_size": encoder.config["patch_size"],
-        "crop_size": [crop] * 3, "mask_ratio": s.mask_ratio, "num_gaussians": netcfg["gaussians"]["num_gaussians"],
-        "encoder_class": "medgmae_trainers.networks.ViT3D", "encoder_config": encoder.config,
-        "network_config": netcfg, "seed": s.seed,
-    }
-    optimizer = torch.optim.AdamW(param_groups(model, s.weight_decay), lr=s.lr, betas=(0.9, 0.95))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(s.warmup, s.steps))
-
-    step = 0
+    model, meta = build_model(s, metadata, info.device)
+    optimizer = torch.optim.AdamW(run.param_groups(model, s.weight_decay), lr=s.lr, betas=(0.9, 0.95))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, run.lr_lambda(s.warmup, s.steps))
     torch.manual_seed(s.seed + 1000 * info.rank)  # masks and drop-path differ per rank
-    if s.resume and latest.exists():
-        state = ckpt.load_checkpoint(latest)
-        for key in ("preset", "decoder_type", "patch_size", "crop_size"):
-            if state["metadata"].get(key) != meta[key]:
-                raise UserError(f"{latest}: saved {key} {state['metadata'].get(key)!r} differs from this "
-                                f"command's {meta[key]!r}; resume with the same settings")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step = int(state["step"])
-        if state["world_size"] == info.world_size:
-            ckpt.restore_rng(state["rng"][info.rank])
-        else:
-            log.warning(f"resuming with {info.world_size} processes, saved with {state['world_size']}: "
-                        "fresh RNG streams, so the run continues but is not bit-identical")
-        if info.is_main:
-            truncate_metrics(metrics_path, step)
-        log.info(f"resumed from {latest} at step {step}")
+    step = 0
+    if state:
+        step = resume(state, latest, s, meta, model, optimizer, scheduler, info, log)
     elif s.resume:
         log.info(f"--resume: no {latest}, starting from step 0")
+    metrics = run.MetricsLog(out / "metrics.jsonl", step) if info.is_main else None
     if step >= s.steps and final.exists():
         # A rerun of a finished run (e.g. the main job a second time): keep what is there.
         log.info(f"already finished at step {step}; {final} is up to date")
-        return run_results(metrics_path, step, final, wall_s=0.0)
+        return run_results(metrics, step, final, wall_s=0.0)
 
     ddp = DistributedDataParallel(model) if info.distributed else model
+    crop = meta["crop_size"][0]
     sampling = SamplingConfig(crop_size=crop, sub_crops=s.sub_crops, augment=s.augment)
     chunks = CropChunks(cases, sampling, seed=s.seed, rank=info.rank, world_size=info.world_size)
     batches = iterate_batches(chunks, s.batch_size, start_step=step, workers=s.workers)
-    use_bf16 = info.device.type == "cuda"
     # Snapshots always show the same crop (the centre of the first case) with the same mask, so
     # the pictures of successive steps can be compared. It is loaded at the first snapshot, after
     # the data workers have forked: reading a case here first (blosc2 threads) deadlocked them.
     preview = None
-
     if info.is_main:
         log.info(f"pretraining {s.decoder} decoder, preset {s.preset}: {sum(p.numel() for p in model.parameters())/1e6:.2f} M "
                  f"parameters, crop {crop}^3, patch {meta['patch_size']}, {len(cases)} cases, "
@@ -213,74 +148,125 @@ def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dic
                  f"steps {step}->{s.steps}")
 
     def save_latest():
-        rng = gather_objects(ckpt.capture_rng(), info)
+        rng = gather_objects(run.capture_rng(), info)
         if info.is_main:
             ckpt.save_latest(latest, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
                              metadata=meta, rng_states=rng, settings=asdict(s))
-            plot_loss_curve(metrics_path, out / "loss_curve.png", f"{s.decoder} / {s.preset}")
+            plot_loss_curve(metrics.path, out / "loss_curve.png", f"{s.decoder} / {s.preset}")
 
-    window, t_window, start_time = [], time.time(), time.time()
     bar = progress(total=s.steps, initial=step, enabled=s.pbar and info.is_main, desc="pretrain")
+    report = Report(metrics, log, bar, crops_per_step=s.batch_size * info.world_size)
     # Closing the batch stream stops its worker processes now: left to interpreter exit, the
     # workers (which ignore SIGTERM, see pretrain_sampling) would keep the process from ending.
     with StopSignals() as sig, closing(batches):
         while step < s.steps:
             imgs = next(batches).to(info.device, non_blocking=True)
-            ddp.train()
-            with torch.autocast(device_type=info.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                outputs = ddp(imgs)
-            loss = outputs["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.clip)
-            # One all-reduce per step: mean loss, max grad norm, and whether any rank got a signal.
-            stats = all_reduce(torch.tensor([loss.item() / info.world_size, float(sig.signum)]), info)
-            gmax = all_reduce(grad_norm.detach().float().reshape(1).cpu(), info, op=torch.distributed.ReduceOp.MAX)
-            if not (math.isfinite(stats[0].item()) and math.isfinite(gmax.item())):
-                what = "loss" if not math.isfinite(stats[0].item()) else "gradient norm"
-                raise UserError(f"non-finite {what} at step {step + 1} (lr {scheduler.get_last_lr()[0]:.2e}); "
-                                f"stopped without saving; the last good checkpoint is {latest} (if any). "
-                                "Try a lower --lr or a longer --warmup")
-            optimizer.step()
-            scheduler.step()
+            loss, grad_norm, signum = train_step(ddp, model, imgs, optimizer, scheduler, s, info, step, sig)
             step += 1
-            bar.update(1)
-            window.append(stats[0].item())
-
+            report.add(loss)
             if info.is_main and (step % s.log_every == 0 or step == s.steps):
-                dt = time.time() - t_window
-                row = {"step": step, "loss": sum(window) / len(window), "lr": scheduler.get_last_lr()[0],
-                       "grad_norm": gmax.item(), "sec_per_step": dt / len(window),
-                       "crops_per_s": len(window) * s.batch_size * info.world_size / max(dt, 1e-9),
-                       "elapsed_s": time.time() - start_time}
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                bar.set_postfix(loss=f"{row['loss']:.4f}")
-                log.info(f"step {step}/{s.steps} loss {row['loss']:.5f} lr {row['lr']:.2e} "
-                         f"{row['sec_per_step']:.2f} s/step")
-                window, t_window = [], time.time()
+                report.write(step, s.steps, scheduler.get_last_lr()[0], grad_norm)
             if info.is_main and (step % s.png_every == 0 or step == s.steps):
                 if preview is None:
                     preview = torch.from_numpy(centre_crop(chunks.cases[0], crop))[None].to(info.device)
                 snapshot(model, preview, out / "snapshots" / f"step_{step:07d}.png", f"step {step}")
             if step % s.save_every == 0 and step < s.steps:
                 save_latest()
-            if int(stats[1].item()):
+            if signum:
                 save_latest()
-                signum = int(stats[1].item())
                 raise Interrupted(f"interrupted by signal {signum} at step {step}; saved {latest}; "
-                                  "continue with the same command and --resume", 128 + signum)
+                                  "continue with the same command and --resume", signum)
     bar.close()
     save_latest()
     if info.is_main:
         ckpt.save_final(final, model=model, step=step, metadata=meta)
         log.info(f"finished at step {step}; wrote {final}")
     barrier(info)
-    return run_results(metrics_path, step, final, wall_s=time.time() - start_time)
+    return run_results(metrics, step, final, wall_s=time.time() - report.start)
 
 
-def run_results(metrics_path: Path, step: int, final: Path, wall_s: float) -> dict:
-    rows = [json.loads(l) for l in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+def build_model(s: PretrainSettings, metadata: dict, device) -> tuple[PretrainModel, dict]:
+    """The model on `device`, and the checkpoint metadata that describes it (what fine-tuning reads)."""
+    netcfg = network_config(s.preset, patch_size=s.patch, crop_size=s.crop_size, num_gaussians=s.gaussians)
+    encoder, decoder = build_networks(netcfg, s.decoder)
+    model = PretrainModel(encoder, decoder, s.decoder, s.mask_ratio, s.render_backend,
+                          netcfg["gaussians"]["render_cutoff"]).to(device)
+    meta = {
+        **metadata, "preset": s.preset, "decoder_type": s.decoder, "patch_size": encoder.config["patch_size"],
+        "crop_size": [encoder.config["img_size"]] * 3, "mask_ratio": s.mask_ratio,
+        "num_gaussians": netcfg["gaussians"]["num_gaussians"], "encoder_class": "medgmae_trainers.networks.ViT3D",
+        "encoder_config": encoder.config, "network_config": netcfg, "seed": s.seed,
+    }
+    return model, meta
+
+
+def resume(state: dict, latest: Path, s: PretrainSettings, meta: dict, model, optimizer, scheduler,
+           info: DistInfo, log) -> int:
+    """Continue from `state` (checkpoint_latest.pt); returns its step."""
+    # The settings and the model's description together say what the run is: the metadata holds
+    # what the settings leave to the preset (patch and crop size, the network) and the data's part.
+    run.check_settings(latest, {**state["settings"], **state["metadata"]}, {**asdict(s), **meta})
+    run.restore_training(state, model, optimizer, scheduler)
+    if state["world_size"] == info.world_size:
+        run.restore_rng(state["rng"][info.rank])
+    else:
+        log.warning(f"resuming with {info.world_size} processes, saved with {state['world_size']}: "
+                    "fresh RNG streams, so the run continues but is not bit-identical")
+    log.info(f"resumed from {latest} at step {state['step']}")
+    return int(state["step"])
+
+
+def train_step(ddp, model: PretrainModel, imgs: torch.Tensor, optimizer, scheduler, s: PretrainSettings,
+               info: DistInfo, step: int, sig: StopSignals) -> tuple[float, float, int]:
+    """One optimiser step on every rank: (mean loss, max gradient norm, the signal any rank got, or 0)."""
+    ddp.train()
+    with torch.autocast(device_type=info.device.type, dtype=torch.bfloat16, enabled=info.device.type == "cuda"):
+        outputs = ddp(imgs)
+    loss = outputs["loss"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.clip)
+    # Two small all-reduces a step: the mean loss with whether any rank got a signal, and the max grad norm.
+    stats = all_reduce(torch.tensor([loss.item() / info.world_size, float(sig.signum)]), info)
+    gmax = all_reduce(grad_norm.detach().float().reshape(1).cpu(), info, op=torch.distributed.ReduceOp.MAX)
+    mean_loss, max_norm = stats[0].item(), gmax.item()
+    if not (math.isfinite(mean_loss) and math.isfinite(max_norm)):
+        what = "loss" if not math.isfinite(mean_loss) else "gradient norm"
+        raise UserError(f"non-finite {what} at step {step + 1} (lr {scheduler.get_last_lr()[0]:.2e}); "
+                        f"stopped without saving; the last good checkpoint is {Path(s.out) / ckpt.LATEST} "
+                        "(if any). Try a lower --lr or a longer --warmup")
+    optimizer.step()
+    scheduler.step()
+    return mean_loss, max_norm, int(stats[1].item())
+
+
+class Report:
+    """Rank 0's account of the run: the loss averaged over each logging window, into metrics.jsonl,
+    the log and the progress bar."""
+
+    def __init__(self, metrics: run.MetricsLog | None, log: logging.Logger, bar, crops_per_step: int):
+        self.metrics, self.log, self.bar, self.crops_per_step = metrics, log, bar, crops_per_step
+        self.window, self.start = [], time.time()
+        self.t_window = self.start
+
+    def add(self, loss: float) -> None:
+        self.window.append(loss)
+        self.bar.update(1)
+
+    def write(self, step: int, total: int, lr: float, grad_norm: float) -> None:
+        dt = time.time() - self.t_window
+        row = {"step": step, "loss": sum(self.window) / len(self.window), "lr": lr, "grad_norm": grad_norm,
+               "sec_per_step": dt / len(self.window),
+               "crops_per_s": len(self.window) * self.crops_per_step / max(dt, 1e-9),
+               "elapsed_s": time.time() - self.start}
+        self.metrics.append(row)
+        self.bar.set_postfix(loss=f"{row['loss']:.4f}")
+        self.log.info(f"step {step}/{total} loss {row['loss']:.5f} lr {lr:.2e} {row['sec_per_step']:.2f} s/step")
+        self.window, self.t_window = [], time.time()
+
+
+def run_results(metrics: run.MetricsLog | None, step: int, final: Path, wall_s: float) -> dict:
+    rows = metrics.rows() if metrics else []
     return {"step": step, "final_loss": rows[-1]["loss"] if rows else None,
             "first_loss": rows[0]["loss"] if rows else None, "checkpoint": str(final), "wall_s": wall_s}
 
