@@ -6,12 +6,12 @@
     <out>/valid/predictions.csv, evaluation.{json,md}, roc_curves.png   (at the end)
 
 Recipe: multi-label BCE on whole volumes, AdamW (wd 0.05), linear warmup then cosine decay per step,
-gradient clip 1.0, bf16 autocast on CUDA. `--resume` restores everything, including the RNG, so the
-resumed run continues the same case order.
+gradient clip 1.0, bf16 autocast on CUDA. `--resume` restores everything, including the RNG (CPU and
+CUDA), so the resumed run continues the same case order. SIGINT/SIGTERM stop the epoch at the next
+batch and exit 128 + signal; a resumed run redoes that epoch from the checkpoint of the one before.
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -22,15 +22,17 @@ import numpy as np
 import torch
 
 from medgmae_plans.atomic import save_torch_atomic
-from medgmae_plans.runtime import UserError, progress, setup_run_log, write_run_json
+from medgmae_plans.runtime import Interrupted, StopSignals, UserError, progress, setup_run_log, write_run_json
 
+from .. import run
 from .data import Geometry, LabelTable, VolumeDataset, fraction_subset
 from .evaluate import evaluate, write_predictions
 from .model import Classifier, build_classifier
 from .plots import training_curves_png
 
 FORMAT = "medgmae-classify/1"
-LATEST, FINAL = "checkpoint_latest.pt", "checkpoint_final.pt"
+WHAT = "classification checkpoint"
+LATEST, FINAL = run.LATEST, run.FINAL
 
 
 @dataclass
@@ -55,33 +57,6 @@ class TrainSettings:
     pbar: bool = True
 
 
-def lr_lambda(warmup: int, total: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-    return f
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms and the (frozen) embeddings, as MAE."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name.endswith(("cls_token", "pos_embed")) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-
-
-def _set_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
-
 def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
@@ -100,6 +75,33 @@ def predict_probs(model: Classifier, folder: Path, cases, num_classes: int, devi
     return np.stack(out)
 
 
+def train_one_epoch(model: Classifier, ds: VolumeDataset, opt, sched, device: torch.device, epoch: int,
+                    s: TrainSettings, stop: StopSignals) -> list[float]:
+    """One pass over the training cases in the epoch's own order; returns the batches' losses."""
+    model.train()
+    gen = torch.Generator().manual_seed(s.seed * 100003 + epoch)  # the case order is a function of the epoch
+    loader = torch.utils.data.DataLoader(ds, batch_size=s.batch_size, shuffle=True, generator=gen,
+                                         num_workers=s.workers, persistent_workers=False)
+    losses = []
+    for x, y in progress(loader, enabled=s.pbar, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch"):
+        x, y = x.to(device, non_blocking=True), y.to(device)
+        with _autocast(device):
+            logits = model(x)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y)  # one sigmoid a finding
+        if not torch.isfinite(loss):
+            raise UserError(f"non-finite loss at epoch {epoch + 1}; lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if stop.signum:  # mid-epoch: a resumed run redoes this epoch from the checkpoint of the one before
+            saved = f"continue from epoch {epoch} with --resume" if epoch else "no epoch had finished, none saved"
+            raise Interrupted(f"interrupted by signal {stop.signum} in epoch {epoch + 1}; {saved}", stop.signum)
+    return losses
+
+
 def train(s: TrainSettings, table: LabelTable, folder: Path, resume: bool = False) -> dict:
     """Fine-tune on the `train` split (its `fraction` subset), validate on `valid`, write `s.out`."""
     out = Path(s.out)
@@ -114,6 +116,10 @@ def train(s: TrainSettings, table: LabelTable, folder: Path, resume: bool = Fals
     idx = {c: i for i, c in enumerate(train_table.cases)}
     train_labels = train_table.labels[[idx[c] for c in train_cases]]
 
+    latest = out / LATEST
+    state = run.resume_state(latest, resume, FORMAT, WHAT)
+    if resume and state is None:
+        raise UserError(f"--resume: {latest} does not exist")
     torch.manual_seed(s.seed)
     np.random.seed(s.seed)
     random.seed(s.seed)
@@ -121,74 +127,38 @@ def train(s: TrainSettings, table: LabelTable, folder: Path, resume: bool = Fals
                                    pretrained=Path(s.pretrained) if s.pretrained else None, preset=s.preset)
     model.to(device)
     steps_per_epoch = math.ceil(len(train_cases) / s.batch_size)
-    total = steps_per_epoch * s.epochs
-    opt = torch.optim.AdamW(param_groups(model, s.weight_decay), lr=s.lr, betas=(0.9, 0.999))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(max(1, round(s.warmup_epochs * steps_per_epoch)), total))
+    warmup = max(1, round(s.warmup_epochs * steps_per_epoch))
+    opt = torch.optim.AdamW(run.param_groups(model, s.weight_decay), lr=s.lr, betas=(0.9, 0.999))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, run.lr_lambda(warmup, steps_per_epoch * s.epochs))
     start_epoch, history = 0, []
-    latest = out / LATEST
-    if latest.exists() and not resume:
-        raise UserError(f"{latest} exists; pass --resume to continue it, or choose another --out")
-    if resume:
-        if not latest.exists():
-            raise UserError(f"--resume: {latest} does not exist")
-        state = torch.load(latest, map_location="cpu", weights_only=False)
-        mine = {k: v for k, v in asdict(s).items() if k not in ("device", "workers", "pbar", "out")}
-        saved = {k: state["settings"].get(k) for k in mine}
-        if saved != mine:
-            diff = [k for k in mine if saved[k] != mine[k]]
-            raise UserError(f"{latest}: saved settings differ from these in {diff}")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])  # restores each group's current lr; the schedule its step
-        sched.load_state_dict(state["scheduler"])
+    if state:
+        run.check_settings(latest, state["settings"], asdict(s))
+        run.restore_training(state, model, opt, sched)
+        run.restore_rng(state["rng"])
         start_epoch, history = state["epoch"], state["history"]
-        _set_rng(state["rng"])
-        # metrics.jsonl may hold an epoch logged after the last save; keep exactly the saved history.
-        (out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
         log.info(f"resumed from {latest} at epoch {start_epoch}")
+    metrics = run.MetricsLog(out / "metrics.jsonl", start_epoch, key="epoch")
     log.info(f"{info['init']} encoder {info['encoder_config']}, token grid {info['token_grid']}; "
              f"{len(train_cases)}/{len(train_table.cases)} training cases (fraction {s.fraction}), "
              f"{len(valid_table.cases)} validation cases, {len(table.classes)} classes")
 
     ds = VolumeDataset(folder, train_cases, train_labels, flip=s.flip)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
     t0 = time.time()
+    with StopSignals() as stop:
+        for epoch in range(start_epoch, s.epochs):
+            losses = train_one_epoch(model, ds, opt, sched, device, epoch, s, stop)
+            record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0],
+                      "seconds": round(time.time() - t0, 1)}
+            if valid_table.cases and ((epoch + 1) % s.val_every == 0 or epoch + 1 == s.epochs):
+                from .metrics import auroc, macro
 
-    def save_latest(epoch: int) -> None:
-        save_torch_atomic({"format": FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                           "scheduler": sched.state_dict(), "epoch": epoch, "history": history,
-                           "rng": _rng_state(), "settings": asdict(s)}, latest)
-
-    for epoch in range(start_epoch, s.epochs):
-        model.train()
-        gen = torch.Generator().manual_seed(s.seed * 100003 + epoch)  # the case order is a function of the epoch
-        loader = torch.utils.data.DataLoader(ds, batch_size=s.batch_size, shuffle=True, generator=gen,
-                                             num_workers=s.workers, persistent_workers=False)
-        losses = []
-        for x, y in progress(loader, enabled=s.pbar, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch"):
-            x, y = x.to(device, non_blocking=True), y.to(device)
-            with _autocast(device):
-                logits = model(x)
-            loss = loss_fn(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise UserError(f"non-finite loss at epoch {epoch + 1}; lower --lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0],
-                  "seconds": round(time.time() - t0, 1)}
-        if valid_table.cases and ((epoch + 1) % s.val_every == 0 or epoch + 1 == s.epochs):
-            from .metrics import auroc, macro
-
-            probs = predict_probs(model, folder, valid_table.cases, len(table.classes), device)
-            record["val_macro_auroc"] = macro(auroc(valid_table.labels, probs))
-        history.append(record)
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        log.info(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
-        save_latest(epoch + 1)
+                probs = predict_probs(model, folder, valid_table.cases, len(table.classes), device)
+                record["val_macro_auroc"] = macro(auroc(valid_table.labels, probs))
+            history.append(record)
+            metrics.append(record)
+            log.info(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+            save_torch_atomic({"format": FORMAT, **run.training_state(model, opt, sched), "epoch": epoch + 1,
+                               "history": history, "rng": run.capture_rng(), "settings": asdict(s)}, latest)
 
     final = out / FINAL
     save_torch_atomic({"format": FORMAT, "model": model.state_dict(), "classes": table.classes,
@@ -218,12 +188,7 @@ def load_trained(path: Path, device: torch.device) -> tuple[Classifier, dict]:
         path = path / FINAL
     if not path.is_file():
         raise UserError(f"trained model {path} does not exist (train first, or pass the run folder)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise UserError(f"{path}: cannot be read as a checkpoint ({type(err).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "classes" not in ckpt:
-        raise UserError(f"{path}: not a medgmae_classify final checkpoint")
+    ckpt = run.load_checkpoint(path, FORMAT, "final classification checkpoint", keys=("classes",))
     from ..networks import ViT3D
     from ..networks.pos_embed import set_token_grid
 
