@@ -1,7 +1,7 @@
 """Training loop for registration, resumable, and loading a trained model.
 
     <out>/checkpoint_latest.pt   every --save-every steps and on SIGINT/SIGTERM (atomic): model, optimiser,
-                                 step, settings, config, RNG
+                                 schedule, step, settings, config, RNG (then exit 128 + signal)
     <out>/checkpoint_final.pt    model + config (what predict needs), val metrics
     <out>/train.log, train.json, metrics.jsonl, training_curves.png
 
@@ -21,15 +21,17 @@ import numpy as np
 import torch
 
 from medgmae_plans.atomic import save_torch_atomic
-from medgmae_plans.runtime import StopSignals, UserError, progress, setup_run_log, write_run_json
+from medgmae_plans.runtime import Interrupted, StopSignals, UserError, progress, setup_run_log, write_run_json
 
+from .. import run
 from .dataset import Pair, RegistrationDataset
 from .inference import register, score_pair
 from .losses import RegistrationLoss
 from .network import build_model
 
 FORMAT = "medgmae-register/1"
-LATEST, FINAL = "checkpoint_latest.pt", "checkpoint_final.pt"
+WHAT = "registration checkpoint"
+LATEST, FINAL = run.LATEST, run.FINAL
 
 
 @dataclass
@@ -96,13 +98,27 @@ def summarise(per_pair: dict) -> dict:
     return out
 
 
+def train_step(model, loss_fn: RegistrationLoss, optimizer, scheduler, moving, fixed, moving_seg,
+               fixed_seg) -> dict | None:
+    """One optimiser step on one pair; the loss parts, or None (and no step) when the loss is not finite."""
+    model.train()
+    warped, ddf = model(moving, fixed)
+    parts = loss_fn(warped, fixed, ddf, moving_seg, fixed_seg)
+    if not torch.isfinite(parts["loss"]):
+        return None
+    optimizer.zero_grad(set_to_none=True)
+    parts["loss"].backward()
+    optimizer.step()
+    scheduler.step()
+    return parts
+
+
 def train(s: TrainSettings, resume: bool = False) -> dict:
     out = Path(s.out)
     log = setup_run_log(out, "train")
     ds = RegistrationDataset(Path(s.dataset))
     latest, final = out / LATEST, out / FINAL
-    if latest.exists() and not resume:
-        raise UserError(f"{latest} exists; pass --resume to continue that run, or choose another --out")
+    state = run.resume_state(latest, resume, FORMAT, WHAT)
     if final.exists() and not latest.exists():
         raise UserError(f"{final} exists: that run is finished; choose another --out")
     config = model_config(s, ds)
@@ -115,20 +131,13 @@ def train(s: TrainSettings, resume: bool = False) -> dict:
     loss_fn = RegistrationLoss(len(ds.labels) and max(ds.labels), s.w_ncc, s.w_diff, s.w_dice if with_labels else 0.0,
                                s.ncc_kernel)
     optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: (1 - min(t, s.steps) / (s.steps + 1)) ** 0.9)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, run.polynomial_decay(s.steps))
     step = 0
-    if resume and latest.exists():
-        state = torch.load(latest, map_location="cpu", weights_only=False)
-        if state.get("format") != FORMAT:
-            raise UserError(f"{latest}: not a medgmae_register checkpoint")
-        saved = {k: v for k, v in state["settings"].items() if k not in ("steps", "pbar", "device", "val_every")}
-        now = {k: v for k, v in asdict(s).items() if k not in ("steps", "pbar", "device", "val_every")}
-        if saved != now:
-            diff = sorted(k for k in now if saved.get(k) != now[k])
-            raise UserError(f"{latest}: saved settings differ in {diff}; resume with the same settings")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+    if state:
+        run.check_settings(latest, state["settings"], asdict(s))
+        run.restore_training(state, model, optimizer, scheduler)
+        if "rng" in state:  # checkpoints before 2026-12 saved none (no draw depended on it)
+            run.restore_rng(state["rng"])
         step = int(state["step"])
         log.info(f"resumed from {latest} at step {step}")
     else:
@@ -138,31 +147,21 @@ def train(s: TrainSettings, resume: bool = False) -> dict:
             log.info(f"pretrained encoder: {info['load_report']['loaded_keys']} keys loaded from {s.pretrained}")
 
     def save_latest():
-        save_torch_atomic({"format": FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), "step": step, "settings": asdict(s),
-                           "config": config}, latest)
+        save_torch_atomic({"format": FORMAT, **run.training_state(model, optimizer, scheduler), "step": step,
+                           "settings": asdict(s), "config": config, "rng": run.capture_rng()}, latest)
 
     vols, pairs = Volumes(ds), ds.train_pairs()
     val_pairs = ds.pairs("val")
-    metrics_path = out / "metrics.jsonl"
-    if step == 0 and metrics_path.exists():
-        metrics_path.unlink()
+    metrics = run.MetricsLog(out / "metrics.jsonl", step)
     start, t_steps = time.time(), 0.0
     bar = progress(total=s.steps, initial=step, enabled=s.pbar, desc="train")
-    with StopSignals() as stop, open(metrics_path, "a") as mlog:
+    with StopSignals() as stop:
         while step < s.steps and not stop.signum:
             pair = pairs[int(np.random.default_rng([s.seed, step]).integers(len(pairs)))]
-            model.train()
             t0 = time.time()
-            m, f, ms, fs = vols.tensors(pair, device, with_labels)
-            warped, ddf = model(m, f)
-            parts = loss_fn(warped, f, ddf, ms, fs)
-            if not torch.isfinite(parts["loss"]):
+            parts = train_step(model, loss_fn, optimizer, scheduler, *vols.tensors(pair, device, with_labels))
+            if parts is None:
                 raise UserError(f"non-finite loss at step {step} (pair {pair.name}); lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            optimizer.step()
-            scheduler.step()
             t_steps += time.time() - t0
             step += 1
             bar.update()
@@ -173,15 +172,14 @@ def train(s: TrainSettings, resume: bool = False) -> dict:
                 rec.update({f"val_{k}": round(val, 6) for k, val in v.items() if k != "pairs"})
                 log.info(f"step {step}: loss {rec['loss']:.4f} | val " +
                          ", ".join(f"{k} {val:.4f}" for k, val in v.items() if k != "pairs"))
-            mlog.write(json.dumps(rec) + "\n")
-            mlog.flush()
+            metrics.append(rec)
             if step % s.save_every == 0:
                 save_latest()
         bar.close()
         if stop.signum:
             save_latest()
-            log.info(f"stopped at step {step}; {latest} saved, continue with --resume")
-            raise KeyboardInterrupt
+            raise Interrupted(f"interrupted by signal {stop.signum} at step {step}; saved {latest}; "
+                              "continue with the same command and --resume", stop.signum)
     val = validate(model, ds, vols, val_pairs, device, s.pbar) if val_pairs else {}
     save_torch_atomic({"format": FORMAT, "model": model.state_dict(), "config": config, "step": step,
                        "dataset": ds.name, "labels": ds.labels, "info": _jsonable(info),
@@ -190,7 +188,7 @@ def train(s: TrainSettings, resume: bool = False) -> dict:
         latest.unlink()
     from .plots import training_curves_png
 
-    training_curves_png(metrics_path, out / "training_curves.png")
+    training_curves_png(metrics.path, out / "training_curves.png")
     results = {"steps": step, "wall_s": round(time.time() - start, 1),
                "s_per_step": round(t_steps / max(1, step), 3), "final_checkpoint": str(final),
                **{f"val_{k}": v for k, v in val.items() if k != "pairs"}, "val_pairs": val.get("pairs", {})}
@@ -209,12 +207,7 @@ def load_trained(path: Path, device) -> tuple[torch.nn.Module, dict]:
     path = path / FINAL if path.is_dir() else path
     if not path.is_file():
         raise UserError(f"{path} does not exist (train a model first)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise UserError(f"{path}: cannot be read as a checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "config" not in ckpt:
-        raise UserError(f"{path}: not a medgmae_register checkpoint_final.pt")
+    ckpt = run.load_checkpoint(path, FORMAT, "final registration checkpoint", keys=("config",))
     model, _ = build_model(ckpt["config"])
     try:
         model.load_state_dict(ckpt["model"])
