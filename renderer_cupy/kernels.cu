@@ -4,15 +4,23 @@
 // each thread block owns one tile of one batch element (blockIdx.x = batch * tiles + tile),
 // one voxel per thread. A block bins Gaussians to its tile itself: it streams the batch element's
 // K Gaussians through shared memory in chunks of 256, each thread tests one Gaussian's culling box
-// against the tile box, and the hits are compacted in index order (warp ballot + per-warp counts,
-// so the result is deterministic). All 256 threads then evaluate the compacted list, so a Gaussian
-// that covers 10^5 voxels spreads over ~400 tiles' worth of threads instead of serialising.
+// against the tile box, and the hits are compacted in index order (warp ballot + per-warp counts).
+// All 256 threads then evaluate the compacted list, so a Gaussian that covers 10^5 voxels spreads
+// over ~400 tiles' worth of threads instead of serialising.
 //
-// Forward: every voxel sums its own contributions in a register; no atomics.
+// Forward: every voxel sums its own contributions in a register, in Gaussian index order; no
+// atomics, so the output is deterministic (bit-identical between runs).
 // Backward: per (tile, Gaussian) the ten moments (see geometry.py) are reduced over each warp with
 // shuffles (six sums suffice: dz is constant within a warp), then over the block's warps in shared
 // memory, and added to global memory with one atomicAdd per moment: 256x fewer atomics than one
-// per voxel-Gaussian pair.
+// per voxel-Gaussian pair. The order of those atomicAdds between tiles varies from run to run, so
+// the moments (and the gradients) are not deterministic: they differ in the last bits (measured on
+// a GPU: 337 of 6,000 float32 entries, spread 4e-8).
+//
+// Tested without a GPU: tests/test_kernels_emulated.py builds this file unchanged with g++ and
+// tests/cuda_emu/cuda_emu.h and runs it on the CPU (keep it free of CUDA headers and of intrinsics
+// that header lacks), and tests/test_kernel_resources.py holds ptxas's register, shared-memory and
+// spill figures to limits (see docs/renderer_gpu.md).
 //
 // The result is defined by the ellipsoid test q = d^T A d <= cutoff^2 exactly as in the CPU and
 // torch backends; the culling boxes get half a voxel of slack so rounding can only add work.
@@ -167,7 +175,9 @@ render_forward(const T* __restrict__ means, const T* __restrict__ conics,
                 if (q <= cutoff2) acc += s.intensity[j] * gexp(T(-0.5) * fmax(q, T(0)));
             }
         }
-        __syncthreads();  // the next round overwrites s
+        // No barrier needed before the next round overwrites s: load_tile_gaussians writes only
+        // warp_count (last read before its own second barrier) until its first barrier, which no
+        // thread passes before every thread has finished reading this round's s.
     }
     if (active) out[b * V + v.index] = acc;
 }
@@ -238,9 +248,8 @@ render_backward(const T* __restrict__ means, const T* __restrict__ conics,
                     atomicAdd(&moments[gk * NUM_MOMENTS + c], sum);
                 }
             }
-            __syncthreads();  // partial is rewritten by the next batch
+            __syncthreads();  // partial is rewritten by the next batch, s by the next round
         }
-        __syncthreads();  // the next round overwrites s
     }
 }
 
