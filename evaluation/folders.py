@@ -17,9 +17,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from medgmae_plans.constants import FINETUNE_RECORD
 from medgmae_plans.runtime import UserError
 
-FINETUNE_JSON = "medgmae_finetune.json"
 KNOWN_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 # tolerances for "the same grid": mm for spacing and origin, cosines for the direction matrix
@@ -258,7 +258,7 @@ class Run:
         ("finished" once nnU-Net's validation is written); without one, the validation folder decides."""
         status = self.meta.get("status")
         if status is not None and status != "finished":
-            return f"status {status!r} in {FINETUNE_JSON}"
+            return f"status {status!r} in {FINETUNE_RECORD}"
         if not self.validation_dir.is_dir():
             return "no validation/ folder yet"
         return None
@@ -287,7 +287,7 @@ _REQUIRED = ("dataset", "init", "fraction")
 
 
 def read_run(fold_dir: Path) -> Run:
-    path = fold_dir / FINETUNE_JSON
+    path = fold_dir / FINETUNE_RECORD
     try:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as err:
@@ -306,13 +306,13 @@ def find_runs(folders: Sequence[Path]) -> list[Run]:
         folder = Path(folder)
         if not folder.is_dir():
             raise UserError(f"{folder}: results folder does not exist")
-        if (folder / FINETUNE_JSON).is_file():
+        if (folder / FINETUNE_RECORD).is_file():
             found = [folder]
         else:  # hidden folders are temporary copies (atomic writes), never runs
-            found = sorted(p.parent for p in folder.rglob(FINETUNE_JSON)
+            found = sorted(p.parent for p in folder.rglob(FINETUNE_RECORD)
                            if not any(part.startswith(".") for part in p.relative_to(folder).parts))
         if not found:
-            raise UserError(f"{folder}: no fine-tuning run in it (no {FINETUNE_JSON} below it)")
+            raise UserError(f"{folder}: no fine-tuning run in it (no {FINETUNE_RECORD} below it)")
         runs.extend(read_run(f) for f in found)
     unique = {r.fold_dir.resolve(): r for r in runs}
     return sorted(unique.values(), key=lambda r: (r.dataset, r.fraction, r.init, r.trainer, str(r.fold)))

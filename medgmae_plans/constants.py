@@ -26,6 +26,10 @@ INITS = tuple(INIT_DISPLAY)
 # The pretraining decoder type a checkpoint records -> the init name of the runs it starts.
 INIT_BY_DECODER = {"voxel": "voxelmae", "gaussian": "medgmae", "hierarchical": "medgmaestar"}
 
+# A fine-tuning run's settings and results, in its nnU-Net fold folder: medgmae_train writes it,
+# medgmae_evaluate finds runs by it.
+FINETUNE_RECORD = "medgmae_finetune.json"
+
 
 def window_hu(hu: np.ndarray, window=HU_WINDOW) -> np.ndarray:
     """HU -> [0, 1]: clip to `window` (low, high), then (HU - low) / (high - low); float32."""

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from medgmae_plans.atomic import write_json_atomic
-from medgmae_plans.constants import INIT_DISPLAY
+from medgmae_plans.constants import FINETUNE_RECORD, INIT_DISPLAY
 from medgmae_plans.runtime import UserError
 
 from ..networks.presets import UNETR_FEATURE_SIZE
@@ -33,7 +33,7 @@ from ..networks.pretrained import PretrainedEncoder
 from .encoder_loading import preset_encoder, unetr_arch_kwargs
 from .fractions import FRACTION_SEED
 
-RECORD = "medgmae_finetune.json"
+RECORD = FINETUNE_RECORD
 
 # Settings that define a run: `--continue` must use the same values.
 DEFINING = ("dataset", "configuration", "plans", "fold", "trainer", "init", "pretrained_checkpoint", "preset",
