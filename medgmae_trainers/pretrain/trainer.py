@@ -23,7 +23,7 @@ from preprocessing.pretrain_sampling import CropChunks, PretrainCase, SamplingCo
 
 from .. import run
 from ..networks import build_networks, network_config
-from ..run import lr_lambda, param_groups  # noqa: F401  (imported from here by tests and benchmarks)
+from ..run import lr_lambda, param_groups
 from . import checkpoint as ckpt
 from .distributed import DistInfo, all_reduce, barrier, cleanup_distributed, gather_objects, setup_distributed
 from .model import PretrainModel, visible_mean_mse
@@ -118,8 +118,8 @@ def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dic
 
     torch.manual_seed(s.seed)  # identical initial weights on every rank
     model, meta = build_model(s, metadata, info.device)
-    optimizer = torch.optim.AdamW(run.param_groups(model, s.weight_decay), lr=s.lr, betas=(0.9, 0.95))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, run.lr_lambda(s.warmup, s.steps))
+    optimizer = torch.optim.AdamW(param_groups(model, s.weight_decay), lr=s.lr, betas=(0.9, 0.95))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(s.warmup, s.steps))
     torch.manual_seed(s.seed + 1000 * info.rank)  # masks and drop-path differ per rank
     step = 0
     if state:
