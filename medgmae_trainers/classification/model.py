@@ -12,11 +12,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from medgmae_plans.runtime import UserError
-
 from ..networks import ViT3D, network_config
-from ..networks.pos_embed import set_token_grid
-from ..networks.pretrained import pretrained_vit
+from ..networks.pretrained import fit_token_grid, pretrained_vit
 
 
 class Classifier(nn.Module):
@@ -34,12 +31,6 @@ class Classifier(nn.Module):
         return self.head(self.fc_norm(tokens.mean(dim=1)))
 
 
-def token_grid(size_zyx: Sequence[int], patch: int) -> tuple[int, int, int]:
-    if any(n % patch for n in size_zyx):
-        raise UserError(f"volume size {tuple(size_zyx)} (z, y, x) is not a multiple of the encoder's patch {patch}")
-    return tuple(n // patch for n in size_zyx)
-
-
 def build_classifier(*, num_classes: int, size_zyx: Sequence[int], pretrained: Path | None = None,
                      preset: str = "tiny", patch: int | None = None) -> tuple[Classifier, dict]:
     """A classifier for volumes of `size_zyx`: pretrained encoder from `pretrained`, else a scratch `preset`."""
@@ -50,7 +41,6 @@ def build_classifier(*, num_classes: int, size_zyx: Sequence[int], pretrained: P
         cfg = network_config(preset, patch_size=patch)["encoder"]
         encoder = ViT3D(**cfg)
         info = {"init": "scratch", "preset": preset}
-    grid = token_grid(size_zyx, encoder.patch_embed.patch_size)
-    set_token_grid(encoder, grid)
-    info.update(encoder_config=encoder.config, token_grid=list(grid))
+    grid = fit_token_grid(encoder, size_zyx)
+    info.update(encoder_config=encoder.config, token_grid=grid)
     return Classifier(encoder, num_classes), info

@@ -20,6 +20,7 @@ from medgmae_plans.runtime import UserError
 
 from ..pretrain.checkpoint import encoder_state, load_checkpoint
 from .encoder_state import EncoderStateMismatch, load_encoder_state
+from .pos_embed import set_token_grid
 from .vit import ViT3D
 
 
@@ -70,9 +71,21 @@ def pretrained_vit(path) -> tuple[ViT3D, dict]:
     """The ViT3D a pretraining checkpoint describes (`encoder_config`), every encoder key loaded.
 
     Returns (encoder, the checkpoint's metadata plus `load_report`, `load_encoder_state`'s report).
-    The encoder keeps the pretraining crop's token grid; `pos_embed.set_token_grid` adapts it to the
-    caller's volumes.
+    The encoder keeps the pretraining crop's token grid; `fit_token_grid` adapts it to the caller's
+    volumes.
     """
     pre = read_pretrained(path, metadata_keys=("encoder_config",))
     encoder = ViT3D(**pre.metadata["encoder_config"])
     return encoder, {**pre.metadata, "load_report": load_pretrained(encoder, pre)}
+
+
+def fit_token_grid(encoder: ViT3D, size_zyx: Sequence[int]) -> list[int]:
+    """Adapt `encoder` (pretrained or scratch) in place to whole volumes of `size_zyx` (z, y, x), as
+    classification and registration feed them; returns their token grid. A size that is not a
+    multiple of the encoder's patch is a `UserError`."""
+    patch = encoder.patch_embed.patch_size
+    if any(int(n) % patch for n in size_zyx):
+        raise UserError(f"volume size {tuple(size_zyx)} (z, y, x) is not a multiple of the encoder's patch {patch}")
+    grid = tuple(int(n) // patch for n in size_zyx)
+    set_token_grid(encoder, grid)
+    return list(grid)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -42,7 +41,7 @@ from monai.networks.blocks import DVF2DDF, UnetrBasicBlock, UnetrPrUpBlock, Unet
 from medgmae_plans.runtime import UserError
 
 from ..networks import ViT3D, network_config
-from ..networks.pretrained import pretrained_vit
+from ..networks.pretrained import fit_token_grid, pretrained_vit
 from .warping import warp_image
 
 NETWORKS = ("vit", "voxelmorph")
@@ -117,20 +116,12 @@ def build_voxelmorph(diffeomorphic: bool = False) -> nn.Module:
     return VoxelMorph(backbone=backbone, integration_steps=7 if diffeomorphic else 0)
 
 
-def token_grid(shape_zyx: Sequence[int], patch: int) -> tuple[int, int, int]:
-    if any(n % patch for n in shape_zyx):
-        raise UserError(f"volume size {tuple(shape_zyx)} (z, y, x) is not a multiple of the encoder's patch {patch}")
-    return tuple(int(n) // patch for n in shape_zyx)
-
-
 def build_model(config: dict, pretrained: Path | None = None) -> tuple[nn.Module, dict]:
     """A registration network from `config` (network, shape_zyx, preset, patch, feature_size, diffeomorphic,
     and for a trained model encoder_config) and, for ViTMorph, the pretraining checkpoint to start from.
 
     Returns (model, info); info records what was loaded (every encoder key, asserted) and the token grid.
     """
-    from ..networks.pos_embed import set_token_grid
-
     if config["network"] == "voxelmorph":
         if pretrained is not None:
             raise UserError("the VoxelMorph baseline trains from scratch; drop --pretrained")
@@ -147,8 +138,7 @@ def build_model(config: dict, pretrained: Path | None = None) -> tuple[nn.Module
                                                                  patch_size=config.get("patch"))["encoder"]
         encoder = ViT3D(**enc_cfg)
         info = {"init": "scratch", "preset": config.get("preset")}
-    grid = token_grid(config["shape_zyx"], encoder.patch_embed.patch_size)
-    set_token_grid(encoder, grid)
-    info.update(network="vit", encoder_config=encoder.config, token_grid=list(grid))
+    grid = fit_token_grid(encoder, config["shape_zyx"])
+    info.update(network="vit", encoder_config=encoder.config, token_grid=grid)
     model = ViTMorph(encoder, feature_size=config.get("feature_size", 16), diffeomorphic=config.get("diffeomorphic", False))
     return model, info
