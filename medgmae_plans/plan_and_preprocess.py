@@ -1,12 +1,15 @@
 """`medgmae_plan_and_preprocess`: fingerprint, MedGMAE plans and preprocessing, the nnU-Net way.
 
-    medgmae_plan_and_preprocess -d AMOS [-d FLARE22 ...] [-c 3d_fullres] [-np N] [--verify] [--clean]
-    medgmae_plan_and_preprocess --images DIR --name NAME [-np N]
+    medgmae_plan_and_preprocess -d AMOS [-d FLARE22 ...] [-c 3d_fullres [3d_lowres]] [-np N] [--verify] [--clean]
+    medgmae_plan_and_preprocess --images DIR --name NAME [-c ...] [-np N]
 
 Labelled datasets (`-d`, an id, a full name or an alias) are checked (`validate`), fingerprinted
 with nnU-Net's own extractor (reused on later runs unless the raw files changed or `--clean`),
 planned by `MedGMAEPlanner` and preprocessed with nnU-Net's `DefaultPreprocessor`, giving
-`nnUNet_preprocessed/<Dataset>/MedGMAEPlans.json` and `.../MedGMAEPlans_3d_fullres/`.
+`nnUNet_preprocessed/<Dataset>/MedGMAEPlans.json` and `.../MedGMAEPlans_<configuration>/` for each
+configuration of `-c` (`3d_fullres` by default; `3d_lowres` is the 3 mm one, see
+`medgmae_plans.configurations`). A configuration planned earlier stays in the plans and its data
+stays as it is.
 
 Unlabelled collections (`--images DIR --name NAME`: NIfTI files and/or DICOM series) get the same
 spacing, window and file format in `nnUNet_preprocessed/Collection_<NAME>/` (see
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .atomic import write_json_atomic
+from .configurations import CONFIGURATIONS, DEFAULT_CONFIGURATION, PLANS_NAME, geometry
 from .datasets import dataset_id, resolve_dataset
 from .paths import ensure_nnunet_env, nnunet_folder
 from .runtime import UserError, add_common_flags, cli_entry, progress, setup_run_log, write_run_json
@@ -41,12 +45,14 @@ def default_num_processes() -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medgmae_plan_and_preprocess",
-        description="nnU-Net fingerprint + MedGMAE plans (1.5 mm, HU [-175, 250] -> [0, 1], 96^3) + preprocessing")
+        description="nnU-Net fingerprint + MedGMAE plans (3d_fullres: 1.5 mm, 96^3; 3d_lowres: 3 mm, 48^3; "
+                    "HU [-175, 250] -> [0, 1]) + preprocessing")
     parser.add_argument("-d", dest="datasets", action="append", default=[], metavar="DATASET",
                         help="dataset id, full DatasetXXX_Name or alias (AMOS, FLARE22, BTCV, SegTHOR, "
                              "AbdomenAtlas, Phantom); repeatable")
-    parser.add_argument("-c", dest="configurations", nargs="+", default=["3d_fullres"], choices=["3d_fullres"],
-                        help="configurations to preprocess (MedGMAE plans have only 3d_fullres)")
+    parser.add_argument("-c", dest="configurations", nargs="+", default=[DEFAULT_CONFIGURATION],
+                        choices=list(CONFIGURATIONS),
+                        help="configurations to plan and preprocess (default: %(default)s; 3d_lowres is 3 mm)")
     parser.add_argument("-np", dest="num_processes", type=int, default=default_num_processes(),
                         help="worker processes (default: %(default)s)")
     parser.add_argument("--verify", action="store_true",
@@ -118,10 +124,8 @@ def plan_and_preprocess_dataset(name: str, args) -> dict:
     if args.verify:
         _verify_with_nnunet(raw_folder, args)
 
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset
-
-    from .planner import DATA_IDENTIFIER, PLANS_NAME, MedGMAEPlanner
-    from .preprocess import CaseJob, copy_ground_truth, data_signature, is_up_to_date, preprocess_into
+    from .planner import MedGMAEPlanner
+    from .preprocess import CaseJob, copy_ground_truth
 
     step = time.perf_counter()
     fingerprint = _fingerprint(name, raw_folder, out_folder, cases, args)
@@ -129,32 +133,43 @@ def plan_and_preprocess_dataset(name: str, args) -> dict:
     log.info(f"fingerprint {fingerprint} ({timings['fingerprint_s']:.1f} s)")
 
     step = time.perf_counter()
-    plans, _ = plan_experiment_dataset(dataset_id(name), MedGMAEPlanner)
+    plans = MedGMAEPlanner(dataset_id(name), configurations=args.configurations).plan_experiment()
     timings["plan_s"] = time.perf_counter() - step
-    config = plans["configurations"]["3d_fullres"]
-    log.info(f"plans {out_folder / (PLANS_NAME + '.json')}: spacing {config['spacing']}, patch {config['patch_size']}, "
-             f"median shape {config['median_image_size_in_voxels']}")
 
-    step = time.perf_counter()
-    signature = data_signature(_raw_files(raw_folder, cases), plans, meta)
-    data_folder = out_folder / DATA_IDENTIFIER
-    reused = not args.clean and is_up_to_date(data_folder, signature)
-    if not reused:
-        jobs = [CaseJob(case_id, tuple(files["images"]), files["label"]) for case_id, files in cases.items()]
-        results = preprocess_into(data_folder, jobs, plans, meta, args.num_processes,
-                                  _bar(not args.no_pbar, f"Preprocessing {name}"), signature=signature)
-    copy_ground_truth(cases, out_folder / "gt_segmentations", meta["file_ending"])
-    timings["preprocess_s"] = time.perf_counter() - step
-    timings["total_s"] = time.perf_counter() - start
-    log.info(f"{'reused the preprocessed' if reused else 'preprocessed'} {len(cases)} cases in {data_folder} "
-             f"({timings['preprocess_s']:.1f} s; total {timings['total_s']:.1f} s)")
+    jobs = [CaseJob(case_id, tuple(files["images"]), files["label"]) for case_id, files in cases.items()]
     summary = {"dataset": name, "cases": len(cases), "fingerprint": fingerprint, "timings": timings,
-               "plans_file": str(out_folder / f"{PLANS_NAME}.json"), "data_folder": str(data_folder),
-               "preprocessing": "reused" if reused else "done"}
-    if not reused:
-        summary["case_shapes"] = {r["case"]: r["shape"] for r in results}
+               "plans_file": str(out_folder / f"{PLANS_NAME}.json"), "configurations": {}}
+    for configuration in args.configurations:
+        step = time.perf_counter()
+        summary["configurations"][configuration] = _preprocess_configuration(
+            out_folder, configuration, jobs, plans, meta, _raw_files(raw_folder, cases), args, log)
+        timings[f"preprocess_{configuration}_s"] = time.perf_counter() - step
+    copy_ground_truth(cases, out_folder / "gt_segmentations", meta["file_ending"])
+    timings["total_s"] = time.perf_counter() - start
+    log.info(f"{name}: done in {timings['total_s']:.1f} s")
     write_run_json(out_folder, RUN_NAME, _settings(args), summary)
     return summary
+
+
+def _preprocess_configuration(out_folder: Path, configuration: str, jobs: list, plans: dict, dataset_json: dict,
+                              files: list[Path], args, log) -> dict:
+    """Preprocess one configuration into its data folder, unless its signature says it is up to date."""
+    from .preprocess import configuration_plans, data_signature, is_up_to_date, preprocess_into
+
+    config = plans["configurations"][configuration]
+    data_folder = out_folder / geometry(configuration).data_identifier
+    signature = data_signature(files, configuration_plans(plans, configuration), dataset_json)
+    start = time.perf_counter()
+    result = {"data_folder": str(data_folder), "spacing": config["spacing"], "patch_size": config["patch_size"]}
+    if not args.clean and is_up_to_date(data_folder, signature):
+        log.info(f"{configuration}: reused the preprocessed {len(jobs)} cases in {data_folder}")
+        return {**result, "preprocessing": "reused"}
+    results = preprocess_into(data_folder, jobs, plans, dataset_json, configuration, args.num_processes,
+                              _bar(not args.no_pbar, f"Preprocessing {configuration}"), signature=signature)
+    log.info(f"{configuration}: spacing {config['spacing']}, patch {config['patch_size']}, median shape "
+             f"{config['median_image_size_in_voxels']}; preprocessed {len(jobs)} cases into {data_folder} "
+             f"({time.perf_counter() - start:.1f} s)")
+    return {**result, "preprocessing": "done", "case_shapes": {r["case"]: r["shape"] for r in results}}
 
 
 def preprocess_collection(images: Path, name: str, args) -> dict:
@@ -166,41 +181,32 @@ def preprocess_collection(images: Path, name: str, args) -> dict:
     images = images.expanduser().resolve()
     sources = find_images(images)
     start = time.perf_counter()
-    geometry = run_jobs([(s,) for s in sources], source_geometry, args.num_processes,
-                        _bar(not args.no_pbar, f"Reading {name} headers"))
+    headers = run_jobs([(s,) for s in sources], source_geometry, args.num_processes,
+                       _bar(not args.no_pbar, f"Reading {name} headers"))
 
-    from .planner import DATA_IDENTIFIER, PLANS_NAME, build_plans, save_plans_file
-    from .preprocess import CaseJob, data_signature, is_up_to_date, preprocess_into
+    from .planner import build_plans, save_plans_file
+    from .preprocess import CaseJob
 
     collection = COLLECTION_PREFIX + name
     out_folder = nnunet_folder("nnUNet_preprocessed") / collection
-    plans = build_plans(collection, [g[0] for g in geometry], [g[1] for g in geometry],
-                        planner_name="MedGMAEPlanner (unlabelled collection)")
+    plans = build_plans(collection, [h[0] for h in headers], [h[1] for h in headers],
+                        planner_name="MedGMAEPlanner (unlabelled collection)", configurations=args.configurations)
     dataset_json = {"name": name, "description": f"unlabelled CT collection from {images}",
                     "channel_names": {"0": "CT"}, "labels": {"background": 0}, "numTraining": len(sources),
                     "file_ending": ".nii.gz", "labelled": False}
-    data_folder = out_folder / DATA_IDENTIFIER
     files = [f for s in sources for f in (s.dicom_files or (s.path,))]
-    signature = data_signature(files, plans, dataset_json)
-    if not args.clean and is_up_to_date(data_folder, signature):
-        log = setup_run_log(out_folder, RUN_NAME, args.verbose)
-        log.info(f"collection {name}: reused the preprocessed {len(sources)} images in {data_folder}")
-        return {"collection": collection, "source": str(images), "cases": len(sources),
-                "data_folder": str(data_folder), "preprocessing": "reused"}
     jobs = [CaseJob(s.case_id, source=s) for s in sources]
-    results = preprocess_into(data_folder, jobs, plans, dataset_json, args.num_processes,
-                              _bar(not args.no_pbar, f"Preprocessing {name}"), signature=signature)
+    log = setup_run_log(out_folder, RUN_NAME, args.verbose)
+    summary = {"collection": collection, "source": str(images), "cases": len(sources), "configurations": {}}
+    for configuration in args.configurations:
+        summary["configurations"][configuration] = _preprocess_configuration(
+            out_folder, configuration, jobs, plans, dataset_json, files, args, log)
     # plans and dataset.json after the data: the reader lists cases from the data folder
     save_plans_file(plans, out_folder / f"{PLANS_NAME}.json")
     write_json_atomic(out_folder / "dataset.json", dataset_json)
     write_json_atomic(out_folder / "sources.json", {s.case_id: s.describe() for s in sources})
-    log = setup_run_log(out_folder, RUN_NAME, args.verbose)
-    total = time.perf_counter() - start
-    log.info(f"collection {name}: preprocessed {len(results)} images from {images} into "
-             f"{out_folder / DATA_IDENTIFIER} ({total:.1f} s)")
-    summary = {"collection": collection, "source": str(images), "cases": len(results), "total_s": total,
-               "data_folder": str(out_folder / DATA_IDENTIFIER),
-               "case_shapes": {r["case"]: r["shape"] for r in results}}
+    summary["total_s"] = time.perf_counter() - start
+    log.info(f"collection {name}: {len(sources)} images from {images} ({summary['total_s']:.1f} s)")
     write_run_json(out_folder, RUN_NAME, _settings(args), summary)
     return summary
 

@@ -2,20 +2,23 @@
 
 What it changes against nnU-Net's default plans (everything else is nnU-Net's):
 
-- plans name `MedGMAEPlans`, one configuration, `3d_fullres`;
-- target spacing 1.5 mm isotropic, no transpose;
+- plans name `MedGMAEPlans`, with the configurations of `medgmae_plans.configurations`: `3d_fullres`
+  (1.5 mm, 96^3, the paper's) and `3d_lowres` (3 mm, 48^3, for CPUs); each planned on request, and
+  planning one keeps the others already in the file;
+- isotropic target spacing, no transpose;
 - CT normalisation with a fixed window: nnU-Net's stock `CTNormalization` computes
   `(clip(x, p0.5, p99.5) - mean) / std`; the plans carry `p0.5 = mean = -175`, `p99.5 = 250`,
   `std = 425`, which is exactly `(clip(HU, -175, 250) + 175) / 425`. nnU-Net's predictor reads the same
   numbers from the plans, so inference reproduces training-time intensities;
 - linear rather than cubic image resampling (z too): values stay inside [0, 1] (cubic overshoots),
   and it is cheaper. The choice is recorded in the plans, so the predictor resamples the same way;
-- patch 96^3, batch size 2, and an `architecture` block naming the UNETR builder.
+- the configuration's cubic patch, batch size 2, and an `architecture` block naming the UNETR builder.
 
 The architecture block: nnU-Net instantiates `network_class_name(input_channels=..., num_classes=...,
 **arch_kwargs)` (plus `deep_supervision=...` when a trainer asks), so `build_unetr` takes exactly
 those keywords. `arch_kwargs` are the MONAI UNETR settings of the paper's ViT-B fine-tuning
-(token patch 16^3 over a 96^3 crop; 12^3 is the other size the paper uses).
+(token patch 16^3 over a 96^3 crop; 12^3 is the other size the paper uses), with the token patch
+of the configuration (8^3 over 48^3 for `3d_lowres`).
 
 Importing this module imports nnunetv2, which reads its folder variables at import time:
 call `medgmae_plans.paths.ensure_nnunet_env()` first.
@@ -35,12 +38,8 @@ from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 
 from .atomic import atomic_path, write_json_atomic
 from .constants import HU_WINDOW
+from .configurations import DEFAULT_CONFIGURATION, PLANS_NAME, Geometry, geometry
 
-PLANS_NAME = "MedGMAEPlans"
-CONFIGURATION = "3d_fullres"
-DATA_IDENTIFIER = f"{PLANS_NAME}_{CONFIGURATION}"
-TARGET_SPACING = (1.5, 1.5, 1.5)
-PATCH_SIZE = (96, 96, 96)
 BATCH_SIZE = 2
 
 # Fed to nnU-Net's CTNormalization in place of the fingerprint's foreground statistics.
@@ -54,32 +53,26 @@ WINDOW_INTENSITY_PROPERTIES = {
     "max": HU_WINDOW[1],
 }
 
-UNETR_ARCHITECTURE = {
-    "network_class_name": "medgmae_trainers.unetr.build_unetr",
-    "arch_kwargs": {
-        "img_size": list(PATCH_SIZE),
-        "patch_size": 16,
-        "hidden_size": 768,
-        "mlp_dim": 3072,
-        "num_layers": 12,
-        "num_heads": 12,
-        "feature_size": 16,
-        "norm_name": "instance",
-        "dropout_rate": 0.0,
-    },
-    "_kw_requires_import": [],
-}
+# The paper's ViT-B UNETR; `unetr_architecture` puts in the configuration's patch and token patch.
+UNETR_ARCH_KWARGS = {"hidden_size": 768, "mlp_dim": 3072, "num_layers": 12, "num_heads": 12, "feature_size": 16,
+                     "norm_name": "instance", "dropout_rate": 0.0}
 
 
-def fullres_configuration(median_shape: Sequence[float]) -> dict:
-    """The `3d_fullres` configuration block of MedGMAE plans (shared by datasets and collections)."""
+def unetr_architecture(geo: Geometry) -> dict:
+    return {"network_class_name": "medgmae_trainers.unetr.build_unetr",
+            "arch_kwargs": {"img_size": geo.patch_size, "patch_size": geo.vit_patch, **UNETR_ARCH_KWARGS},
+            "_kw_requires_import": []}
+
+
+def configuration_block(geo: Geometry, median_shape: Sequence[float]) -> dict:
+    """One configuration block of MedGMAE plans (shared by datasets and collections)."""
     return {
-        "data_identifier": DATA_IDENTIFIER,
+        "data_identifier": geo.data_identifier,
         "preprocessor_name": "DefaultPreprocessor",
         "batch_size": BATCH_SIZE,
-        "patch_size": list(PATCH_SIZE),
+        "patch_size": geo.patch_size,
         "median_image_size_in_voxels": [int(round(float(s))) for s in median_shape],
-        "spacing": list(TARGET_SPACING),
+        "spacing": geo.spacing,
         "normalization_schemes": ["CTNormalization"],
         "use_mask_for_norm": [False],
         "resampling_fn_data": "resample_data_or_seg_to_shape",
@@ -88,15 +81,20 @@ def fullres_configuration(median_shape: Sequence[float]) -> dict:
         "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
         "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
         "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
-        "architecture": deepcopy(UNETR_ARCHITECTURE),
+        "architecture": unetr_architecture(geo),
         "batch_dice": False,
     }
 
 
 def build_plans(dataset_name: str, spacings: Sequence[Sequence[float]], shapes: Sequence[Sequence[int]],
-                reader_writer: str = "SimpleITKIO", planner_name: str = "MedGMAEPlanner") -> dict:
-    """Complete MedGMAE plans from per-case original spacings and shapes (z, y, x order)."""
-    new_shapes = [compute_new_shape(shape, spacing, TARGET_SPACING) for spacing, shape in zip(spacings, shapes)]
+                reader_writer: str = "SimpleITKIO", planner_name: str = "MedGMAEPlanner",
+                configurations: Sequence[str] = (DEFAULT_CONFIGURATION,)) -> dict:
+    """MedGMAE plans with the named configurations, from per-case original spacings and shapes (z, y, x)."""
+    blocks = {}
+    for name in configurations:
+        geo = geometry(name)
+        new_shapes = [compute_new_shape(shape, spacing, geo.spacing) for spacing, shape in zip(spacings, shapes)]
+        blocks[name] = configuration_block(geo, np.median(new_shapes, 0))
     plans = {
         "dataset_name": dataset_name,
         "plans_name": PLANS_NAME,
@@ -105,7 +103,7 @@ def build_plans(dataset_name: str, spacings: Sequence[Sequence[float]], shapes: 
         "image_reader_writer": reader_writer,
         "transpose_forward": [0, 1, 2],
         "transpose_backward": [0, 1, 2],
-        "configurations": {CONFIGURATION: fullres_configuration(np.median(new_shapes, 0))},
+        "configurations": blocks,
         "experiment_planner_used": planner_name,
         "label_manager": "LabelManager",
         "foreground_intensity_properties_per_channel": {"0": dict(WINDOW_INTENSITY_PROPERTIES)},
@@ -130,15 +128,17 @@ def save_plans_file(plans: dict, plans_file: Path) -> None:
 
 
 class MedGMAEPlanner(ExperimentPlanner):
-    """nnU-Net's planner, reduced to the fixed MedGMAE `3d_fullres` configuration."""
+    """nnU-Net's planner, reduced to the fixed MedGMAE configurations (`3d_fullres` unless told others)."""
 
     def __init__(self, dataset_name_or_id, gpu_memory_target_in_gb: float = 8,
                  preprocessor_name: str = "DefaultPreprocessor", plans_name: str = PLANS_NAME,
-                 overwrite_target_spacing=None, suppress_transpose: bool = True):
+                 overwrite_target_spacing=None, suppress_transpose: bool = True,
+                 configurations: Sequence[str] = (DEFAULT_CONFIGURATION,)):
         # nnU-Net's plan_experiment_dataset passes suppress_transpose=False and no target spacing:
-        # both are fixed by the paper's recipe, so the arguments are overridden here.
+        # both are fixed by the recipe (each configuration's own spacing), so they are overridden here.
+        self.medgmae_configurations = tuple(configurations)
         super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
-                         overwrite_target_spacing=[float(s) for s in TARGET_SPACING], suppress_transpose=True)
+                         overwrite_target_spacing=geometry(DEFAULT_CONFIGURATION).spacing, suppress_transpose=True)
         self.lowres_creation_threshold = 0
         self.dataset_fingerprint["foreground_intensity_properties_per_channel"] = {
             "0": dict(WINDOW_INTENSITY_PROPERTIES)}
@@ -147,7 +147,7 @@ class MedGMAEPlanner(ExperimentPlanner):
         plans = build_plans(self.dataset_name, self.dataset_fingerprint["spacings"],
                             self.dataset_fingerprint["shapes_after_crop"],
                             reader_writer=self.determine_reader_writer().__name__,
-                            planner_name=type(self).__name__)
+                            planner_name=type(self).__name__, configurations=self.medgmae_configurations)
         plans["plans_name"] = self.plans_identifier
         out_folder = Path(nnUNet_preprocessed) / self.dataset_name
         with atomic_path(out_folder / "dataset.json") as tmp:

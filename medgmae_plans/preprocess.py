@@ -7,8 +7,11 @@ the folder is built under a temporary name and swapped in at the end; a case tha
 with its file name. Collections (no labels, possibly DICOM) use the same per-case code on voxels
 read by `image_sources.load_ct`.
 
-Each case's properties get one extra key, `spacing_after_resampling` (the plan's 1.5 mm);
+Each case's properties get one extra key, `spacing_after_resampling` (the configuration's spacing);
 nnU-Net's `spacing` key stays the original spacing, which its exporter needs.
+
+Each configuration has its own data folder and its own signature (`data_signature` sees only that
+configuration's block of the plans), so planning `3d_lowres` later leaves `3d_fullres` as it is.
 """
 from __future__ import annotations
 
@@ -27,7 +30,6 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from .atomic import atomic_path, replaced_directory, write_json_atomic
 from .image_sources import ImageSource, load_ct
-from .planner import CONFIGURATION
 from .runtime import UserError
 from .validate import run_jobs
 
@@ -64,10 +66,10 @@ def _save_case(data: np.ndarray, seg: np.ndarray, properties: dict, out_truncate
                                   chunks_seg=chunks_seg, blocks_seg=blocks_seg)
 
 
-def preprocess_case(job: CaseJob, out_folder: str, plans: dict, dataset_json: dict) -> dict:
+def preprocess_case(job: CaseJob, out_folder: str, plans: dict, dataset_json: dict, configuration: str) -> dict:
     """Preprocess one case into `out_folder`; errors become a `UserError` naming the input file."""
     plans_manager = PlansManager(plans)
-    config = plans_manager.get_configuration(CONFIGURATION)
+    config = plans_manager.get_configuration(configuration)
     preprocessor = MedGMAEPreprocessor(verbose=False)
     try:
         if job.source is not None:
@@ -92,9 +94,15 @@ def signature_file(folder: Path) -> Path:
     return folder.with_name(folder.name + ".signature.json")
 
 
+def configuration_plans(plans: dict, configuration: str) -> dict:
+    """The plans as one configuration sees them: the shared keys and its own block only."""
+    return {**plans, "configurations": {configuration: plans["configurations"][configuration]}}
+
+
 def data_signature(files: Sequence[str | Path], plans: dict, dataset_json: dict) -> str:
-    """Paths, sizes and modification times of the inputs, with the plans and dataset.json they were
-    preprocessed with: when any of it changes, the preprocessed data is stale."""
+    """Paths, sizes and modification times of the inputs, with the plans (of one configuration, see
+    `configuration_plans`) and dataset.json they were preprocessed with: when any of it changes, the
+    preprocessed data is stale."""
     digest = hashlib.sha256(json.dumps([plans, dataset_json], sort_keys=True, default=str).encode())
     for path in map(Path, files):
         stat = path.stat()
@@ -109,15 +117,15 @@ def is_up_to_date(folder: Path, signature: str) -> bool:
         return False
 
 
-def preprocess_into(folder: Path, jobs: Sequence[CaseJob], plans: dict, dataset_json: dict,
+def preprocess_into(folder: Path, jobs: Sequence[CaseJob], plans: dict, dataset_json: dict, configuration: str,
                     num_processes: int, bar=lambda it: it, signature: str | None = None) -> list[dict]:
-    """Preprocess all `jobs` into `folder`, which is replaced only when every case succeeded.
+    """Preprocess all `jobs` for `configuration` into `folder`, replaced only when every case succeeded.
 
     `signature` (from `data_signature`) is written beside the data once it is complete.
     """
     signature_file(folder).unlink(missing_ok=True)
     with replaced_directory(folder) as tmp:
-        calls = [(job, str(tmp), plans, dataset_json) for job in jobs]
+        calls = [(job, str(tmp), plans, dataset_json, configuration) for job in jobs]
         results = run_jobs(calls, preprocess_case, num_processes, bar)
     if signature is not None:
         write_json_atomic(signature_file(folder), {"signature": signature, "cases": len(results)})

@@ -5,6 +5,7 @@ Layout under `nnUNet_preprocessed` (both written by `medgmae_plan_and_preprocess
     Dataset218_AMOS2022_postChallenge_task1/      a labelled dataset (`-d AMOS`)
         MedGMAEPlans.json, dataset.json, dataset_fingerprint.json, gt_segmentations/
         MedGMAEPlans_3d_fullres/<case>.b2nd       image  float32 [1, D, H, W], 1.5 mm, HU window -> [0, 1]
+                                                  (MedGMAEPlans_3d_lowres/ the same at 3 mm, when planned)
                                 <case>_seg.b2nd   labels int16   [1, D, H, W] (-1 = outside the body crop)
                                 <case>.pkl        nnU-Net properties (+ spacing_after_resampling)
     Collection_<NAME>/                            an unlabelled collection (`--images DIR --name NAME`)
@@ -18,7 +19,8 @@ reads them). Datasets are named as everywhere else (id, full name or alias, see
 `medgmae_plans.datasets.resolve_dataset`); collections by the NAME given when preprocessing them
 (with or without the `Collection_` prefix).
 
-    cases = list_pretraining_cases(["AMOS", "990"], ["FLARE22_unlabelled"])
+    cases = list_pretraining_cases(["AMOS", "990"], ["FLARE22_unlabelled"])            # 3d_fullres
+    cases = list_pretraining_cases(["AMOS"], configuration="3d_lowres")                 # the 3 mm data
     image, seg = load_case(cases[0])   # float32 [1,D,H,W]; int16 [1,D,H,W] or None for collections
 """
 from __future__ import annotations
@@ -30,12 +32,11 @@ from typing import Sequence
 
 import numpy as np
 
+from medgmae_plans.configurations import DEFAULT_CONFIGURATION, geometry
 from medgmae_plans.datasets import available_datasets, resolve_dataset
 from medgmae_plans.paths import nnunet_folder
 from medgmae_plans.runtime import UserError
 
-PLANS_NAME = "MedGMAEPlans"
-DATA_IDENTIFIER = f"{PLANS_NAME}_3d_fullres"
 COLLECTION_PREFIX = "Collection_"
 
 
@@ -44,7 +45,7 @@ class CaseRef:
     """One preprocessed case: where it lives and whether it has organ labels."""
     source: str        # "Dataset990_AbdomenPhantom" or "Collection_NAME"
     case_id: str
-    folder: Path       # the MedGMAEPlans_3d_fullres folder holding it
+    folder: Path       # the MedGMAEPlans_<configuration> folder holding it
     labelled: bool
 
     @property
@@ -52,25 +53,32 @@ class CaseRef:
         return self.folder / f"{self.case_id}.b2nd"
 
 
-def dataset_data_folder(dataset: str, preprocessed: Path | None = None) -> Path:
+def dataset_data_folder(dataset: str, preprocessed: Path | None = None,
+                        configuration: str = DEFAULT_CONFIGURATION) -> Path:
     """The MedGMAE data folder of a labelled dataset (id, full name or alias)."""
     root = Path(preprocessed) if preprocessed is not None else nnunet_folder("nnUNet_preprocessed")
     roots = [root] if preprocessed is not None else None
     name = resolve_dataset(dataset, roots=roots)
-    folder = root / name / DATA_IDENTIFIER
+    folder = root / name / geometry(configuration).data_identifier
     if not folder.is_dir():
-        raise UserError(f"{folder}: missing; run `medgmae_plan_and_preprocess -d {dataset}` first")
+        raise UserError(f"{folder}: missing; run `medgmae_plan_and_preprocess -d {dataset}{_c(configuration)}` first")
     return folder
 
 
-def collection_data_folder(name: str, preprocessed: Path | None = None) -> Path:
+def _c(configuration: str) -> str:
+    """The `-c` that the plan-and-preprocess command needs for a configuration other than the default."""
+    return "" if configuration == DEFAULT_CONFIGURATION else f" -c {configuration}"
+
+
+def collection_data_folder(name: str, preprocessed: Path | None = None,
+                           configuration: str = DEFAULT_CONFIGURATION) -> Path:
     """The data folder of an unlabelled collection (`NAME` or `Collection_NAME`)."""
     root = Path(preprocessed) if preprocessed is not None else nnunet_folder("nnUNet_preprocessed")
     bare = name[len(COLLECTION_PREFIX):] if name.startswith(COLLECTION_PREFIX) else name
-    folder = root / f"{COLLECTION_PREFIX}{bare}" / DATA_IDENTIFIER
+    folder = root / f"{COLLECTION_PREFIX}{bare}" / geometry(configuration).data_identifier
     if not folder.is_dir():
         existing = sorted(p.name[len(COLLECTION_PREFIX):] for p in root.glob(f"{COLLECTION_PREFIX}*")) if root.is_dir() else []
-        raise UserError(f"{folder}: missing; run `medgmae_plan_and_preprocess --images DIR --name {bare}` first "
+        raise UserError(f"{folder}: missing; run `medgmae_plan_and_preprocess --images DIR --name {bare}{_c(configuration)}` first "
                         f"(collections that exist: {', '.join(existing) or 'none'})")
     return folder
 
@@ -80,14 +88,15 @@ def _case_ids(folder: Path) -> list[str]:
 
 
 def list_pretraining_cases(datasets: Sequence[str] = (), image_collections: Sequence[str] = (),
-                           preprocessed: Path | None = None) -> list[CaseRef]:
+                           preprocessed: Path | None = None,
+                           configuration: str = DEFAULT_CONFIGURATION) -> list[CaseRef]:
     """Every preprocessed case of the named datasets and collections, in a stable order."""
     cases: list[CaseRef] = []
     for dataset in datasets:
-        folder = dataset_data_folder(dataset, preprocessed)
+        folder = dataset_data_folder(dataset, preprocessed, configuration)
         cases += [CaseRef(folder.parent.name, c, folder, True) for c in _case_ids(folder)]
     for name in image_collections:
-        folder = collection_data_folder(name, preprocessed)
+        folder = collection_data_folder(name, preprocessed, configuration)
         cases += [CaseRef(folder.parent.name, c, folder, False) for c in _case_ids(folder)]
     if not cases and (datasets or image_collections):
         raise UserError(f"no preprocessed cases in {', '.join([*datasets, *image_collections])}")
@@ -115,10 +124,12 @@ def load_properties(ref: CaseRef) -> dict:
         return pickle.load(f)
 
 
-def available_sources(preprocessed: Path | None = None) -> dict[str, list[str]]:
+def available_sources(preprocessed: Path | None = None,
+                      configuration: str = DEFAULT_CONFIGURATION) -> dict[str, list[str]]:
     """What could be listed: labelled datasets with MedGMAE data, and collection names."""
     root = Path(preprocessed) if preprocessed is not None else nnunet_folder("nnUNet_preprocessed")
-    datasets = [n for n in available_datasets([root]) if (root / n / DATA_IDENTIFIER).is_dir()]
+    data_identifier = geometry(configuration).data_identifier
+    datasets = [n for n in available_datasets([root]) if (root / n / data_identifier).is_dir()]
     collections = sorted(p.parent.name[len(COLLECTION_PREFIX):]
-                         for p in root.glob(f"{COLLECTION_PREFIX}*/{DATA_IDENTIFIER}")) if root.is_dir() else []
+                         for p in root.glob(f"{COLLECTION_PREFIX}*/{data_identifier}")) if root.is_dir() else []
     return {"datasets": datasets, "collections": collections}

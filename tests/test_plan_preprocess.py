@@ -147,10 +147,10 @@ def test_rerun_reuses_the_data_until_an_input_changes(preprocessed):
     before = (data / "phantom_000.b2nd").stat().st_mtime_ns
     assert run_module("medgmae_plans.plan_and_preprocess", args, env).returncode == 0
     assert (data / "phantom_000.b2nd").stat().st_mtime_ns == before
-    assert json.loads((out / "medgmae_plan_and_preprocess.json").read_text())["results"]["preprocessing"] == "reused"
+    assert json.loads((out / "medgmae_plan_and_preprocess.json").read_text())["results"]["configurations"]["3d_fullres"]["preprocessing"] == "reused"
 
     image = preprocessed["raw"] / "imagesTr" / "phantom_001_0000.nii.gz"
     os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))  # the input changed
     assert run_module("medgmae_plans.plan_and_preprocess", args, env).returncode == 0
     assert (data / "phantom_000.b2nd").stat().st_mtime_ns != before
-    assert json.loads((out / "medgmae_plan_and_preprocess.json").read_text())["results"]["preprocessing"] == "done"
+    assert json.loads((out / "medgmae_plan_and_preprocess.json").read_text())["results"]["configurations"]["3d_fullres"]["preprocessing"] == "done"
