@@ -14,11 +14,14 @@ Skip levels (g = token grid = img_size / patch_size, D = img_size):
                                tokens (final, normed) at g; decoder g -> 2g -> 4g -> 8g -> 16g, x2 each
     patch 12:                  image -> D       z_b -> 4g = D/3   z_c -> 2g = D/6
                                tokens at g; decoder g -> 2g -> 4g -> 12g (x2, x2, x3)
+    patch 8 (3d_lowres):       image -> D       z_b -> 4g = D/2   z_c -> 2g = D/4
+                               tokens at g; decoder g -> 2g -> 4g -> 8g (x2, x2, x2)
 
 `UnetrPrUpBlock` repeats one stride, so a skip at 6g or 8g cannot come from a 12³ token grid;
 12 = 2·2·3 allows only three up-steps. Patch 12 therefore keeps the two coarse ViT skips (as
 transposed-conv stacks of stride 2, like patch 16), drops the finest ViT skip, and makes the last
-up-step a stride-3 transposed convolution onto the full-resolution image features.
+up-step a stride-3 transposed convolution onto the full-resolution image features. Patch 8 = 2·2·2
+also has three up-steps: the same two ViT skips, and a stride-2 last step.
 
 The ViT taps z_a, z_b, z_c are the outputs of blocks round(depth·k/4), k = 1, 2, 3 (1-based):
 3, 6, 9 for depth 12 (UNETR's z3, z6, z9), 2, 3, 5 for the tiny preset's depth 6.
@@ -36,7 +39,8 @@ from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock,
 
 from .networks import ViT3D
 
-SUPPORTED_PATCHES = (12, 16)
+SUPPORTED_PATCHES = (8, 12, 16)
+LAST_UP_STEP = {8: 2, 12: 3}  # patches without the 8g skip: stride of the up-step onto the image features
 
 
 def skip_layers(depth: int) -> tuple[int, int, int]:
@@ -77,7 +81,7 @@ class UNETR(nn.Module):
             self.encoder2 = UnetrPrUpBlock(in_channels=h, out_channels=fs * 2, num_layer=2, stride=1,
                                            upsample_kernel_size=2, conv_block=True, **common)
         else:
-            self.encoder2 = None  # no 6g/8g level on a 12^3 grid (see the module docstring)
+            self.encoder2 = None  # no 4g·2 level below a 12^3 or 8^3 patch (see the module docstring)
         self.encoder3 = UnetrPrUpBlock(in_channels=h, out_channels=fs * 4, num_layer=1, stride=1,
                                        upsample_kernel_size=2, conv_block=True, **common)
         self.encoder4 = UnetrPrUpBlock(in_channels=h, out_channels=fs * 8, num_layer=0, stride=1,
@@ -89,7 +93,8 @@ class UNETR(nn.Module):
             self.decoder2 = UnetrUpBlock(in_channels=fs * 2, out_channels=fs, upsample_kernel_size=2, **common)
         else:
             self.decoder3 = None
-            self.decoder2 = UnetrUpBlock(in_channels=fs * 4, out_channels=fs, upsample_kernel_size=3, **common)
+            self.decoder2 = UnetrUpBlock(in_channels=fs * 4, out_channels=fs,
+                                         upsample_kernel_size=LAST_UP_STEP[patch_size], **common)
         self.out = UnetOutBlock(spatial_dims=3, in_channels=fs, out_channels=num_classes)
 
     def tokens_to_volume(self, tokens: torch.Tensor) -> torch.Tensor:

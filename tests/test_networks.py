@@ -181,3 +181,31 @@ def test_encoder_state_loader_regrids_learned_pos_embed_and_refuses_foreign_keys
     assert torch.equal(dst.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
     with pytest.raises(EncoderStateMismatch, match="unexpected"):
         load_encoder_state(dst, {**src.state_dict(), "head.weight": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("decoder", ["gaussian", "hierarchical", "voxel"])
+def test_lowres_geometry_patch8_through_every_decoder_and_into_unetr(decoder):
+    """3d_lowres: 48^3 crops at patch 8 (a 6^3 grid); the encoder loads one-to-one into UNETR, and
+    into a 64^3 fine-tuning patch with its sin-cos table recomputed on the 8^3 grid."""
+    from medgmae_trainers.networks import load_encoder_state
+    from medgmae_trainers.unetr import build_unetr
+
+    encoder, dec = tiny(decoder, crop=48, patch=8, k=16)
+    assert encoder.grid == (6, 6, 6)
+    latent, _, ids_restore, ids_keep = encoder(torch.rand(1, 1, 48, 48, 48), 0.75)
+    if decoder == "voxel":
+        assert dec(latent, ids_restore).shape == (1, 216, 8 ** 3)
+    else:
+        out = dec(latent, ids_keep)
+        assert out["means"].shape[0] == 1 and out["means"].shape[-1] == 3 and out["means"].shape[1] >= 16
+    cfg = encoder.config
+    kwargs = dict(hidden_size=cfg["embed_dim"], mlp_dim=cfg["embed_dim"] * 4, num_layers=cfg["depth"],
+                  num_heads=cfg["num_heads"], feature_size=4)
+    same = build_unetr(1, 3, img_size=48, patch_size=8, **kwargs)
+    report = load_encoder_state(same.encoder, encoder.state_dict())
+    assert report["loaded_keys"] == len(encoder.state_dict()) and not report["pos_embed_interpolated"]
+    assert torch.equal(same.encoder.patch_embed.proj.weight, encoder.patch_embed.proj.weight)
+    bigger = build_unetr(1, 3, img_size=64, patch_size=8, **kwargs)
+    report = load_encoder_state(bigger.encoder, encoder.state_dict(), source_grid=[6, 6, 6])
+    assert report["pos_embed_interpolated"] == {"from": [6, 6, 6], "to": [8, 8, 8]}
+    assert bigger(torch.rand(1, 1, 64, 64, 64)).shape == (1, 3, 64, 64, 64)

@@ -1,4 +1,4 @@
-"""UNETR around ViT3D: output shapes for patch 16 and 12, skip taps, the nnU-Net builder's contract."""
+"""UNETR around ViT3D: output shapes for patch 16, 12 and 8, skip taps, the nnU-Net builder's contract."""
 from __future__ import annotations
 
 import pytest
@@ -12,7 +12,7 @@ torch.set_num_threads(1)
 SMALL = dict(hidden_size=48, mlp_dim=192, num_layers=3, num_heads=3, feature_size=4)
 
 
-@pytest.mark.parametrize("patch,img", [(16, 32), (12, 24), (12, 36)])
+@pytest.mark.parametrize("patch,img", [(16, 32), (12, 24), (12, 36), (8, 16), (8, 48)])
 def test_output_is_full_resolution_logits(patch, img):
     torch.manual_seed(0)
     net = build_unetr(1, 5, img_size=[img] * 3, patch_size=patch, **SMALL)
@@ -33,6 +33,14 @@ def test_patch12_and_patch16_upsampling_paths():
     assert p12.encoder2 is None and p12.decoder3 is None
     assert p12.decoder2.transp_conv.conv.stride == (3, 3, 3)
     assert p16.decoder2.transp_conv.conv.stride == (2, 2, 2)
+
+
+def test_patch8_is_three_stride2_steps_at_3d_lowres_geometry():
+    """3d_lowres: 48^3 at patch 8 keeps the 6^3 token grid of 96^3 at patch 16."""
+    p8 = build_unetr(1, 2, img_size=[48] * 3, patch_size=8, **SMALL)
+    assert p8.grid == (6, 6, 6)
+    assert p8.encoder2 is None and p8.decoder3 is None
+    assert p8.decoder2.transp_conv.conv.stride == (2, 2, 2)
 
 
 def test_skip_taps_follow_unetr():
@@ -69,4 +77,4 @@ def test_builder_refuses_what_it_cannot_build():
     with pytest.raises(ValueError, match="cubic"):
         build_unetr(1, 2, img_size=[32, 32, 48], patch_size=16, **SMALL)
     with pytest.raises(ValueError, match="patch size"):
-        build_unetr(1, 2, img_size=[32] * 3, patch_size=8, **SMALL)
+        build_unetr(1, 2, img_size=[32] * 3, patch_size=4, **SMALL)
