@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-# The paper's CT intensity window in Hounsfield units: soft tissue and contrast-filled vessels of the
-# abdomen; air and fat clip to 0, bone above 250 HU clips to 1.
+# The paper's CT intensity window in Hounsfield units, for the abdomen's soft tissue: fat, organs and
+# contrast-filled vessels keep their contrast; air and lung clip to 0, dense bone and metal to 1.
 HU_WINDOW = (-175.0, 250.0)
 
 _LOW, _HIGH = HU_WINDOW
