@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from medgmae_plans.configurations import DEFAULT_CONFIGURATION, PLANS_NAME
 from medgmae_plans.constants import INIT_BY_DECODER
 from medgmae_plans.runtime import UserError, add_common_flags, cli_entry, setup_run_log, write_run_json
 
@@ -55,7 +56,7 @@ DEFAULTS = dict(cases=20, unlabeled=8, pretrain_steps=3600, pretrain_warmup=None
 QUICK = dict(cases=6, unlabeled=2, pretrain_steps=50, pretrain_warmup=5, epochs=1, iters_per_epoch=3)
 PRESET = "tiny"
 PATCH_SIZE = 64  # a 64^3 UNETR step is ~3x cheaper than 96^3 on CPU (README, medgmae_train)
-PLANS, CONFIGURATION = "MedGMAEPlans", "3d_fullres"
+PLANS, CONFIGURATION = PLANS_NAME, DEFAULT_CONFIGURATION
 
 
 @dataclass

@@ -16,10 +16,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from medgmae_plans.configurations import DEFAULT_CONFIGURATION, geometry
 from medgmae_plans.constants import window_hu
 from medgmae_plans.runtime import UserError
 
-PRETRAIN_SPACING = 1.5
+# the spacing the paper's pretraining (and so the zero-shot decoder initialisation) saw
+PRETRAIN_SPACING = geometry(DEFAULT_CONFIGURATION).spacing_mm
 
 
 def load_volume(path: str | Path, spacing: float = PRETRAIN_SPACING) -> tuple[np.ndarray, tuple[float, ...]]:
