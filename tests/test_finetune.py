@@ -126,21 +126,27 @@ def test_missing_corrupt_and_foreign_checkpoints(tmp_path):
         read_pretrained(tmp_path / "other.pt")
 
 
-def test_voxel_mae_checkpoint_with_another_patch_or_window_is_refused(tmp_path):
+def test_voxel_mae_checkpoint_with_another_patch_window_or_geometry_is_refused(tmp_path):
     from medgmae_plans.planner import build_plans
 
-    plans = build_plans(DATASET, [[1.5] * 3] * 2, [[40] * 3] * 2)
+    plans = build_plans(DATASET, [[1.5] * 3] * 2, [[40] * 3] * 2, configurations=("3d_fullres", "3d_lowres"))
     fake_checkpoint(tmp_path / "v.pt", decoder="voxel", patch=12, crop=48)
     pre = read_pretrained(tmp_path / "v.pt")
     assert pre.init == "voxelmae"
-    check_fits(pre, plans)  # its own patch is fine
+    check_fits(pre, plans, "3d_fullres")  # its own patch is fine
     with pytest.raises(UserError, match="patch 12"):
-        check_fits(pre, plans, patch=16)
+        check_fits(pre, plans, "3d_fullres", patch=16)
     with pytest.raises(UserError, match="preset"):
-        check_fits(pre, plans, preset="base")
+        check_fits(pre, plans, "3d_fullres", preset="base")
+    # a 1.5 mm checkpoint on the 3 mm configuration: refused by its spacing, and by its name once recorded
+    with pytest.raises(UserError, match=r"v.pt: pretrained at spacing \[1.5, 1.5, 1.5\] mm.*3.0.*3d_lowres"):
+        check_fits(pre, plans, "3d_lowres")
+    pre.metadata["configuration"] = "3d_fullres"
+    with pytest.raises(UserError, match="pretrained on configuration 3d_fullres.*pretrain with -c 3d_lowres"):
+        check_fits(pre, plans, "3d_lowres")
     pre.metadata["normalisation"] = {"scheme": "ZScoreNormalization", "hu_window": []}
     with pytest.raises(UserError, match="normalisation"):
-        check_fits(pre, plans)
+        check_fits(pre, plans, "3d_fullres")
 
 
 # ---- optimiser -------------------------------------------------------------------------------

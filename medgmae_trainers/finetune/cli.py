@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from medgmae_plans.configurations import CONFIGURATIONS
 from medgmae_plans.runtime import UserError, add_common_flags, cli_entry, setup_run_log
 
 from ..networks.presets import UNETR_FEATURE_SIZE
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "folder is a normal nnU-Net results folder: medgmae_predict predicts with it as it is, "
                     f"nnUNetv2_predict with nnUNet_extTrainer={EXT_TRAINER_DIR}.")
     p.add_argument("dataset", help="dataset id, name or alias (AMOS, FLARE22, BTCV, SegTHOR, AbdomenAtlas, Phantom)")
-    p.add_argument("configuration", help="plans configuration (MedGMAEPlans has 3d_fullres)")
+    p.add_argument("configuration", help="plans configuration: "
+                   + ", ".join(f"{g.name} ({g.spacing_mm:g} mm, {g.patch}^3)" for g in CONFIGURATIONS.values()))
     p.add_argument("--fraction", help=f"fraction of the fold's training cases, in (0, 1] (default {d.fraction:g})")
     p.add_argument("--fold", help=f"cross-validation fold 0..4, or 'all' (default {d.fold})")
     init = p.add_mutually_exclusive_group(required=True)
@@ -49,11 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=("tiny", "base", "paper"),
                    help=f"encoder sizes; scratch: default {d.preset} (what the plans say); with --pretrained it "
                         f"must match the checkpoint's")
-    p.add_argument("--patch", type=int, choices=(12, 16),
+    p.add_argument("--patch", type=int, choices=(8, 12, 16),
                    help="ViT patch size (default: the checkpoint's, or the preset's)")
     p.add_argument("--patch-size", type=int, metavar="N",
-                   help="cubic fine-tuning patch in voxels (default: the plans' 96); position embeddings are "
-                        "interpolated to its token grid. On CPU, 64 makes a training step ~3x cheaper")
+                   help="cubic fine-tuning patch in voxels (default: the plans', 96 for 3d_fullres, 48 for "
+                        "3d_lowres); position embeddings are re-gridded to its token grid")
     p.add_argument("--trainer", help="trainer name MedGMAETrainer_<init>_f<pct>[_<tag>] (default: derived from the "
                                      "init and fraction; add a tag to keep variants apart)")
     p.add_argument("--epochs", type=int, help=f"epochs (default {d.epochs}, nnU-Net's)")
@@ -102,10 +104,12 @@ def _plans(folders, dataset: str, configuration: str) -> dict:
         raise UserError(f"{plans_file}: not readable JSON ({err})") from None
     if configuration not in plans.get("configurations", {}):
         raise UserError(f"{plans_file}: no configuration {configuration!r}; it has "
-                        f"{sorted(plans.get('configurations', {}))}")
+                        f"{sorted(plans.get('configurations', {}))} (plan it with medgmae_plan_and_preprocess "
+                        f"-d {dataset} -c {configuration})")
     data = folders["nnUNet_preprocessed"] / dataset / plans["configurations"][configuration]["data_identifier"]
     if not data.is_dir():
-        raise UserError(f"{data}: preprocessed data missing; run medgmae_plan_and_preprocess -d {dataset}")
+        raise UserError(f"{data}: preprocessed data missing; run medgmae_plan_and_preprocess -d {dataset} "
+                        f"-c {configuration}")
     return plans
 
 
@@ -116,11 +120,11 @@ def make_settings(args, plans: dict) -> Settings:
     fraction = DEFAULTS.fraction if args.fraction is None else parse_fraction(args.fraction)
     fold = _fold(args.fold)
     if args.patch_size is not None and args.patch_size < 16:
-        raise UserError(f"--patch-size {args.patch_size} is too small; give e.g. 64 or 96")
+        raise UserError(f"--patch-size {args.patch_size} is too small; give e.g. 48, 64 or 96")
     pre = None
     if args.pretrained:
         pre = read_pretrained(args.pretrained)
-        check_fits(pre, plans, preset=args.preset, patch=args.patch)
+        check_fits(pre, plans, args.configuration, preset=args.preset, patch=args.patch)
     init = pre.init if pre else "scratch"
     name = args.trainer or trainer_name(init, fraction)
     try:

@@ -17,11 +17,11 @@ from typing import Callable
 
 import torch
 
-from medgmae_plans.constants import INIT_BY_DECODER, NORMALISATION
+from medgmae_plans.constants import INIT_BY_DECODER
 from medgmae_plans.runtime import UserError
 
 from ..networks import PRESETS, network_config, pretrained
-from ..networks.pretrained import PretrainedEncoder
+from ..networks.pretrained import PretrainedEncoder, check_geometry, check_normalisation
 
 
 def read_pretrained(path) -> PretrainedEncoder:
@@ -34,10 +34,10 @@ def read_pretrained(path) -> PretrainedEncoder:
     return pre
 
 
-def check_fits(pre: PretrainedEncoder, plans: dict, *, preset: str | None = None, patch: int | None = None) -> None:
-    """Refuse a checkpoint whose preset, patch, normalisation or spacing does not fit this fine-tuning."""
-    from medgmae_plans.planner import TARGET_SPACING  # imports nnunetv2: not at module import
-
+def check_fits(pre: PretrainedEncoder, plans: dict, configuration: str, *, preset: str | None = None,
+               patch: int | None = None) -> None:
+    """Refuse a checkpoint whose preset, patch, normalisation, configuration or spacing does not fit
+    fine-tuning on `configuration` of `plans`."""
     meta, where = pre.metadata, pre.path
     if preset is not None and meta.get("preset") != preset:
         raise UserError(f"{where}: pretrained with preset {meta.get('preset')!r}, but --preset {preset} was asked; "
@@ -45,20 +45,8 @@ def check_fits(pre: PretrainedEncoder, plans: dict, *, preset: str | None = None
     if patch is not None and int(meta["patch_size"]) != int(patch):
         raise UserError(f"{where}: pretrained with patch {meta['patch_size']}^3, but --patch {patch} was asked; "
                         f"the patch embedding cannot be loaded into another patch size")
-    # the record medgmae_pretrain wrote into the checkpoint, against the one it writes from
-    norm, expected = meta["normalisation"], NORMALISATION
-    window = [float(v) for v in norm.get("hu_window", [])]
-    if norm.get("scheme") != expected["scheme"] or window != expected["hu_window"]:
-        raise UserError(f"{where}: pretrained with normalisation {norm.get('scheme')} {window}, but the plans use "
-                        f"{expected['scheme']} with the HU window {expected['hu_window']}")
-    props = plans.get("foreground_intensity_properties_per_channel", {}).get("0", {})
-    plan_window = [props.get("percentile_00_5"), props.get("percentile_99_5")]
-    if plan_window != expected["hu_window"]:
-        raise UserError(f"plans {plans.get('plans_name')}: intensity window {plan_window} differs from the "
-                        f"checkpoint's {window}; re-plan with medgmae_plan_and_preprocess")
-    spacing = meta.get("spacing")
-    if spacing is not None and [float(s) for s in spacing] != [float(s) for s in TARGET_SPACING]:
-        raise UserError(f"{where}: pretrained at spacing {spacing} mm, the plans use {list(TARGET_SPACING)} mm")
+    check_normalisation(meta, where, plans)
+    check_geometry(meta, where, plans["configurations"][configuration]["spacing"], configuration)
 
 
 def unetr_arch_kwargs(encoder: dict, img_size, feature_size: int, norm_name="instance") -> dict:

@@ -98,7 +98,7 @@ def new_settings(plans: dict, configuration: str, fold, trainer: str, fraction: 
     `Settings` defaults, the plans, and the encoder (the checkpoint's, or the preset's for scratch).
 
     `preset` names a scratch run's encoder sizes (a pretrained run has the checkpoint's), `patch` is
-    the ViT patch, `patch_size` the cubic fine-tuning patch in voxels (default: the plans'),
+    the ViT patch (default: the checkpoint's, or for scratch the plans'), `patch_size` the cubic fine-tuning patch in voxels (default: the plans'),
     `feature_size` the UNETR decoder width (default: the preset's `UNETR_FEATURE_SIZE`, else the plans').
     """
     given = {key: value for key, value in given.items() if value is not None}
@@ -110,7 +110,8 @@ def new_settings(plans: dict, configuration: str, fold, trainer: str, fraction: 
         given.update(pretrained_checkpoint=str(pretrained.path), pretrained_decoder=pretrained.metadata["decoder_type"])
     else:
         init, preset = "scratch", preset or Settings.preset
-        encoder = preset_encoder(preset, patch)
+        # the plans' token patch (16 at 1.5 mm, 8 at 3 mm): the configuration's token grid, whatever the preset
+        encoder = preset_encoder(preset, patch or int(plan_arch["patch_size"]))
     feature_size = feature_size or UNETR_FEATURE_SIZE.get(preset, plan_arch["feature_size"])
     arch = unetr_arch_kwargs(encoder, img_size, feature_size, plan_arch.get("norm_name", "instance"))
     if any(s % arch["patch_size"] for s in img_size):

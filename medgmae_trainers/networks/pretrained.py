@@ -6,6 +6,8 @@ ViT3D through `encoder_state.load_encoder_state` (every key must load; the posit
 re-gridded from the pretraining crop's token grid), and a mismatch is a one-line `UserError` naming
 the file. Classification and registration build the ViT3D the checkpoint describes
 (`pretrained_vit`); fine-tuning loads into UNETR's encoder (`finetune.encoder_loading`).
+`check_normalisation` and `check_geometry` refuse a checkpoint whose intensity window, configuration
+or spacing does not fit the data it is used on.
 
 Not imported by `networks/__init__`, which needs torch alone: this module reads checkpoint files.
 """
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from medgmae_plans.constants import INIT_BY_DECODER
+from medgmae_plans.constants import INIT_BY_DECODER, NORMALISATION
 from medgmae_plans.runtime import UserError
 
 from ..pretrain.checkpoint import encoder_state, load_checkpoint
@@ -54,6 +56,42 @@ def read_pretrained(path, metadata_keys: Sequence[str] = ()) -> PretrainedEncode
     ckpt = load_checkpoint(path, metadata_keys=metadata_keys)
     state, other = encoder_state(ckpt, path)
     return PretrainedEncoder(path, state, ckpt["metadata"], other)
+
+
+def check_normalisation(meta: dict, where, plans: dict | None = None) -> None:
+    """The record medgmae_pretrain wrote into the checkpoint, against the one it writes from (and the plans')."""
+    norm, expected = meta["normalisation"], NORMALISATION
+    window = [float(v) for v in norm.get("hu_window", [])]
+    if norm.get("scheme") != expected["scheme"] or window != expected["hu_window"]:
+        raise UserError(f"{where}: pretrained with normalisation {norm.get('scheme')} {window}, but the plans use "
+                        f"{expected['scheme']} with the HU window {expected['hu_window']}")
+    if plans is None:
+        return
+    props = plans.get("foreground_intensity_properties_per_channel", {}).get("0", {})
+    plan_window = [props.get("percentile_00_5"), props.get("percentile_99_5")]
+    if plan_window != expected["hu_window"]:
+        raise UserError(f"plans {plans.get('plans_name')}: intensity window {plan_window} differs from the "
+                        f"checkpoint's {window}; re-plan with medgmae_plan_and_preprocess")
+
+
+def check_geometry(meta: dict, where, spacing, configuration: str | None = None) -> None:
+    """Refuse a checkpoint pretrained on another configuration or at another voxel spacing than the data's.
+
+    Checkpoints from before configurations were recorded carry only their spacing (the 1.5 mm of
+    `3d_fullres`); the spacing alone then decides.
+    """
+    saved = meta.get("configuration")
+    if configuration is not None and saved is not None and saved != configuration:
+        raise UserError(f"{where}: pretrained on configuration {saved} ({meta.get('spacing')} mm), but this run "
+                        f"uses {configuration} ({list(spacing)} mm); pretrain with -c {configuration}")
+    saved_spacing = meta.get("spacing")
+    if saved_spacing is not None and not _same_spacing(saved_spacing, spacing):
+        raise UserError(f"{where}: pretrained at spacing {list(saved_spacing)} mm, but the data is at "
+                        f"{[float(s) for s in spacing]} mm" + (f" ({configuration})" if configuration else ""))
+
+
+def _same_spacing(a, b, tol: float = 1e-3) -> bool:
+    return len(a) == len(b) and all(abs(float(x) - float(y)) <= tol for x, y in zip(a, b))
 
 
 def load_pretrained(encoder: ViT3D, pre: PretrainedEncoder, mismatch_hint: str = "") -> dict:

@@ -1,6 +1,6 @@
 """`medgmae_pretrain`: MedGMAE / MedGMAE* / voxel-MAE pretraining, one process or under torchrun.
 
-    medgmae_pretrain -d AMOS [-d FLARE22 ...] [--images NAME ...] --preset tiny --decoder gaussian
+    medgmae_pretrain -d AMOS [-d FLARE22 ...] [--images NAME ...] [-c 3d_lowres] --preset tiny --decoder gaussian
     torchrun --nproc_per_node 8 -m medgmae_trainers.pretrain.cli -d AMOS --preset paper --device cuda
 """
 from __future__ import annotations
@@ -13,12 +13,14 @@ from typing import Sequence
 
 from medgmae_plans.runtime import UserError, add_common_flags, cli_entry, write_run_json
 
+from medgmae_plans.configurations import CONFIGURATIONS, geometry
+
 from ..networks import DECODER_TYPES, PRESETS
 from .trainer import RECIPES, PretrainSettings, pretrain
 
 DEFAULTS = PretrainSettings(out="")  # the run defaults live there; the flags below default to None ("not given")
 # Flags that set the PretrainSettings field of the same name (the rest are set below from other flags).
-SETTING_FLAGS = ("preset", "decoder", "gaussians", "patch", "crop_size", "mask_ratio", "steps", "batch_size", "lr",
+SETTING_FLAGS = ("configuration", "preset", "decoder", "gaussians", "patch", "crop_size", "mask_ratio", "steps", "batch_size", "lr",
                  "warmup", "seed", "workers", "sub_crops", "save_every", "png_every", "log_every", "threads",
                  "render_backend")
 
@@ -34,11 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="preprocessed labelled dataset: id, full name or alias (AMOS, FLARE22, ...); repeatable")
     p.add_argument("--images", action="append", default=[], metavar="NAME",
                    help="preprocessed unlabelled image collection; repeatable")
+    p.add_argument("-c", "--configuration", choices=list(CONFIGURATIONS),
+                   help=f"which preprocessed data, and its crop and ViT patch: 3d_fullres (1.5 mm, 96^3, patch 16) "
+                        f"or 3d_lowres (3 mm, 48^3, patch 8) (default {d.configuration})")
     p.add_argument("--preset", choices=sorted(PRESETS), help=f"network sizes (default {d.preset})")
     p.add_argument("--decoder", choices=DECODER_TYPES, help=f"pretraining objective (default {d.decoder})")
     p.add_argument("--gaussians", type=int, help="number of Gaussians K (preset default: tiny 64, else 512)")
-    p.add_argument("--patch", type=int, choices=(12, 16), help="ViT patch size (preset default 16)")
-    p.add_argument("--crop-size", type=int, help="cubic crop edge in voxels (default 96; a multiple of the patch)")
+    p.add_argument("--patch", type=int, choices=(8, 12, 16), help="ViT patch size (default: the configuration's)")
+    p.add_argument("--crop-size", type=int,
+                   help="cubic crop edge in voxels (default: the configuration's; a multiple of the patch)")
     p.add_argument("--mask-ratio", type=float, help=f"fraction of patches masked (default {d.mask_ratio:g})")
     recipe = ", ".join(f"{k}: {v['steps']} steps, batch {v['batch_size']}, lr {v['lr']}, warmup {v['warmup']}"
                        for k, v in RECIPES.items())
@@ -75,7 +81,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from .data import pretraining_cases
 
     folders = ensure_nnunet_env()
-    cases, metadata = pretraining_cases(args.dataset, args.images)
+    cases, metadata = pretraining_cases(args.dataset, args.images, args.configuration or DEFAULTS.configuration)
     given = {name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name) is not None}
     if args.no_augment:
         given["augment"] = False
@@ -85,9 +91,11 @@ def _main(argv: Sequence[str] | None) -> int:
         given["resume"] = True
     settings = replace(DEFAULTS, **given, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
                        datasets=metadata.get("datasets", []), images=metadata.get("image_collections", []))
-    patch = settings.patch or PRESETS[settings.preset]["encoder"]["patch_size"]
-    settings.out = args.out or str(folders["nnUNet_results"] / "MedGMAE_pretrain"
-                                   / f"{settings.decoder}_{settings.preset}_p{patch}")
+    geo = geometry(settings.configuration)
+    name = f"{settings.decoder}_{settings.preset}_p{settings.patch or geo.vit_patch}"
+    if geo.name != DEFAULTS.configuration:
+        name += f"_{geo.name}"
+    settings.out = args.out or str(folders["nnUNet_results"] / "MedGMAE_pretrain" / name)
     results = pretrain(settings, cases, metadata)  # a signal: `Interrupted`, exit 128 + signum (cli_entry)
     if int(os.environ.get("RANK", "0")) == 0:
         write_run_json(Path(settings.out), "pretrain", vars(settings), results)

@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from medgmae_plans.configurations import DEFAULT_CONFIGURATION, geometry
 from medgmae_plans.runtime import Interrupted, StopSignals, UserError, progress
 from preprocessing.pretrain_sampling import CropChunks, PretrainCase, SamplingConfig, centre_crop, iterate_batches
 
@@ -43,6 +44,7 @@ RECIPES = {
 @dataclass
 class PretrainSettings:
     out: str
+    configuration: str = DEFAULT_CONFIGURATION
     preset: str = "tiny"
     decoder: str = "gaussian"
     gaussians: int | None = None
@@ -187,12 +189,15 @@ def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dic
 
 def build_model(s: PretrainSettings, metadata: dict, device) -> tuple[PretrainModel, dict]:
     """The model on `device`, and the checkpoint metadata that describes it (what fine-tuning reads)."""
-    netcfg = network_config(s.preset, patch_size=s.patch, crop_size=s.crop_size, num_gaussians=s.gaussians)
+    geo = geometry(s.configuration)  # crop and ViT patch unless given: 96 / 16 at 1.5 mm, 48 / 8 at 3 mm
+    netcfg = network_config(s.preset, patch_size=s.patch or geo.vit_patch, crop_size=s.crop_size or geo.patch,
+                            num_gaussians=s.gaussians)
     encoder, decoder = build_networks(netcfg, s.decoder)
     model = PretrainModel(encoder, decoder, s.decoder, s.mask_ratio, s.render_backend,
                           netcfg["gaussians"]["render_cutoff"]).to(device)
     meta = {
-        **metadata, "preset": s.preset, "decoder_type": s.decoder, "patch_size": encoder.config["patch_size"],
+        **metadata, "configuration": s.configuration, "preset": s.preset, "decoder_type": s.decoder,
+        "patch_size": encoder.config["patch_size"],
         "crop_size": [encoder.config["img_size"]] * 3, "mask_ratio": s.mask_ratio,
         "num_gaussians": netcfg["gaussians"]["num_gaussians"], "encoder_class": "medgmae_trainers.networks.ViT3D",
         "encoder_config": encoder.config, "network_config": netcfg, "seed": s.seed,

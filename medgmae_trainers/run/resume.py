@@ -27,8 +27,13 @@ def resume_state(latest: Path, resume: bool, fmt: str, what: str) -> dict | None
 
 
 def check_settings(path: Path, saved: dict, now: dict) -> None:
-    """Refuse to resume under settings that would make the rest of the run another run than the saved one."""
-    diff = [key for key in now if key not in RUN_ONLY and saved.get(key) != now[key]]
+    """Refuse to resume under settings that would make the rest of the run another run than the saved one.
+
+    A key the saved record lacks came with a later version of the toolkit (pretraining's
+    `configuration`): it is not compared, and what it decides is compared through the keys that were
+    there (the crop, patch and spacing).
+    """
+    diff = [key for key in now if key not in RUN_ONLY and key in saved and saved[key] != now[key]]
     if diff:
         raise UserError(f"{path}: saved settings differ from this command's in {diff}; "
                         "resume with the same settings")
