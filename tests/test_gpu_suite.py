@@ -54,7 +54,7 @@ def test_failed_and_skipped_steps_are_reported_and_the_rest_still_run(tmp_path, 
     assert gpu_suite.main(["--out", str(tmp_path), "--smoke", "--only", "renderer", "unetr_step"]) == 1
     steps = _report(tmp_path)["steps"]
     assert steps["renderer"]["status"] == "failed" and "planted failure" in steps["renderer"]["error"]
-    assert steps["unetr_step"] == {"status": "skipped", "reason": "planted reason", "seconds": steps["unetr_step"]["seconds"]}
+    assert steps["unetr_step"]["status"] == "skipped" and steps["unetr_step"]["reason"] == "planted reason"
     assert _report(tmp_path)["failed"] == ["renderer"]
     assert "RuntimeError: planted failure" in (tmp_path / gpu_suite.LOG_NAME).read_text()
 

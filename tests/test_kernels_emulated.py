@@ -219,6 +219,14 @@ __global__ void stale_shared(float* out) {  // block 1 reads what only block 0 w
     __syncthreads();
     out[blockIdx.x * 256 + threadIdx.x] = s[threadIdx.x];
 }
+template <typename T>  // the same in a template, as kernels.cu's kernels are (its statics are COMDAT)
+__global__ void stale_shared_t(T* out) {
+    __shared__ T s[256];
+    if (blockIdx.x == 0) s[threadIdx.x] = T(1);
+    __syncthreads();
+    out[blockIdx.x * 256 + threadIdx.x] = s[threadIdx.x];
+}
+template __global__ void stale_shared_t<float>(float*);
 __global__ void intrinsics(int* out, double* sum) {
     const int t = threadIdx.x, lane = t & 31;
     out[t * 4 + 0] = __shfl_down_sync(0xffffffffu, t, 5);
@@ -228,7 +236,8 @@ __global__ void intrinsics(int* out, double* sum) {
     atomicAdd(sum, 0.5);
 }
 """
-PROBE_KERNELS = ("early_return", "partial_warp", "divergent_barriers", "stale_shared", "intrinsics")
+PROBE_KERNELS = ("early_return", "partial_warp", "divergent_barriers", "stale_shared", "stale_shared_t<float>",
+                 "intrinsics")
 
 
 @pytest.fixture(scope="module")
@@ -242,8 +251,10 @@ def _launch(module, name, grid, *arrays, descending=False):
 
 
 @pytest.mark.parametrize("name, message", [
-    ("early_return", r"partial-block barrier: __syncthreads at line \d+ of block 0 reached by 255 of 256 threads.*threads 3 had returned"),
-    ("partial_warp", r"partial-warp intrinsic: __ballot_sync at line \d+ of block 0 reached by 16 of 32 lanes of warp 1"),
+    ("early_return", r"partial-block barrier: __syncthreads at line \d+ of block 0 reached by 255 of 256 "
+                     r"threads.*threads 3 had returned"),
+    ("partial_warp", r"partial-warp intrinsic: __ballot_sync at line \d+ of block 0 reached by 16 of 32 lanes "
+                     r"of warp 1"),
     ("divergent_barriers", r"divergent sync: __syncthreads at line \d+"),
 ])
 @ORDERS
@@ -252,9 +263,10 @@ def test_emulator_reports_instead_of_hanging(probes, name, message, descending):
         _launch(probes, name, 1, np.zeros(256, np.float32), descending=descending)
 
 
-def test_emulator_poisons_shared_memory_before_every_block(probes):
+@pytest.mark.parametrize("kernel", ["stale_shared", "stale_shared_t<float>"])
+def test_emulator_poisons_shared_memory_before_every_block(probes, kernel):
     out = np.zeros(512, np.float32)
-    _launch(probes, "stale_shared", 2, out)
+    _launch(probes, kernel, 2, out)
     assert (out[:256] == 1).all() and np.isnan(out[256:]).all()
 
 

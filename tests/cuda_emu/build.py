@@ -22,7 +22,8 @@ CXX_FLAGS = ("-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-fvisibility=
              "-fdata-sections", "-Wall", "-Wno-unknown-pragmas", f"-Wl,-T,{HERE / 'shared.ld'}")
 ERROR_BYTES = 4096
 # What the emulator needs from the standard library beyond C++17.
-_CXX20_PROBE = "#include <semaphore>\n#include <atomic>\ndouble x; void f() { std::atomic_ref<double>(x).fetch_add(1.0); }\n"
+_CXX20_PROBE = ("#include <semaphore>\n#include <atomic>\n"
+                "double x; void f() { std::atomic_ref<double>(x).fetch_add(1.0); }\n")
 
 
 class EmulationError(RuntimeError):

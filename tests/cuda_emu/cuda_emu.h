@@ -3,7 +3,7 @@
 //
 // Execution model:
 //   * one OS thread per CUDA thread of a block; blocks run one at a time, so __shared__ variables
-//     can be function-local statics. shared.ld gathers them into one range, which harness.cpp fills
+//     can be function-local statics. shared.ld gathers them into one range, which launcher.h fills
 //     with a poison pattern (0xff: NaN as float/double, -1 as int) before every block, so a read of
 //     shared memory that no thread wrote shows up as NaN or a bad index instead of a stale value.
 //   * exactly one thread runs at a time and control changes hands only at a sync point (a
@@ -16,6 +16,8 @@
 //     finished (a thread returned before a barrier the others wait at, a partial warp called an
 //     intrinsic, lanes wait at different lines), the launch fails with a message naming the line
 //     instead of hanging.
+//   * atomicAdd is std::atomic_ref's fetch_add; __popc, min/max and the <math.h> functions (with
+//     their float overloads, as in CUDA) are what device code sees.
 #pragma once
 
 #include <math.h>  // libstdc++'s math.h puts std::fmax(float, float) etc. in the global namespace
@@ -250,9 +252,10 @@ inline std::string describe_deadlock() {
             const Lane& o = b.lanes[u];
             (o.op == Op::Exited ? gone : (o.op == l.op && o.line == l.line) ? here : elsewhere).push_back(u);
         }
+        const std::size_t named = here.size() + elsewhere.size() + gone.size();
         const std::string what = std::string(op_name(l.op)) + " at line " + std::to_string(l.line) +
                                  " of block " + std::to_string(blockIdx.x) + " reached by " +
-                                 std::to_string(here.size()) + " of " + std::to_string(here.size() + elsewhere.size() + gone.size()) +
+                                 std::to_string(here.size()) + " of " + std::to_string(named) +
                                  (wide ? " threads of the block" : " lanes of warp " + std::to_string(warp_of(t)));
         if (!gone.empty())
             return (wide ? "partial-block barrier: " : "partial-warp intrinsic: ") + what + "; threads " +

@@ -5,7 +5,8 @@
 //   #include "cuda_emu.h"
 //   #include "<the CUDA source>"
 //   #include "launcher.h"
-//   const cuda_emu::Kernel cuda_emu::KERNELS[] = {cuda_emu::kernel("render_forward<float>", &render_forward<float>), ...};
+//   const cuda_emu::Kernel cuda_emu::KERNELS[] = {
+//       cuda_emu::kernel("render_forward<float>", &render_forward<float>), ...};
 //   const cuda_emu::Constant cuda_emu::CONSTANTS[] = {{"TILE_Z", TILE_Z}, ...};
 //
 // and compiles it with g++ -std=c++20 -shared -fPIC -pthread -fvisibility=hidden -fno-gnu-unique
