@@ -44,12 +44,26 @@ def _dicom_sources(folder: Path, root: Path) -> list[ImageSource]:
     series_ids = reader.GetGDCMSeriesIDs(str(folder)) or ()
     rel = folder.relative_to(root).as_posix() if folder != root else folder.name
     base = _UNSAFE.sub("_", rel.replace("/", "_")).strip("_") or "series"
-    sources = []
+    sources, listed = [], set()
     for n, series in enumerate(sorted(series_ids)):
         files = tuple(reader.GetGDCMSeriesFileNames(str(folder), series))
         case_id = base if len(series_ids) == 1 else f"{base}_s{n}"
         sources.append(ImageSource(case_id, str(folder), files))
+        listed.update(Path(f).resolve() for f in files)
+    # GDCM leaves a slice it cannot parse (a cut or damaged file) out of its series without a word,
+    # and the series reader then fills the gap by interpolating the spacing: refuse such a slice.
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.name.startswith(".") and path.resolve() not in listed and _is_dicom(path):
+            raise UserError(f"{path}: DICOM slice cannot be read (truncated or damaged); its series would "
+                            "be missing it")
     return sources
+
+
+def _is_dicom(path: Path) -> bool:
+    """Whether the file has the DICOM part-10 marker ("DICM" after the 128-byte preamble)."""
+    with open(path, "rb") as f:
+        f.seek(128)
+        return f.read(4) == b"DICM"
 
 
 def find_images(folder: Path) -> list[ImageSource]:

@@ -5,7 +5,8 @@ with assertions that do not say which case is wrong. These read every image and 
 
 - `dataset.json` exists, parses, has one channel and it is CT, a background label, a file ending;
 - every case has exactly one channel file (`_0000`) and a label;
-- each file opens as a 3D, single-component image with finite voxels;
+- each file is complete (`check_complete`: gzip CRC and length, NIfTI data as long as its header)
+  and opens as a 3D, single-component image with finite voxels;
 - each label has its image's geometry (size, spacing, origin, direction) and only declared labels.
 
 Only SimpleITK and numpy are imported, so the checks can run in cheap worker processes.
@@ -84,8 +85,92 @@ def list_cases(raw_folder: Path, meta: dict, subfolder: str = "imagesTr", labels
     return cases
 
 
+_NIFTI_ENDINGS = (".nii", ".nii.gz")
+_CHUNK = 1 << 22
+
+
+def _gzip_contents(path: Path) -> tuple[int, bytes]:
+    """(uncompressed length, first bytes) of a gzip file, reading the whole stream.
+
+    Python's gzip checks each member's CRC-32 and length trailer at its end, so a cut or
+    corrupted stream raises here; SimpleITK's NIfTI reader stops decompressing once it has the
+    voxels it wants and never sees either.
+    """
+    import gzip
+    import zlib
+
+    length, head = 0, b""
+    try:
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(_CHUNK):
+                if not head:
+                    head = chunk[:1024]
+                length += len(chunk)
+    except (EOFError, OSError, zlib.error) as err:  # BadGzipFile is an OSError
+        raise UserError(f"{path}: corrupt or truncated gzip stream ({err})") from None
+    return length, head
+
+
+def _nifti_data_end(head: bytes, path: Path) -> int:
+    """The byte offset where a NIfTI-1/-2 file's voxels end, from its header."""
+    import struct
+
+    for order in "<>":
+        header_size = struct.unpack(order + "i", head[:4])[0] if len(head) >= 4 else 0
+        if header_size == 348 and len(head) >= 348:   # NIfTI-1
+            dims = struct.unpack(order + "8h", head[40:56])
+            bitpix = struct.unpack(order + "h", head[72:74])[0]
+            offset = int(struct.unpack(order + "f", head[108:112])[0])
+            break
+        if header_size == 540 and len(head) >= 540:   # NIfTI-2
+            dims = struct.unpack(order + "8q", head[16:80])
+            bitpix = struct.unpack(order + "h", head[14:16])[0]
+            offset = struct.unpack(order + "q", head[168:176])[0]
+            break
+    else:
+        raise UserError(f"{path}: not a NIfTI file (no NIfTI-1 or NIfTI-2 header)")
+    if not 1 <= dims[0] <= 7 or any(n < 1 for n in dims[1:dims[0] + 1]) or bitpix < 1:
+        raise UserError(f"{path}: NIfTI header has dimensions {list(dims[1:max(1, min(dims[0], 7)) + 1])}, "
+                        f"{bitpix} bits per voxel")
+    # voxels never start inside the header and its 4-byte extension flag
+    return max(offset, header_size + 4) + int(np.prod(dims[1:dims[0] + 1], dtype=np.int64)) * bitpix // 8
+
+
+def check_complete(path: str | Path) -> None:
+    """Read `path` to its end and fail (`UserError`) on a short or corrupt file.
+
+    Needed before any SimpleITK read of NIfTI: its reader fills the voxels missing from a cut file
+    with 0 and accepts it, so a half-copied CT would be planned, converted and evaluated as air
+    and water. A `.gz` stream is read whole (CRC and length trailer checked) and a NIfTI's data
+    must be as long as its header says. MHA/MHD/NRRD need nothing here: SimpleITK's readers for
+    those fail on missing data themselves. DICOM series are checked slice by slice where they are
+    listed (`image_sources`).
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise UserError(f"{path}: cannot be read ({err.strerror or err})") from None
+    if size == 0:
+        raise UserError(f"{path}: empty file (0 bytes)")
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        length, head = _gzip_contents(path)
+    elif name.endswith(_NIFTI_ENDINGS):
+        length = size
+        with open(path, "rb") as f:
+            head = f.read(1024)
+    else:
+        return
+    if name.endswith(_NIFTI_ENDINGS):
+        end = _nifti_data_end(head, path)
+        if length < end:
+            raise UserError(f"{path}: truncated: {length} bytes of NIfTI data where its header needs {end}")
+
+
 def read_image(path: str | Path) -> sitk.Image:
-    """Read one image, turning reader failures into a one-line `UserError` naming the file."""
+    """Read one whole image (`check_complete`), turning reader failures into a one-line `UserError`."""
+    check_complete(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as err:

@@ -33,17 +33,14 @@ def load_volume(path: str | Path, spacing: float = PRETRAIN_SPACING) -> tuple[np
         return _load_preprocessed(path)
     import SimpleITK as sitk
 
-    from medgmae_plans.validate import read_image
+    from medgmae_plans.validate import check_ct_image, read_image
 
     image = read_image(path)
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise UserError(f"{path}: expected a 3D single-channel CT image, got {image.GetDimension()}D with "
-                        f"{image.GetNumberOfComponentsPerPixel()} component(s)")
+    # preprocessing's check: 3D, one component, and NaN counted on the stored values (SimpleITK
+    # reads a float NIfTI's NaN as 0, which would be reconstructed as water)
+    check_ct_image(image, path)
     image = _resample(sitk.Cast(image, sitk.sitkFloat32), spacing)
-    hu = sitk.GetArrayFromImage(image)  # [z, y, x]
-    if not np.isfinite(hu).all():
-        raise UserError(f"{path}: contains NaN or infinite voxels")
-    return window_hu(hu), (spacing,) * 3
+    return window_hu(sitk.GetArrayFromImage(image)), (spacing,) * 3  # [z, y, x]
 
 
 def _resample(image, spacing: float):

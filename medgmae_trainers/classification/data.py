@@ -176,6 +176,9 @@ def preprocess_image(source: Source, geometry: Geometry) -> tuple[np.ndarray, di
     """Read, convert to HU, reorient, resample, window, crop/pad. Returns float16 [D, H, W] and a record."""
     import SimpleITK as sitk
 
+    from medgmae_plans.validate import check_complete
+
+    check_complete(source.image)
     try:
         img = sitk.ReadImage(source.image, sitk.sitkFloat32)
     except RuntimeError as err:

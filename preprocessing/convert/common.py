@@ -20,7 +20,7 @@ from medgmae_plans.atomic import replaced_directory, write_json_atomic, write_te
 from medgmae_plans.datasets import available_datasets
 from medgmae_plans.paths import dataset_folder_name
 from medgmae_plans.runtime import UserError
-from medgmae_plans.validate import _same_geometry, label_values, read_image, run_jobs
+from medgmae_plans.validate import _same_geometry, check_complete, label_values, read_image, run_jobs
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ def _read_header(path: Path) -> sitk.ImageFileReader:
 def _copy_image(src: Path, dst: Path) -> sitk.Image | None:
     """Copy a `.nii.gz` as bytes (fast); re-encode other formats. Returns the image if it was read."""
     if src.name.lower().endswith(".nii.gz"):
+        check_complete(src)  # a byte copy must not carry a cut file into the dataset
         _read_header(src)
         shutil.copyfile(src, dst)
         return None

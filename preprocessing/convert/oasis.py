@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 
 from medgmae_plans.runtime import UserError
+from medgmae_plans.validate import read_image
 
 from .registration_common import check_target, write_dataset
 
@@ -75,7 +76,7 @@ def convert_oasis(source: Path, target: Path, overwrite: bool = False, log=print
         raise UserError(f"{source}: found {len(subjects)} OASIS_OAS1_XXXX_MR1 folders, need at least 3")
     shape, label_ids, lines = None, set(), []
     for sid, d in subjects.items():
-        img, lab = sitk.ReadImage(str(d / IMAGE)), sitk.ReadImage(str(d / LABEL))
+        img, lab = read_image(d / IMAGE), read_image(d / LABEL)
         if img.GetSize() != lab.GetSize():
             raise UserError(f"{d / LABEL}: size {lab.GetSize()} differs from its image's {img.GetSize()}")
         if shape is None:

@@ -33,6 +33,7 @@ import numpy as np
 from medgmae_plans.atomic import atomic_directory, write_json_atomic, write_text_atomic
 from medgmae_plans.paths import dataset_folder_name
 from medgmae_plans.runtime import UserError, progress
+from medgmae_plans.validate import check_complete
 
 from ..labels import AMOS_LABELS
 from .anatomy import CaseSpec, expected_labels, sample_case
@@ -136,6 +137,12 @@ def _reusable(target: Path, settings: dict, raw_root: Path) -> bool:
     except (OSError, ValueError, KeyError):
         existing = None
     if existing == settings:
+        # same settings, but a cut or damaged case (a copy that ran out of space) must not be reused
+        for path in sorted(target.rglob("*.nii.gz")):
+            try:
+                check_complete(path)
+            except UserError as err:
+                raise UserError(f"{err}; remove {target} to write the phantom again") from None
         return True
     raise UserError(f"{target} already exists with different content "
                     f"({'no phantom.json' if existing is None else 'other settings'}); "
