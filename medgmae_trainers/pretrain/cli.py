@@ -41,30 +41,30 @@ def build_parser() -> argparse.ArgumentParser:
                         f"or 3d_lowres (3 mm, 48^3, patch 8) (default {d.configuration})")
     p.add_argument("--preset", choices=sorted(PRESETS), help=f"network sizes (default {d.preset})")
     p.add_argument("--decoder", choices=DECODER_TYPES, help=f"pretraining objective (default {d.decoder})")
-    p.add_argument("--gaussians", type=int, help="number of Gaussians K (preset default: tiny 64, else 512)")
+    p.add_argument("--gaussians", type=int, help="number of Gaussians K, >= 1 (preset default: tiny 64, else 512)")
     p.add_argument("--patch", type=int, choices=(8, 12, 16), help="ViT patch size (default: the configuration's)")
     p.add_argument("--crop-size", type=int,
-                   help="cubic crop edge in voxels (default: the configuration's; a multiple of the patch)")
-    p.add_argument("--mask-ratio", type=float, help=f"fraction of patches masked (default {d.mask_ratio:g})")
+                   help="cubic crop edge in voxels, a positive multiple of the ViT patch (default: the configuration's)")
+    p.add_argument("--mask-ratio", type=float, help=f"fraction of patches masked, in (0, 1) exclusive (default {d.mask_ratio:g})")
     recipe = ", ".join(f"{k}: {v['steps']} steps, batch {v['batch_size']}, lr {v['lr']}, warmup {v['warmup']}"
                        for k, v in RECIPES.items())
-    p.add_argument("--steps", type=int, help=f"optimiser steps (preset defaults: {recipe})")
-    p.add_argument("--batch-size", type=int, help="crops per step per process")
-    p.add_argument("--lr", type=float, help=f"peak learning rate (AdamW, weight decay {d.weight_decay:g})")
-    p.add_argument("--warmup", type=int, help="linear warmup steps before the cosine decay")
+    p.add_argument("--steps", type=int, help=f"optimiser steps, >= 1 (preset defaults: {recipe})")
+    p.add_argument("--batch-size", type=int, help="crops per step per process, >= 1")
+    p.add_argument("--lr", type=float, help=f"peak learning rate, > 0 (AdamW, weight decay {d.weight_decay:g})")
+    p.add_argument("--warmup", type=int, help="linear warmup steps before the cosine decay, >= 0")
     p.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
     p.add_argument("--out", help="output folder (default $nnUNet_results/MedGMAE_pretrain/<decoder>_<preset>_p<patch>)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint_latest.pt")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--workers", type=int,
-                   help=f"background data workers per process (0: main process; default {d.workers})")
-    p.add_argument("--sub-crops", type=int, help=f"crops cut from each loaded volume (default {d.sub_crops})")
+                   help=f"background data workers per process, >= 0 (0: main process; default {d.workers})")
+    p.add_argument("--sub-crops", type=int, help=f"crops cut from each loaded volume, >= 1 (default {d.sub_crops})")
     p.add_argument("--no-augment", action="store_true", help="no flips/rotations/intensity augmentation")
     p.add_argument("--save-every", type=int,
-                   help=f"steps between checkpoint_latest.pt saves (default {d.save_every})")
-    p.add_argument("--png-every", type=int, help=f"steps between snapshot PNGs (default {d.png_every})")
-    p.add_argument("--log-every", type=int, help=f"steps between metrics.jsonl rows (default {d.log_every})")
-    p.add_argument("--threads", type=int, help="torch CPU threads per process")
+                   help=f"steps between checkpoint_latest.pt saves, >= 1 (default {d.save_every})")
+    p.add_argument("--png-every", type=int, help=f"steps between snapshot PNGs, >= 1 (default {d.png_every})")
+    p.add_argument("--log-every", type=int, help=f"steps between metrics.jsonl rows, >= 1 (default {d.log_every})")
+    p.add_argument("--threads", type=int, help="torch CPU threads per process, >= 1")
     p.add_argument("--render-backend", choices=("auto", "cupy", "cpu", "torch"),
                    help=f"Gaussian renderer (default {d.render_backend})")
     return add_common_flags(p)
@@ -80,9 +80,10 @@ def _main(argv: Sequence[str] | None) -> int:
 
     from .data import pretraining_cases
 
+    given = {name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name) is not None}
+    replace(DEFAULTS, **given).resolved().check()  # every range, before any data is read or file written
     folders = ensure_nnunet_env()
     cases, metadata = pretraining_cases(args.dataset, args.images, args.configuration or DEFAULTS.configuration)
-    given = {name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name) is not None}
     if args.no_augment:
         given["augment"] = False
     if args.no_pbar:

@@ -79,6 +79,33 @@ class PretrainSettings:
             if getattr(self, key) is None:
                 setattr(self, key, value)
         return self
+
+    def check(self) -> "PretrainSettings":
+        """Refuse (`UserError`, naming the flag) values outside their ranges, before any model or file.
+
+        A mask ratio of 0 trains nothing (no masked patch: loss and gradient 0) yet writes a "final"
+        checkpoint, as does --steps 0; others would fail later with a traceback after the output
+        folder and its log were made. The ranges are the ones `medgmae_pretrain --help` states.
+        """
+        s = self
+        for flag, value, low in (("--steps", s.steps, 1), ("--batch-size", s.batch_size, 1),
+                                 ("--sub-crops", s.sub_crops, 1), ("--save-every", s.save_every, 1),
+                                 ("--png-every", s.png_every, 1), ("--log-every", s.log_every, 1),
+                                 ("--gaussians", s.gaussians, 1), ("--warmup", s.warmup, 0),
+                                 ("--workers", s.workers, 0), ("--threads", s.threads, 1)):
+            if value is not None and value < low:
+                raise UserError(f"{flag} {value}: must be at least {low}")
+        if not 0.0 < s.mask_ratio < 1.0:
+            raise UserError(f"--mask-ratio {s.mask_ratio:g}: must be in (0, 1), exclusive (0 masks nothing, "
+                            "1 leaves nothing visible)")
+        if not (s.lr is None or (math.isfinite(s.lr) and s.lr > 0)):
+            raise UserError(f"--lr {s.lr:g}: must be > 0")
+        geo = geometry(s.configuration)
+        patch, crop = s.patch or geo.vit_patch, s.crop_size or geo.patch
+        if crop < patch or crop % patch:
+            raise UserError(f"--crop-size {crop}: must be a positive multiple of the ViT patch {patch} "
+                            f"(e.g. {max(1, round(crop / patch)) * patch})")
+        return self
 def make_logger(out: Path, info: DistInfo) -> logging.Logger:
     """Console + `log.txt` (appended) on rank 0; warnings only, console only, elsewhere."""
     logger = logging.getLogger(f"medgmae.pretrain.rank{info.rank}")
@@ -99,7 +126,7 @@ def make_logger(out: Path, info: DistInfo) -> logging.Logger:
 
 def pretrain(settings: PretrainSettings, cases: Sequence[PretrainCase], metadata: dict | None = None) -> dict:
     """Run (or resume) one pretraining; returns the results dict (rank 0's view)."""
-    s = settings.resolved()
+    s = settings.resolved().check()
     if s.threads:
         torch.set_num_threads(s.threads)
     if s.device == "cuda" and not torch.cuda.is_available():
