@@ -263,6 +263,10 @@ def test_emulator_reports_instead_of_hanging(probes, name, message, descending):
         _launch(probes, name, 1, np.zeros(256, np.float32), descending=descending)
 
 
+def test_poisoned_range_is_exactly_the_shared_variables(probes):
+    assert probes.shared_bytes == 2 * 256 * 4  # stale_shared's and stale_shared_t<float>'s s, nothing else
+
+
 @pytest.mark.parametrize("kernel", ["stale_shared", "stale_shared_t<float>"])
 def test_emulator_poisons_shared_memory_before_every_block(probes, kernel):
     out = np.zeros(512, np.float32)

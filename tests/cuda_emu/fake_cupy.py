@@ -68,8 +68,7 @@ class _Guarded:
         self.address, self.nbytes = address, nbytes
         self.guard = max(MIN_GUARD_BYTES, nbytes)
         self.storage = np.full(nbytes + 2 * self.guard, POISON, dtype=np.uint8)
-        if address:
-            ctypes.memmove(self.device_address, address, nbytes)
+        ctypes.memmove(self.device_address, address, nbytes)
         self.original = self.storage.copy()
 
     @property
@@ -106,7 +105,7 @@ class Kernel:
         buffers = self._stage(values, grid[0])
         params = [v.tobytes() for v in values]
         for i, buf in buffers.items():
-            params[i] = np.uint64(buf.device_address if buf.address else 0).tobytes()
+            params[i] = np.uint64(buf.device_address).tobytes()
         self.module.launch(self.name, int(grid[0]), int(block[0]), params, descending=self.fake.descending)
         for i, buf in buffers.items():
             role = POINTERS[self.base][i]
@@ -115,7 +114,7 @@ class Kernel:
                 buf.copy_back()
 
     def _stage(self, values, grid_x: int) -> dict[int, _Guarded]:
-        """Guarded copies of the pointer arguments, sized from K, D, H, W and the grid."""
+        """Guarded copies of the non-null pointer arguments, sized from K, D, H, W and the grid."""
         roles = POINTERS[self.base]
         K, D, H, W = (int(v) for v in values[len(roles):len(roles) + 4])
         tile = [self.module.constant(n) for n in ("TILE_Z", "TILE_Y", "TILE_X")]
@@ -126,7 +125,8 @@ class Kernel:
         staged = {}
         for i, role in enumerate(roles):
             element = 1 if role == "mask" else self.scalar_bytes
-            staged[i] = _Guarded(int(values[i]), extents[role] * element)
+            if int(values[i]):  # a null mask stays null
+                staged[i] = _Guarded(int(values[i]), extents[role] * element)
         return staged
 
 

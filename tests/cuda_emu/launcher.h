@@ -18,6 +18,7 @@
 
 #include <cstdio>
 #include <functional>
+#include <mutex>
 #include <utility>
 
 // shared.ld defines these around the statics that hold every __shared__ variable.
@@ -28,6 +29,11 @@ namespace cuda_emu {
 
 constexpr unsigned char POISON = 0xff;
 constexpr unsigned MAX_BLOCK_THREADS = 1024;
+
+// ctypes releases the GIL, so two Python threads could launch at once, but `current`, blockIdx and
+// the shared-memory statics belong to one launch. (A namespace-scope variable: a function-local
+// static outside a namespace would count as __shared__ and be poisoned, see shared.ld.)
+inline std::mutex one_launch_at_a_time;
 
 struct Kernel {
     const char* name;
@@ -138,6 +144,7 @@ inline std::string check_launch(const Kernel& k, unsigned threads, int nparams, 
 // 0 on success; otherwise 1 and the reason in error[0 .. error_size).
 CUDA_EMU_EXPORT int cuda_emu_launch(const char* name, unsigned grid, unsigned threads, int nparams, void** params,
                                     const std::size_t* sizes, int descending, char* error, std::size_t error_size) {
+    const std::lock_guard<std::mutex> lock(cuda_emu::one_launch_at_a_time);
     std::string message = std::string("no kernel named ") + name;
     for (std::size_t i = 0; i < cuda_emu::KERNEL_COUNT; ++i) {
         const cuda_emu::Kernel& k = cuda_emu::KERNELS[i];
