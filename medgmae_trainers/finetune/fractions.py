@@ -7,7 +7,9 @@ command picks the same cases on every machine. Validation cases are never touche
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -52,3 +54,48 @@ def select_cases(cases: Sequence[str], fraction: float, seed: int = FRACTION_SEE
         raise UserError("the fold has no training cases to take a fraction of")
     order = [str(c) for c in np.random.default_rng(seed).permutation(sorted(str(c) for c in cases))]
     return order[:num_selected(len(order), fraction)]
+
+
+
+NNUNET_FOLDS = 5  # nnU-Net's default cross-validation (KFold(5) on the training cases)
+
+
+def fold_training_cases(preprocessed_dataset: Path, fold) -> int | None:
+    """How many training cases `fold` has (before `--fraction`), refusing a fold nnU-Net would not
+    train as asked; None when the dataset's case count cannot be read (nnU-Net then says why).
+
+    With no `splits_final.json`, nnU-Net makes a 5-fold split: with fewer than 5 cases that fails
+    deep inside scikit-learn, and for a fold beyond 4 nnU-Net falls back to a random 80:20 split
+    without saying so. A `splits_final.json` of one's own sets the folds.
+    """
+    splits_file = Path(preprocessed_dataset) / "splits_final.json"
+    cases = _num_training(Path(preprocessed_dataset) / "dataset.json")
+    if fold == "all":
+        return cases
+    if splits_file.is_file():
+        try:
+            splits = json.loads(splits_file.read_text())
+            train = [len(split["train"]) for split in splits]
+        except (ValueError, TypeError, KeyError) as err:
+            raise UserError(f"{splits_file}: not a list of {{'train': [...], 'val': [...]}} folds ({err})") from None
+        if not 0 <= fold < len(train):
+            raise UserError(f"--fold {fold}: must be 0..{len(train) - 1} ({splits_file} has {len(train)} folds) "
+                            "or 'all'")
+        return train[fold]
+    if not 0 <= fold < NNUNET_FOLDS:
+        raise UserError(f"--fold {fold}: must be 0..{NNUNET_FOLDS - 1} (nnU-Net's {NNUNET_FOLDS}-fold "
+                        "cross-validation) or 'all'")
+    if cases is None:
+        return None
+    if cases < NNUNET_FOLDS:
+        raise UserError(f"--fold {fold}: the dataset has {cases} training case(s), fewer than nnU-Net's "
+                        f"{NNUNET_FOLDS}-fold cross-validation needs; train on all of them with --fold all")
+    # KFold gives the first `cases % 5` folds one validation case more
+    return cases - (cases // NNUNET_FOLDS + (1 if fold < cases % NNUNET_FOLDS else 0))
+
+
+def _num_training(dataset_json: Path) -> int | None:
+    try:
+        return int(json.loads(dataset_json.read_text())["numTraining"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
