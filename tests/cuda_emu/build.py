@@ -85,14 +85,18 @@ def build(code: str, kernels, constants=()) -> Path:
     if library.exists():
         return library
     folder.mkdir(parents=True, exist_ok=True)
-    source, unit = folder / f"{key}.cu", folder / f"{key}.cpp"
+    # Per-process file names, the library renamed into place: test runs side by side never read
+    # each other's half-written files.
+    stem = folder / f"{key}.{os.getpid()}"
+    source, unit, partial = (stem.with_name(f"{stem.name}{ext}") for ext in (".cu", ".cpp", ".so"))
     source.write_text(code)
     unit.write_text(_translation_unit(source, kernels, constants))
-    partial = folder / f"{key}.{os.getpid()}.so"  # renamed into place: concurrent runs never load half a file
     done = subprocess.run([cxx, *CXX_FLAGS, str(unit), "-o", str(partial)], capture_output=True, text=True)
     if done.returncode != 0:
         raise BuildError(f"g++ could not build {source} for the CPU:\n{done.stderr[-4000:]}")
     os.replace(partial, library)
+    source.unlink()
+    unit.unlink()
     return library
 
 
