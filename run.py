@@ -64,9 +64,10 @@ def demo_env() -> dict[str, str]:
     return env
 
 
-# The main job's budget on two CPU cores (about 20 minutes in all): a short tiny pretraining, and
-# fine-tuning runs of 30 iterations on 64^3 patches. That shows every step working, not the science:
-# real runs use the presets' and nnU-Net's defaults (and `python -m benchmarks.transfer`).
+# The main job's budget on two CPU cores (each step prints its time; measured times: docs/results.md):
+# a short tiny pretraining, and fine-tuning runs of 30 iterations on 64^3 patches. That shows every
+# step working, not the science: real runs use the presets' and nnU-Net's defaults (and
+# `python -m benchmarks.transfer`).
 PRETRAIN_STEPS = "600"
 FINETUNE = ["--fraction", "0.1", "--patch-size", "64", "--epochs", "3", "--iters-per-epoch", "10"]
 
