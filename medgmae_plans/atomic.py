@@ -5,8 +5,10 @@ A run killed at any point leaves either the old file or the new one, never a tru
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -30,6 +32,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp_path, path)
+    except OSError as err:
+        # a write into an open file reports no file name: name the one being written, so that a full
+        # disk says where (runtime.cli_entry turns it into one line); `path` itself is untouched
+        if err.filename is None and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -47,8 +55,10 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 def save_torch_atomic(obj: Any, path: str | os.PathLike) -> None:
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # through a Python file: given a name, torch's own writer reports a full disk as
+    # "unexpected pos N vs M"; through a file object the write raises the OSError (ENOSPC) it is
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 @contextlib.contextmanager
@@ -80,6 +90,31 @@ def atomic_directory(path: str | os.PathLike, replace: bool = False) -> Iterator
 def replaced_directory(path: str | os.PathLike):
     """`atomic_directory` that replaces an existing folder (preprocessed data being redone)."""
     return atomic_directory(path, replace=True)
+
+
+# `.<name>.` + tempfile's 8 random characters + `.tmp` (then the final suffix) or `.old`
+_LEFTOVER = re.compile(r"^\..+\.[a-z0-9_]{8}\.(tmp|old)")
+
+
+def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
+    """Remove what this module's writes leave in `folder` when the process is killed mid-write.
+
+    `atomic_path` and `atomic_directory` work under `.<name>.<random>.tmp*` (and `.old`) names that
+    only a killed writer leaves behind; a run calls this when it starts again in its own folder, where
+    no other writer of ours is running (a second run of the same folder is refused elsewhere).
+    """
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        if _LEFTOVER.match(entry.name):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
 
 
 def _umask() -> int:

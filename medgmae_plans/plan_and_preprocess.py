@@ -27,11 +27,12 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .atomic import write_json_atomic
+from .atomic import remove_leftovers, write_json_atomic
 from .configurations import CONFIGURATIONS, DEFAULT_CONFIGURATION, PLANS_NAME, geometry
 from .datasets import dataset_id, resolve_dataset
 from .paths import ensure_nnunet_env, nnunet_folder
-from .runtime import UserError, add_common_flags, cli_entry, progress, setup_run_log, write_run_json
+from .runtime import (UserError, add_common_flags, check_writable, cli_entry, exclusive_lock, progress, setup_run_log,
+                      write_run_json)
 
 RUN_NAME = "medgmae_plan_and_preprocess"
 COLLECTION_PREFIX = "Collection_"
@@ -114,7 +115,8 @@ def plan_and_preprocess_dataset(name: str, args) -> dict:
     from .validate import check_dataset
 
     raw_folder = nnunet_folder("nnUNet_raw") / name
-    out_folder = nnunet_folder("nnUNet_preprocessed") / name
+    out_folder = check_writable(nnunet_folder("nnUNet_preprocessed") / name)
+    remove_leftovers(out_folder)  # of a run killed mid-write; the lock says none is running
     timings: dict[str, float] = {}
     start = time.perf_counter()
     meta, cases = check_dataset(raw_folder, args.num_processes, _bar(not args.no_pbar, f"Checking {name}"))
@@ -188,7 +190,8 @@ def preprocess_collection(images: Path, name: str, args) -> dict:
     from .preprocess import CaseJob
 
     collection = COLLECTION_PREFIX + name
-    out_folder = nnunet_folder("nnUNet_preprocessed") / collection
+    out_folder = check_writable(nnunet_folder("nnUNet_preprocessed") / collection)
+    remove_leftovers(out_folder)
     plans = build_plans(collection, [h[0] for h in headers], [h[1] for h in headers],
                         planner_name="MedGMAEPlanner (unlabelled collection)", configurations=args.configurations)
     dataset_json = {"name": name, "description": f"unlabelled CT collection from {images}",
@@ -229,10 +232,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw_root = nnunet_folder("nnUNet_raw")
     names = [resolve_dataset(text, roots=[raw_root]) for text in args.datasets]
     for name in dict.fromkeys(names):
-        plan_and_preprocess_dataset(name, args)
+        with _lock(name):
+            plan_and_preprocess_dataset(name, args)
     if args.images is not None:
-        preprocess_collection(args.images, args.name, args)
+        with _lock(COLLECTION_PREFIX + args.name):
+            preprocess_collection(args.images, args.name, args)
     return 0
+
+
+def _lock(name: str):
+    """One run per dataset at a time: a second would redo the same work into the same folders. The
+    lock file sits beside the dataset's folder, so the folder itself holds only what the run writes."""
+    return exclusive_lock(nnunet_folder("nnUNet_preprocessed") / f".{name}.medgmae_lock", name)
 
 
 if __name__ == "__main__":

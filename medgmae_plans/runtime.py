@@ -2,14 +2,18 @@
 
 A command's `main(argv)` builds its parser with `add_common_flags`, and is wrapped by `cli_entry`
 so that bad input (a `UserError`) prints one line naming the file, exits non-zero, and shows a
-traceback only with `--verbose`; a run stopped by a signal (`Interrupted`) exits 128 + the signal.
+traceback only with `--verbose`; so do a full disk and a folder that may not be written
+(`os_error_line`); a run stopped by a signal (`Interrupted`) exits 128 + the signal.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import functools
 import json
 import logging
+import os
 import platform
 import signal
 import sys
@@ -31,9 +35,70 @@ class UserError(ValueError):
     """
 
 
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NOT_ALLOWED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def os_error_line(err: OSError) -> str | None:
+    """The one line for an OSError the user can fix (a full disk, a folder they may not write), or
+    None for any other (a bug, kept as a traceback)."""
+    where = err.filename if err.filename is not None else "?"
+    if err.errno in _NO_SPACE:
+        return f"no space left on device writing {where}; free space there and rerun (files written before are kept)"
+    if err.errno in _NOT_ALLOWED:
+        return f"{where}: {err.strerror.lower() if err.strerror else 'not allowed'}"
+    return None
+
+
+def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """Refuse (`UserError`) a folder that cannot be written or created, before any work; creates nothing.
+
+    The nearest existing folder on the way to `folder` must let us write, or the run would fail
+    after its work with a `PermissionError` traceback.
+    """
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{folder}: {what} cannot be made ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{folder}: {what} is not writable" + ("" if existing == folder else
+                                                              f" ({existing} is not writable)"))
+    return folder
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_file: str | os.PathLike, what: str):
+    """Hold an exclusive lock on `lock_file` for the block; a second holder gets a one-line `UserError`.
+
+    flock, so the kernel releases it when the holder dies (a killed run never blocks the next).
+    """
+    import fcntl
+
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{lock_file}: another run holds the lock on {what}; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def add_common_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--no-pbar", action="store_true", help="disable progress bars")
     parser.add_argument("--verbose", action="store_true", help="show tracebacks and debug logging")
+
+    def one_line_error(message: str):
+        # argparse prints its whole usage block first; the toolkit's contract is one line naming
+        # the argument (exit 2, as argparse's own)
+        parser.exit(EXIT_USER_ERROR, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
+
+    parser.error = one_line_error
     return parser
 
 
@@ -58,6 +123,12 @@ def cli_entry(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence
         except KeyboardInterrupt:
             print(f"{prog}: interrupted", file=sys.stderr)
             return 128 + signal.SIGINT
+        except OSError as err:
+            line = os_error_line(err)
+            if line is None or verbose:
+                raise
+            print(f"{prog}: error: {line}", file=sys.stderr)
+            return EXIT_USER_ERROR
         return int(result or 0)
 
     return entry

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from medgmae_plans.atomic import atomic_directory, save_torch_atomic, write_json_atomic, write_text_atomic
-from medgmae_plans.runtime import UserError, add_common_flags, cli_entry, setup_run_log, write_run_json
+from medgmae_plans.runtime import UserError, add_common_flags, check_writable, cli_entry, setup_run_log, write_run_json
 
 from .fbp import analytic_reconstruction
 from .fit import FitSettings, fit
@@ -183,16 +183,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = _device(args.device)
     volume_path = Path(args.volume)
-    truth, spacing = prepare_volume(args)
-    out = Path(args.out or f"reconstruct_{_stem(volume_path)}")
-    log = setup_run_log(out, NAME, args.verbose)
-
+    out = check_writable(Path(args.out or f"reconstruct_{_stem(volume_path)}"))
     inits = [("fbp", None), ("medgmae", args.checkpoint)] if args.compare else [(args.init, args.checkpoint)]
     if args.compare and args.checkpoint_star:
         inits.append(("medgmae-star", args.checkpoint_star))
     for init, ckpt in inits:
         if init != "fbp" and not ckpt:
             raise UserError(f"--init {init} needs --checkpoint" + (" (and medgmae-star --checkpoint-star)" if args.compare else ""))
+    truth, spacing = prepare_volume(args)
+    log = setup_run_log(out, NAME, args.verbose)
 
     kwargs = {}
     if args.geometry == "cone" and args.source_distance:

@@ -143,7 +143,7 @@ def test_cli_rejects_an_unwritable_output_folder(tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     code, err = _run_cli(["-n", "1", "--spacing-scale", "4"], blocker / "raw", monkeypatch, capsys)
-    assert code != 0 and "cannot create output folder" in err[-1] and str(blocker / "raw") in err[-1]
+    assert code != 0 and "cannot be made" in err[-1] and str(blocker / "raw") in err[-1]
 
 
 def test_cli_refuses_existing_dataset_id_with_other_content(tmp_path, monkeypatch, capsys):

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from medgmae_plans.runtime import UserError, add_common_flags, cli_entry, write_run_json
+from medgmae_plans.runtime import UserError, add_common_flags, check_writable, cli_entry, write_run_json
 
 from medgmae_plans.configurations import CONFIGURATIONS, geometry
 
@@ -81,8 +81,13 @@ def _main(argv: Sequence[str] | None) -> int:
     from .data import pretraining_cases
 
     given = {name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name) is not None}
-    replace(DEFAULTS, **given).resolved().check()  # every range, before any data is read or file written
+    checked = replace(DEFAULTS, **given).resolved().check()  # every range, before data is read or a file written
     folders = ensure_nnunet_env()
+    geo = geometry(checked.configuration)
+    name = f"{checked.decoder}_{checked.preset}_p{checked.patch or geo.vit_patch}"
+    if geo.name != DEFAULTS.configuration:
+        name += f"_{geo.name}"
+    out = check_writable(args.out or folders["nnUNet_results"] / "MedGMAE_pretrain" / name)
     cases, metadata = pretraining_cases(args.dataset, args.images, args.configuration or DEFAULTS.configuration)
     if args.no_augment:
         given["augment"] = False
@@ -92,11 +97,7 @@ def _main(argv: Sequence[str] | None) -> int:
         given["resume"] = True
     settings = replace(DEFAULTS, **given, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
                        datasets=metadata.get("datasets", []), images=metadata.get("image_collections", []))
-    geo = geometry(settings.configuration)
-    name = f"{settings.decoder}_{settings.preset}_p{settings.patch or geo.vit_patch}"
-    if geo.name != DEFAULTS.configuration:
-        name += f"_{geo.name}"
-    settings.out = args.out or str(folders["nnUNet_results"] / "MedGMAE_pretrain" / name)
+    settings.out = str(out)
     results = pretrain(settings, cases, metadata)  # a signal: `Interrupted`, exit 128 + signum (cli_entry)
     if int(os.environ.get("RANK", "0")) == 0:
         write_run_json(Path(settings.out), "pretrain", vars(settings), results)

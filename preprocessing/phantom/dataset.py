@@ -32,7 +32,7 @@ import numpy as np
 
 from medgmae_plans.atomic import atomic_directory, write_json_atomic, write_text_atomic
 from medgmae_plans.paths import dataset_folder_name
-from medgmae_plans.runtime import UserError, progress
+from medgmae_plans.runtime import UserError, check_writable, progress
 from medgmae_plans.validate import check_complete
 
 from ..labels import AMOS_LABELS
@@ -86,7 +86,7 @@ def generate_dataset(raw_root: str | Path, n_train: int = 20, n_test: int = 0, n
     if _reusable(target, settings, raw_root):
         log(f"{target} already holds this phantom (seed {seed}); reusing it")
         return target
-    _ensure_writable(raw_root)
+    check_writable(raw_root, "nnUNet_raw folder")
     jobs = [(kind, i, seed, spacing_scale, findings) for kind, n in (("train", n_train), ("test", n_test),
                                                            ("unlabeled", n_unlabeled)) for i in range(n)]
     start = time.time()
@@ -147,15 +147,6 @@ def _reusable(target: Path, settings: dict, raw_root: Path) -> bool:
     raise UserError(f"{target} already exists with different content "
                     f"({'no phantom.json' if existing is None else 'other settings'}); "
                     "remove it or choose another --dataset-id")
-
-
-def _ensure_writable(raw_root: Path) -> None:
-    try:
-        raw_root.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create output folder {raw_root}: {err.strerror or err}") from None
-    if not os.access(raw_root, os.W_OK | os.X_OK):
-        raise UserError(f"output folder {raw_root} is not writable")
 
 
 def _write_cases(folder: Path, jobs: list, workers: int | None, pbar: bool) -> list[dict]:
