@@ -1,12 +1,14 @@
 """`medgmae_evaluate`: Dice and NSD per organ of fine-tuning runs or of any two folders, and Table 1.
 
-    medgmae_evaluate RESULTS_FOLDER [...] [--compare] [-o OUT_DIR] [-l 1 2 ...] [-np N]
+    medgmae_evaluate RESULTS_FOLDER [...] [--test] [--compare] [-o OUT_DIR] [-l 1 2 ...] [-np N]
     medgmae_evaluate --ref GT_DIR --pred PRED_DIR [-l 1 2 ...] [-o OUT.json] [--chill]
 
 RESULTS_FOLDER is a fold folder, a trainer folder, a dataset folder of `$nnUNet_results` (or its id,
 name or alias, e.g. `Phantom`), or the whole `$nnUNet_results`: every fold holding
 `medgmae_finetune.json` below it is evaluated on its validation predictions against nnU-Net's
 `gt_segmentations`, and gets `validation/summary_medgmae.json` beside nnU-Net's own summary.json.
+With `--test` each run predicts its dataset's held-out test cases (`imagesTs`) with its final
+checkpoint instead and is scored on them against `labelsTs` (see `test_cases`): the report's numbers.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from medgmae_plans.atomic import write_text_atomic
-from medgmae_plans.runtime import UserError, add_common_flags, cli_entry, setup_run_log, write_run_json
+from medgmae_plans.runtime import UserError, add_common_flags, check_writable, cli_entry, setup_run_log, write_run_json
 
 from .folders import (detect_ending, file_ending_of, find_runs, image_for_case, pair_cases, read_dataset_labels,
                       select_labels)
@@ -45,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", metavar="PATH",
                    help=f"with --ref/--pred: the summary JSON (default PRED_DIR/{SUMMARY_NAME}); with results "
                         f"folders: the folder for the log, run JSON and --compare outputs (default ./{DEFAULT_OUT})")
+    p.add_argument("--test", action="store_true",
+                   help="score each run on its dataset's test cases (imagesTs/labelsTs), predicted with the run's "
+                        "final checkpoint (reused until it or the images change), instead of its validation cases")
     p.add_argument("--compare", action="store_true", help="write Table 1 (CSV, Markdown, PNG) and per-organ tables")
     p.add_argument("--overlays", type=int, metavar="N", help="with --compare: per trainer, a PNG of its first fold's "
                    "first N validation cases, predictions over the ground truth (default 2; 0 for none)")
@@ -68,8 +73,8 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.ref or args.pred:
         if not (args.ref and args.pred):
             raise UserError("--ref and --pred go together")
-        if args.results or args.compare:
-            raise UserError("give either RESULTS_FOLDER(s) or --ref/--pred, not both")
+        if args.results or args.compare or args.test:
+            raise UserError("give either RESULTS_FOLDER(s) (with --test or --compare) or --ref/--pred, not both")
         return evaluate_two_folders(args)
     if not args.results:
         raise UserError("give RESULTS_FOLDER(s), or --ref GT_DIR --pred PRED_DIR")
@@ -104,7 +109,7 @@ def evaluate_two_folders(args) -> int:
     out = Path(args.out) if args.out else pred_dir / SUMMARY_NAME
     if out.suffix != ".json":
         raise UserError(f"{out}: the summary file must end in .json")
-    log = setup_run_log(out.parent, "medgmae_evaluate", args.verbose)
+    log = setup_run_log(check_writable(out.parent), "medgmae_evaluate", args.verbose)
     start = time.time()
     per_case = evaluate_pairs(pairs, list(labels), list(declared) if declared else None, args.tolerance,
                               args.num_processes, not args.no_pbar, desc="evaluate")
@@ -145,7 +150,7 @@ def evaluate_results(args) -> int:
 
     env = ensure_nnunet_env()
     runs = find_runs(_resolve_results(args.results))
-    out_dir = Path(args.out or DEFAULT_OUT)
+    out_dir = check_writable(Path(args.out or DEFAULT_OUT))
     log = setup_run_log(out_dir, "medgmae_evaluate", args.verbose)
     scored, skipped, lines = [], [], []
     for run in runs:
@@ -153,15 +158,17 @@ def evaluate_results(args) -> int:
             skipped.append(run.label)
             log.warning(f"{run.label}: {run.unfinished} (training not finished?); skipped")
             continue
-        summary, reused = evaluate_run(run, args, env["nnUNet_preprocessed"])
+        summary, reused = evaluate_run(run, args, env, log)
         scored.append(Scored(run, summary))
         fg = summary["foreground_mean"]
-        lines.append(f"{run.label}: Dice {fg['Dice']:.4f}  NSD@{args.tolerance:g}mm {fg['NSD']:.4f}  "
+        nsd = "" if math.isnan(args.tolerance) else f"NSD@{args.tolerance:g}mm {fg['NSD']:.4f}  "  # --no-nsd
+        lines.append(f"{run.label}: Dice {fg['Dice']:.4f}  {nsd}"
                      f"({summary['medgmae']['num_cases']} cases{', reused' if reused else ''})")
         log.info(lines[-1])
     if not scored:
         raise UserError("no run has validation predictions to evaluate: " + ", ".join(skipped))
-    results = {"runs": [{"run": s.run.label, "summary": str(s.run.validation_dir / SUMMARY_NAME),
+    results = {"cases": "test" if args.test else "validation",
+               "runs": [{"run": s.run.label, "summary": s.summary["medgmae"]["summary_file"],
                          "dataset": s.run.dataset, "init": s.run.init, "fraction": s.run.fraction,
                          "fold": s.run.fold, "foreground_mean": s.summary["foreground_mean"]} for s in scored],
                "skipped": skipped}
@@ -179,27 +186,41 @@ def evaluate_results(args) -> int:
     return 0
 
 
-def evaluate_run(run, args, preprocessed_root: Path) -> tuple[dict, bool]:
-    """The run's summary (reused when its inputs and settings are unchanged) and whether it was reused."""
-    dataset_json = run.dataset_json(preprocessed_root)
+def evaluate_run(run, args, env: dict, log) -> tuple[dict, bool]:
+    """The run's summary on its validation or (--test) test cases, reused when its inputs and settings
+    are unchanged, and whether it was reused."""
+    dataset_json = run.dataset_json(env["nnUNet_preprocessed"])
     declared = read_dataset_labels(dataset_json)
     labels = select_labels(declared, args.labels, str(dataset_json))
-    ref_dir = run.reference_dir(preprocessed_root)
-    if not ref_dir.is_dir():
-        raise UserError(f"{ref_dir}: reference folder of {run.label} does not exist "
-                        f"(nnU-Net's preprocessing writes gt_segmentations there)")
-    pairs = pair_cases(ref_dir, run.validation_dir, file_ending_of(dataset_json), expected=run.val_cases)
+    ending = file_ending_of(dataset_json)
+    if args.test:
+        from .test_cases import predict_test_cases, test_cases, test_folders
+
+        _, ref_dir = test_folders(run, env["nnUNet_raw"])
+        pred_dir = predict_test_cases(run, env["nnUNet_raw"], not args.no_pbar, log)
+        expected = test_cases(ref_dir, ending)
+    else:
+        ref_dir, pred_dir, expected = run.reference_dir(env["nnUNet_preprocessed"]), run.validation_dir, run.val_cases
+        if not ref_dir.is_dir():
+            raise UserError(f"{ref_dir}: reference folder of {run.label} does not exist "
+                            f"(nnU-Net's preprocessing writes gt_segmentations there)")
+    pairs = pair_cases(ref_dir, pred_dir, ending, expected=expected)
     stamps = input_stamps(pairs)
-    out = run.validation_dir / SUMMARY_NAME
+    out = pred_dir / SUMMARY_NAME
     if not args.force:
         cached = load_if_current(out, labels, args.tolerance, stamps)
         if cached is not None:
-            return cached, True
+            return _with_file(cached, out), True
     per_case = evaluate_pairs(pairs, list(labels), list(declared), args.tolerance, args.num_processes,
                               not args.no_pbar, desc=f"{run.trainer} fold {run.fold}")
     summary = summarise(per_case, labels, args.tolerance, stamps)
     write_summary(summary, out)
-    return summary, False
+    return _with_file(summary, out), False
+
+
+def _with_file(summary: dict, path: Path) -> dict:
+    summary["medgmae"]["summary_file"] = str(path)
+    return summary
 
 
 def write_comparison(comp, out_dir: Path, title: str = "") -> dict[str, Path]:

@@ -198,11 +198,11 @@ def pair_cases(ref_dir: Path, pred_dir: Path, ending: str, expected: Sequence[st
         cases = list(expected)
         missing = [c for c in cases if c not in preds]
         if missing:
-            raise UserError(f"{pred_dir}: no prediction for {len(missing)} validation case(s): {_names(missing)}")
+            raise UserError(f"{pred_dir}: no prediction for {len(missing)} of the run's case(s): {_names(missing)}")
         extra = [c for c in preds if c not in set(cases)]
         if extra:
-            raise UserError(f"{pred_dir}: prediction(s) for case(s) that are not in the run's validation "
-                            f"cases: {_names(extra)}")
+            raise UserError(f"{pred_dir}: prediction(s) for case(s) that are not the run's to evaluate: "
+                            f"{_names(extra)}")
     else:
         no_pred = [c for c in refs if c not in preds]
         if no_pred and not chill:
@@ -257,8 +257,8 @@ class Run:
         """Why the run cannot be evaluated yet (None when it can): fine-tuning records a `status`
         ("finished" once nnU-Net's validation is written); without one, the validation folder decides."""
         status = self.meta.get("status")
-        if status is not None and status != "finished":
-            return f"status {status!r} in {FINETUNE_RECORD}"
+        if status is not None:
+            return None if status == "finished" else f"status {status!r} in {FINETUNE_RECORD}"
         if not self.validation_dir.is_dir():
             return "no validation/ folder yet"
         return None

@@ -147,7 +147,7 @@ def test_missing_and_extra_validation_cases(results, tmp_path, capsys):
     _refused(*run([fold, "-o", tmp_path / "o"], capsys), "phantom_001", "no prediction")
     fold = runs[("voxelmae", 1.0, 0)]
     (fold / "validation" / "phantom_999.nii.gz").write_bytes((fold / "validation" / "phantom_000.nii.gz").read_bytes())
-    _refused(*run([fold, "-o", tmp_path / "o"], capsys), "phantom_999", "not in the run's validation cases")
+    _refused(*run([fold, "-o", tmp_path / "o"], capsys), "phantom_999", "not the run's to evaluate")
 
 
 def test_bad_run_metadata_and_folders(results, nnunet_env, tmp_path, capsys):

@@ -129,23 +129,35 @@ def _main(argv: Sequence[str] | None) -> int:
     folds = _folds(args.f, model, args.chk)
     device = _device(args.device)
 
+    predict_folder(model, folds, Path(args.i), Path(args.o), step_size=args.step_size,
+                   mirroring=not args.disable_tta, device=device, on_device=not args.not_on_device,
+                   checkpoint=args.chk, npp=args.npp, nps=args.nps, num_parts=args.num_parts, part_id=args.part_id,
+                   save_probabilities=args.save_probabilities, overwrite=not args.continue_prediction,
+                   previous_stage=args.prev_stage_predictions, pbar=not args.no_pbar, verbose=args.verbose)
+    return 0
+
+
+def predict_folder(model: Path, folds: list, images: Path, out: Path, *, step_size: float, mirroring: bool, device,
+                   on_device: bool = True, checkpoint: str = "checkpoint_final.pth", npp: int = 0, nps: int = 0,
+                   num_parts: int = 1, part_id: int = 0, save_probabilities: bool = False, overwrite: bool = True,
+                   previous_stage: str | None = None, pbar: bool = True, verbose: bool = False) -> None:
+    """nnU-Net's predictor on a results folder, as `nnUNetv2_predict` runs it (also `medgmae_evaluate --test`)."""
     use_ext_trainers()
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    predictor = nnUNetPredictor(tile_step_size=args.step_size, use_gaussian=True, use_mirroring=not args.disable_tta,
-                                perform_everything_on_device=not args.not_on_device, device=device,
-                                verbose=args.verbose, verbose_preprocessing=args.verbose, allow_tqdm=not args.no_pbar)
-    predictor.initialize_from_trained_model_folder(str(model), folds, checkpoint_name=args.chk)
-    Path(args.o).mkdir(parents=True, exist_ok=True)
-    common = dict(save_probabilities=args.save_probabilities, overwrite=not args.continue_prediction,
-                  folder_with_segs_from_prev_stage=args.prev_stage_predictions)
-    if args.npp == 0 and args.nps == 0:  # nnUNetv2_predict's rule: no worker processes at all
-        predictor.predict_from_files_sequential(args.i, args.o, **common)
+    predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=mirroring,
+                                perform_everything_on_device=on_device, device=device,
+                                verbose=verbose, verbose_preprocessing=verbose, allow_tqdm=pbar)
+    predictor.initialize_from_trained_model_folder(str(model), folds, checkpoint_name=checkpoint)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    common = dict(save_probabilities=save_probabilities, overwrite=overwrite,
+                  folder_with_segs_from_prev_stage=previous_stage)
+    if npp == 0 and nps == 0:  # nnUNetv2_predict's rule: no worker processes at all
+        predictor.predict_from_files_sequential(str(images), str(out), **common)
     else:
-        predictor.predict_from_files(args.i, args.o, num_processes_preprocessing=args.npp,
-                                     num_processes_segmentation_export=args.nps, num_parts=args.num_parts,
-                                     part_id=args.part_id, **common)
-    return 0
+        predictor.predict_from_files(str(images), str(out), num_processes_preprocessing=npp,
+                                     num_processes_segmentation_export=nps, num_parts=num_parts,
+                                     part_id=part_id, **common)
 
 
 main = cli_entry(_main)
