@@ -38,7 +38,7 @@ RECORD = FINETUNE_RECORD
 # Settings that define a run: `--continue` must use the same values.
 DEFINING = ("dataset", "configuration", "plans", "fold", "trainer", "init", "pretrained_checkpoint", "preset",
             "patch_size", "input_patch_size", "fraction", "fraction_seed", "epochs", "iterations_per_epoch", "lr", "layer_decay",
-            "arch_kwargs", "export_resampling")
+            "arch_kwargs", "export_resampling", "mirroring")
 
 
 # The final validation's sliding window by training device: nnU-Net's own (step 0.5, mirroring) on a
@@ -72,6 +72,7 @@ class Settings:
     weight_decay_encoder: float = 0.01
     weight_decay_decoder: float = 0.05
     warmup_fraction: float = 0.05
+    mirroring: bool = True                 # nnU-Net's mirroring on all axes, in training and at inference
     val_step_size: float | None = None     # None: by the training device (VALIDATION_BY_DEVICE)
     val_mirroring: bool | None = None      # None: by the training device
     progress_bar: bool = True

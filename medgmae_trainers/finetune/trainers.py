@@ -200,6 +200,16 @@ class MedGMAETrainer(nnUNetTrainer):
         self._record(train_cases=list(subset), val_cases=[str(k) for k in val_keys])
         return subset, val_keys
 
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        """nnU-Net's augmentation, without mirroring when the run says so (as nnU-Net's own
+        `nnUNetTrainerNoMirroring`): a mirrored abdomen swaps left and right organs, which a short run
+        then has to learn to tell apart by context; the predictor reads the same axes from the checkpoint."""
+        rotation, dummy_2d, initial_patch_size, mirror_axes = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if not self.medgmae.mirroring:
+            mirror_axes = None
+            self.inference_allowed_mirroring_axes = None
+        return rotation, dummy_2d, initial_patch_size, mirror_axes
+
     # ---- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self):
         s = self.medgmae
