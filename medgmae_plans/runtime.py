@@ -50,6 +50,30 @@ def os_error_line(err: OSError) -> str | None:
     return None
 
 
+def check_range(flag: str, value, low=None, high=None, *, low_open: bool = False, high_open: bool = False) -> None:
+    """Refuse (`UserError`) a flag's value outside [low, high] (an `_open` bound excluded), or NaN.
+
+    For the numeric flags every command checks before any work; the rule in the message is the one
+    its `--help` states. None (a flag not given) passes.
+    """
+    if value is None:
+        return
+    ok = value == value  # NaN is in no range
+    if low is not None:
+        ok = ok and (value > low if low_open else value >= low)
+    if high is not None:
+        ok = ok and (value < high if high_open else value <= high)
+    if ok:
+        return
+    if low is not None and high is not None:
+        rule = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        rule = f"{'>' if low_open else '>='} {low:g}"
+    else:
+        rule = f"{'<' if high_open else '<='} {high:g}"
+    raise UserError(f"{flag} {value:g}: must be {rule}")
+
+
 def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Path:
     """Refuse (`UserError`) a folder that cannot be written or created, before any work; creates nothing.
 

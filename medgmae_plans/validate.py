@@ -107,7 +107,7 @@ def _gzip_contents(path: Path) -> tuple[int, bytes]:
                     head = chunk[:1024]
                 length += len(chunk)
     except (EOFError, OSError, zlib.error) as err:  # BadGzipFile is an OSError
-        raise UserError(f"{path}: corrupt or truncated gzip stream ({err})") from None
+        raise UserError(f"{path}: cannot be read: corrupt or truncated gzip stream ({err})") from None
     return length, head
 
 
@@ -128,7 +128,7 @@ def _nifti_data_end(head: bytes, path: Path) -> int:
             offset = struct.unpack(order + "q", head[168:176])[0]
             break
     else:
-        raise UserError(f"{path}: not a NIfTI file (no NIfTI-1 or NIfTI-2 header)")
+        raise UserError(f"{path}: cannot be read: not a NIfTI file (no NIfTI-1 or NIfTI-2 header)")
     if not 1 <= dims[0] <= 7 or any(n < 1 for n in dims[1:dims[0] + 1]) or bitpix < 1:
         raise UserError(f"{path}: NIfTI header has dimensions {list(dims[1:max(1, min(dims[0], 7)) + 1])}, "
                         f"{bitpix} bits per voxel")
@@ -152,7 +152,7 @@ def check_complete(path: str | Path) -> None:
     except OSError as err:
         raise UserError(f"{path}: cannot be read ({err.strerror or err})") from None
     if size == 0:
-        raise UserError(f"{path}: empty file (0 bytes)")
+        raise UserError(f"{path}: cannot be read: empty file (0 bytes)")
     name = path.name.lower()
     if name.endswith(".gz"):
         length, head = _gzip_contents(path)
@@ -165,7 +165,7 @@ def check_complete(path: str | Path) -> None:
     if name.endswith(_NIFTI_ENDINGS):
         end = _nifti_data_end(head, path)
         if length < end:
-            raise UserError(f"{path}: truncated: {length} bytes of NIfTI data where its header needs {end}")
+            raise UserError(f"{path}: cannot be read: truncated, {length} bytes of NIfTI data where its header needs {end}")
 
 
 def read_image(path: str | Path) -> sitk.Image:

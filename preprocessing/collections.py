@@ -83,8 +83,10 @@ def collection_data_folder(name: str, preprocessed: Path | None = None,
     return folder
 
 
-def _case_ids(folder: Path) -> list[str]:
-    return sorted(p.name[:-5] for p in folder.glob("*.b2nd") if not p.name.endswith("_seg.b2nd"))
+def folder_cases(folder: Path, labelled: bool) -> list[CaseRef]:
+    """The cases of one data folder (`MedGMAEPlans_<configuration>`), sorted."""
+    ids = sorted(p.name[:-5] for p in folder.glob("*.b2nd") if not p.name.endswith("_seg.b2nd"))
+    return [CaseRef(folder.parent.name, c, folder, labelled) for c in ids]
 
 
 def list_pretraining_cases(datasets: Sequence[str] = (), image_collections: Sequence[str] = (),
@@ -94,10 +96,10 @@ def list_pretraining_cases(datasets: Sequence[str] = (), image_collections: Sequ
     cases: list[CaseRef] = []
     for dataset in datasets:
         folder = dataset_data_folder(dataset, preprocessed, configuration)
-        cases += [CaseRef(folder.parent.name, c, folder, True) for c in _case_ids(folder)]
+        cases += folder_cases(folder, labelled=True)
     for name in image_collections:
         folder = collection_data_folder(name, preprocessed, configuration)
-        cases += [CaseRef(folder.parent.name, c, folder, False) for c in _case_ids(folder)]
+        cases += folder_cases(folder, labelled=False)
     if not cases and (datasets or image_collections):
         raise UserError(f"no preprocessed cases in {', '.join([*datasets, *image_collections])}")
     return cases
@@ -116,6 +118,32 @@ def load_case(ref: CaseRef) -> tuple[np.ndarray, np.ndarray | None]:
     except (OSError, RuntimeError, ValueError) as err:
         raise UserError(f"{ref.image_file}: cannot be read ({err})") from None
     return image, seg
+
+
+def check_cases(refs: Sequence[CaseRef]) -> None:
+    """Open every case's files once before training (`UserError` naming the first bad one).
+
+    Training reads cases in data workers, where a damaged file would end the run with a worker
+    traceback after its folder and log were made. Opening a `.b2nd` reads its header and the chunk
+    index at its end, so a cut or empty file fails here; the `.pkl` is read whole. A damaged chunk
+    inside an intact frame shows only when that chunk is decompressed (`load_case` names the file).
+    """
+    import blosc2
+
+    for ref in refs:
+        files = [ref.image_file] + ([ref.folder / f"{ref.case_id}_seg.b2nd"] if ref.labelled else [])
+        for path in files:
+            try:
+                blosc2.open(urlpath=str(path), mode="r")
+            except (OSError, RuntimeError, ValueError) as err:
+                raise UserError(f"{path}: not a readable preprocessed case ({err}); rerun "
+                                "medgmae_plan_and_preprocess with --clean") from None
+        if ref.labelled:
+            try:
+                load_properties(ref)
+            except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as err:
+                raise UserError(f"{ref.folder / f'{ref.case_id}.pkl'}: not readable ({type(err).__name__}: {err}); "
+                                "rerun medgmae_plan_and_preprocess with --clean") from None
 
 
 def load_properties(ref: CaseRef) -> dict:

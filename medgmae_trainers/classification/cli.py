@@ -6,7 +6,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from medgmae_plans.paths import nnunet_folder
-from medgmae_plans.runtime import UserError, add_common_flags, cli_entry, setup_run_log, write_run_json
+from medgmae_plans.runtime import UserError, add_common_flags, check_range, cli_entry, setup_run_log, write_run_json
 
 from .data import LABELS_CSV, Geometry, LabelTable, ensure_preprocessed, preprocessed_folder, read_labels
 
@@ -14,9 +14,9 @@ from .data import LABELS_CSV, Geometry, LabelTable, ensure_preprocessed, preproc
 def _geometry_flags(p: argparse.ArgumentParser) -> None:
     g = Geometry()
     p.add_argument("--spacing-xyz", type=float, nargs=3, default=list(reversed(g.spacing_zyx)), metavar=("X", "Y", "Z"),
-                   help="target spacing in mm (default the paper's 1.5 1.5 3.0)")
+                   help="target spacing in mm, > 0 (default the paper's 1.5 1.5 3.0)")
     p.add_argument("--size-xyz", type=int, nargs=3, default=list(reversed(g.size_zyx)), metavar=("X", "Y", "Z"),
-                   help="volume size after crop/pad (default the paper's 192 192 96)")
+                   help="volume size after crop/pad, >= 1 (default the paper's 192 192 96)")
     p.add_argument("--hu-window", type=float, nargs=2, default=list(g.hu_window), metavar=("LO", "HI"),
                    help="HU clipped to [LO, HI] and scaled to [0, 1] (default the paper's -1000 1000)")
     p.add_argument("-np", "--preprocess-workers", type=int, default=1, help="processes for preprocessing")
@@ -32,18 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--pretrained", type=Path, help="pretraining checkpoint_final.pt")
     init.add_argument("--init", choices=["scratch"], help="random initialisation")
     t.add_argument("--preset", default="tiny", choices=["tiny", "base", "paper"], help="encoder for --init scratch")
-    t.add_argument("--fraction", type=float, default=1.0, help="share of training cases (nested, seeded)")
-    t.add_argument("--epochs", type=int, default=100)
-    t.add_argument("--batch-size", type=int, default=2)
-    t.add_argument("--lr", type=float, default=3e-4)
-    t.add_argument("--weight-decay", type=float, default=0.05)
-    t.add_argument("--warmup-epochs", type=float, default=5.0)
-    t.add_argument("--flip", type=float, default=0.5, help="left-right flip probability in training")
+    t.add_argument("--fraction", type=float, default=1.0, help="share of training cases, in (0, 1] (nested, seeded)")
+    t.add_argument("--epochs", type=int, default=100, help=">= 1")
+    t.add_argument("--batch-size", type=int, default=2, help=">= 1")
+    t.add_argument("--lr", type=float, default=3e-4, help="> 0")
+    t.add_argument("--weight-decay", type=float, default=0.05, help=">= 0")
+    t.add_argument("--warmup-epochs", type=float, default=5.0, help=">= 0")
+    t.add_argument("--flip", type=float, default=0.5, help="left-right flip probability in training, in [0, 1]")
     t.add_argument("--seed", type=int, default=41)
     t.add_argument("--device", default="auto", help="cpu, cuda, or auto")
-    t.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    t.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
-    t.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the final evaluation")
+    t.add_argument("--workers", type=int, default=0, help="DataLoader worker processes, >= 0")
+    t.add_argument("--val-every", type=int, default=1, help="validate every N epochs, N >= 1")
+    t.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the final evaluation, >= 1")
     t.add_argument("--out", type=Path, help="run folder (default $nnUNet_results/MedGMAE_classify/<dataset>/<run>)")
     t.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint_latest.pt")
     _geometry_flags(t)
@@ -103,9 +103,27 @@ def _preprocess(name: str, raw: Path, table: LabelTable, geometry: Geometry, wor
     return ensure_preprocessed(raw, folder, table, geometry, workers=workers, pbar=pbar, log=log)
 
 
+def _check_train_ranges(args) -> None:
+    """Every numeric flag of `train`, before the dataset is preprocessed (the ranges --help states)."""
+    check_range("--fraction", args.fraction, 0, 1, low_open=True)
+    for flag, value, low in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
+                             ("--workers", args.workers, 0), ("--val-every", args.val_every, 1),
+                             ("--bootstrap", args.bootstrap, 1), ("--weight-decay", args.weight_decay, 0),
+                             ("--warmup-epochs", args.warmup_epochs, 0), ("-np", args.preprocess_workers, 1)):
+        check_range(flag, value, low)
+    check_range("--lr", args.lr, 0, low_open=True)
+    check_range("--flip", args.flip, 0, 1)
+    for axis, (spacing, size) in zip("XYZ", zip(args.spacing_xyz, args.size_xyz)):
+        check_range(f"--spacing-xyz {axis}", spacing, 0, low_open=True)
+        check_range(f"--size-xyz {axis}", size, 1)
+    if not args.hu_window[0] < args.hu_window[1]:
+        raise UserError(f"--hu-window {args.hu_window[0]:g} {args.hu_window[1]:g}: LO must be below HI")
+
+
 def _train(args) -> int:
     from .trainer import TrainSettings, train
 
+    _check_train_ranges(args)
     name, raw, table = _dataset(args.dataset)
     geometry = Geometry(tuple(reversed(args.spacing_xyz)), tuple(reversed(args.size_xyz)), tuple(args.hu_window))
     if args.pretrained is not None and not args.pretrained.is_file():
@@ -118,8 +136,6 @@ def _train(args) -> int:
                       lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, flip=args.flip,
                       seed=args.seed, device=_device(args.device), workers=args.workers, val_every=args.val_every,
                       n_boot=args.bootstrap, geometry=geometry.to_json(), out=str(out), pbar=not args.no_pbar)
-    if not 0 < args.fraction <= 1 or args.epochs < 1 or args.batch_size < 1:
-        raise UserError("--fraction must be in (0, 1], --epochs and --batch-size at least 1")
     results = train(s, table, folder, resume=args.resume)
     print(f"{out}: valid macro AUROC {results.get('val_macro_auroc')} (95% CI {results.get('val_macro_ci')})")
     return 0

@@ -12,7 +12,7 @@ from typing import Sequence
 from medgmae_plans.configurations import DEFAULT_CONFIGURATION
 from medgmae_plans.constants import NORMALISATION
 from medgmae_plans.runtime import UserError
-from preprocessing.collections import CaseRef, list_pretraining_cases, load_case, load_properties
+from preprocessing.collections import CaseRef, check_cases, list_pretraining_cases, load_case, load_properties
 from preprocessing.pretrain_sampling import PretrainCase
 
 PLANS_FILE = "MedGMAEPlans.json"
@@ -41,6 +41,7 @@ def pretraining_cases(datasets: Sequence[str], image_collections: Sequence[str],
                       configuration: str = DEFAULT_CONFIGURATION) -> tuple[list[PretrainCase], dict]:
     """All cases of the named datasets and collections, and the data part of the checkpoint metadata."""
     refs = list_pretraining_cases(datasets, image_collections, configuration=configuration)
+    check_cases(refs)
     sources = list(dict.fromkeys(r.source for r in refs))
     first = {r.source: r for r in reversed(refs)}
     spacings = {s: _plans_spacing(first[s], configuration) for s in sources}

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from medgmae_plans.atomic import remove_leftovers
 from medgmae_plans.configurations import DEFAULT_CONFIGURATION, geometry
-from medgmae_plans.runtime import Interrupted, StopSignals, UserError, progress
+from medgmae_plans.runtime import Interrupted, StopSignals, UserError, check_range, progress
 from preprocessing.pretrain_sampling import CropChunks, PretrainCase, SamplingConfig, centre_crop, iterate_batches
 
 from .. import run
@@ -94,13 +94,10 @@ class PretrainSettings:
                                  ("--png-every", s.png_every, 1), ("--log-every", s.log_every, 1),
                                  ("--gaussians", s.gaussians, 1), ("--warmup", s.warmup, 0),
                                  ("--workers", s.workers, 0), ("--threads", s.threads, 1)):
-            if value is not None and value < low:
-                raise UserError(f"{flag} {value}: must be at least {low}")
-        if not 0.0 < s.mask_ratio < 1.0:
-            raise UserError(f"--mask-ratio {s.mask_ratio:g}: must be in (0, 1), exclusive (0 masks nothing, "
-                            "1 leaves nothing visible)")
-        if not (s.lr is None or (math.isfinite(s.lr) and s.lr > 0)):
-            raise UserError(f"--lr {s.lr:g}: must be > 0")
+            check_range(flag, value, low)
+        # 0 masks nothing, 1 leaves nothing visible
+        check_range("--mask-ratio", s.mask_ratio, 0, 1, low_open=True, high_open=True)
+        check_range("--lr", s.lr, 0, low_open=True)
         geo = geometry(s.configuration)
         patch, crop = s.patch or geo.vit_patch, s.crop_size or geo.patch
         if crop < patch or crop % patch:

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from medgmae_plans.paths import nnunet_folder
-from medgmae_plans.runtime import UserError, add_common_flags, cli_entry, setup_run_log, write_run_json
+from medgmae_plans.runtime import UserError, add_common_flags, check_range, cli_entry, setup_run_log, write_run_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,18 +25,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init", choices=["scratch"], help="random initialisation of the ViT encoder")
     t.add_argument("--preset", default="tiny", choices=["tiny", "base", "paper"], help="encoder for --init scratch")
     t.add_argument("--patch", type=int, help="encoder patch for --init scratch (power of two; preset's by default)")
-    t.add_argument("--feature-size", type=int, default=16, help="decoder width at full resolution (TransMorph: 16)")
+    t.add_argument("--feature-size", type=int, default=16, help="decoder width at full resolution, >= 1 (TransMorph: 16)")
     t.add_argument("--diffeomorphic", action="store_true", help="integrate a velocity field (MONAI DVF2DDF, 7 steps)")
-    t.add_argument("--steps", type=int, default=1000)
-    t.add_argument("--lr", type=float, default=1e-4)
-    t.add_argument("--w-ncc", type=float, default=1.0)
-    t.add_argument("--w-diff", type=float, default=1.0, help="diffusion regulariser weight")
-    t.add_argument("--w-dice", type=float, default=1.0, help="Dice weight (used when the dataset has labels)")
-    t.add_argument("--ncc-kernel", type=int, default=9)
+    t.add_argument("--steps", type=int, default=1000, help=">= 1")
+    t.add_argument("--lr", type=float, default=1e-4, help="> 0")
+    t.add_argument("--w-ncc", type=float, default=1.0, help="NCC weight, >= 0")
+    t.add_argument("--w-diff", type=float, default=1.0, help="diffusion regulariser weight, >= 0")
+    t.add_argument("--w-dice", type=float, default=1.0, help="Dice weight, >= 0 (used when the dataset has labels)")
+    t.add_argument("--ncc-kernel", type=int, default=9, help="local NCC window edge, odd, >= 1")
     t.add_argument("--seed", type=int, default=41)
     t.add_argument("--device", default="auto", help="cpu, cuda, or auto")
-    t.add_argument("--val-every", type=int, default=100, help="validate every N steps (0: only at the end)")
-    t.add_argument("--save-every", type=int, default=50)
+    t.add_argument("--val-every", type=int, default=100, help="validate every N steps, >= 0 (0: only at the end)")
+    t.add_argument("--save-every", type=int, default=50, help=">= 1")
     t.add_argument("--out", type=Path, help="run folder (default $nnUNet_results/MedGMAE_register/<dataset>/<run>)")
     t.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint_latest.pt")
     add_common_flags(t)
@@ -97,8 +97,14 @@ def _train(args) -> int:
         raise UserError("the VoxelMorph baseline trains from scratch; drop --pretrained")
     if args.pretrained is not None and not args.pretrained.is_file():
         raise UserError(f"pretrained checkpoint {args.pretrained} does not exist")
-    if args.steps < 1 or args.lr <= 0 or args.feature_size < 1 or args.save_every < 1:
-        raise UserError("--steps, --feature-size and --save-every must be at least 1, --lr positive")
+    for flag, value, low in (("--steps", args.steps, 1), ("--feature-size", args.feature_size, 1),
+                             ("--save-every", args.save_every, 1), ("--val-every", args.val_every, 0),
+                             ("--ncc-kernel", args.ncc_kernel, 1), ("--w-ncc", args.w_ncc, 0),
+                             ("--w-diff", args.w_diff, 0), ("--w-dice", args.w_dice, 0)):
+        check_range(flag, value, low)
+    check_range("--lr", args.lr, 0, low_open=True)
+    if args.ncc_kernel % 2 == 0:
+        raise UserError(f"--ncc-kernel {args.ncc_kernel}: must be odd (a window centred on each voxel)")
     root = dataset_folder(args.dataset, not args.no_pbar)
     ds = RegistrationDataset(root)
     if args.network == "voxelmorph":
