@@ -21,7 +21,9 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from medgmae_plans.runtime import UserError, add_common_flags, cli_entry
+from medgmae_plans.image_sources import IMAGE_ENDINGS
+from medgmae_plans.runtime import UserError, add_common_flags, check_writable, cli_entry
+from medgmae_plans.validate import check_complete
 
 from . import use_ext_trainers
 from .run_record import Settings
@@ -59,13 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-chk", default="checkpoint_final.pth", metavar="NAME",
                    help="checkpoint file name in each fold folder (default checkpoint_final.pth)")
     p.add_argument("-npp", type=int, default=_env_int("nnUNet_npp", 3), metavar="N",
-                   help="preprocessing processes (default $nnUNet_npp or 3; -npp 0 -nps 0: one process)")
+                   help="preprocessing processes, >= 0 (default $nnUNet_npp or 3; -npp 0 -nps 0: one process)")
     p.add_argument("-nps", type=int, default=_env_int("nnUNet_nps", 3), metavar="N",
-                   help="segmentation export processes (default $nnUNet_nps or 3)")
+                   help="segmentation export processes, >= 0 (default $nnUNet_nps or 3)")
     p.add_argument("-prev_stage_predictions", metavar="FOLDER",
                    help="previous stage's predictions (cascades only)")
     p.add_argument("-num_parts", type=int, default=1, metavar="N",
-                   help="split the cases over N separate calls (default 1)")
+                   help="split the cases over N >= 1 separate calls (default 1)")
     p.add_argument("-part_id", type=int, default=0, metavar="K", help="which of the -num_parts calls this is")
     p.add_argument("-device", choices=("cuda", "cpu", "mps"), help="default: cuda when available, else cpu")
     p.add_argument("--not_on_device", action="store_true",
@@ -119,8 +121,18 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UserError(f"-i {args.i}: no such folder of input images")
     if not 0 < args.step_size <= 1:
         raise UserError(f"-step_size {args.step_size} is outside (0, 1]")
+    if args.num_parts < 1:
+        raise UserError(f"-num_parts {args.num_parts} must be at least 1")
     if not 0 <= args.part_id < args.num_parts:
         raise UserError(f"-part_id {args.part_id} must be in 0..{args.num_parts - 1} (-num_parts {args.num_parts})")
+    for flag, value in (("-npp", args.npp), ("-nps", args.nps)):
+        if value < 0:
+            raise UserError(f"{flag} {value} must be >= 0")
+    check_writable(args.o)
+    # nnU-Net reads the images with SimpleITK, which takes a cut NIfTI's missing voxels as 0
+    for image in sorted(Path(args.i).iterdir()):
+        if image.is_file() and not image.name.startswith(".") and image.name.lower().endswith(IMAGE_ENDINGS):
+            check_complete(image)
     dataset = resolve_dataset(args.d, roots=[results])
     model = results / dataset / f"{args.tr}__{args.p}__{args.c}"
     if not model.is_dir():
