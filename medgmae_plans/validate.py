@@ -14,6 +14,7 @@ Only SimpleITK and numpy are imported, so the checks can run in cheap worker pro
 from __future__ import annotations
 
 import json
+import math
 import re
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -112,7 +113,8 @@ def _gzip_contents(path: Path) -> tuple[int, bytes]:
 
 
 def _nifti_data_end(head: bytes, path: Path) -> int:
-    """The byte offset where a NIfTI-1/-2 file's voxels end, from its header."""
+    """The byte offset where a NIfTI-1/-2 file's voxels end, from its header, refusing a header
+    spacing (pixdim) that is not positive: SimpleITK silently reads a 0 as 1 mm."""
     import struct
 
     for order in "<>":
@@ -120,11 +122,13 @@ def _nifti_data_end(head: bytes, path: Path) -> int:
         if header_size == 348 and len(head) >= 348:   # NIfTI-1
             dims = struct.unpack(order + "8h", head[40:56])
             bitpix = struct.unpack(order + "h", head[72:74])[0]
+            pixdim = struct.unpack(order + "8f", head[76:108])
             offset = int(struct.unpack(order + "f", head[108:112])[0])
             break
         if header_size == 540 and len(head) >= 540:   # NIfTI-2
             dims = struct.unpack(order + "8q", head[16:80])
             bitpix = struct.unpack(order + "h", head[14:16])[0]
+            pixdim = struct.unpack(order + "8d", head[104:168])
             offset = struct.unpack(order + "q", head[168:176])[0]
             break
     else:
@@ -132,6 +136,10 @@ def _nifti_data_end(head: bytes, path: Path) -> int:
     if not 1 <= dims[0] <= 7 or any(n < 1 for n in dims[1:dims[0] + 1]) or bitpix < 1:
         raise UserError(f"{path}: NIfTI header has dimensions {list(dims[1:max(1, min(dims[0], 7)) + 1])}, "
                         f"{bitpix} bits per voxel")
+    spacing = pixdim[1:min(dims[0], 3) + 1]
+    if not all(math.isfinite(v) and v > 0 for v in spacing):
+        raise UserError(f"{path}: header spacing (pixdim) {[float(v) for v in spacing]} mm: every spacing must be "
+                        "a positive number")
     # voxels never start inside the header and its 4-byte extension flag
     return max(offset, header_size + 4) + int(np.prod(dims[1:dims[0] + 1], dtype=np.int64)) * bitpix // 8
 
