@@ -109,10 +109,11 @@ def evaluate_two_folders(args) -> int:
     out = Path(args.out) if args.out else pred_dir / SUMMARY_NAME
     if out.suffix != ".json":
         raise UserError(f"{out}: the summary file must end in .json")
-    log = setup_run_log(check_writable(out.parent), "medgmae_evaluate", args.verbose)
+    check_writable(out.parent)
     start = time.time()
     per_case = evaluate_pairs(pairs, list(labels), list(declared) if declared else None, args.tolerance,
                               args.num_processes, not args.no_pbar, desc="evaluate")
+    log = setup_run_log(out.parent, "medgmae_evaluate", args.verbose)  # after the inputs passed their checks
     log.info(f"{len(pairs)} case(s), {len(labels)} label(s)" + (f" from {dataset_json}" if dataset_json else ""))
     summary = summarise(per_case, labels, args.tolerance, input_stamps(pairs))
     write_summary(summary, out)

@@ -73,8 +73,13 @@ def read_geometry(path: Path) -> Geometry:
 
 
 def check_pairs_geometry(pairs: Sequence["CasePair"]) -> None:
-    """Every prediction on its reference's grid, from the headers, before any voxel is evaluated."""
+    """Every file whole (`check_complete`: a cut prediction would score as background) and every
+    prediction on its reference's grid, before any voxel is evaluated."""
+    from medgmae_plans.validate import check_complete
+
     for pair in pairs:
+        check_complete(pair.ref)
+        check_complete(pair.pred)
         check_same_geometry(read_geometry(pair.ref), read_geometry(pair.pred), pair.ref, pair.pred)
 
 

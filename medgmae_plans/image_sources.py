@@ -118,14 +118,8 @@ def load_ct(source: ImageSource) -> tuple[np.ndarray, dict]:
 
 
 def source_geometry(source: ImageSource) -> tuple[list[float], list[int]]:
-    """Spacing and shape (z, y, x) for planning; files are read header-only, DICOM series in full."""
-    if source.dicom_files:
-        image = read_source(source)
-    else:
-        image = sitk.ImageFileReader()
-        image.SetFileName(source.path)
-        try:
-            image.ReadImageInformation()
-        except RuntimeError:
-            raise UserError(f"{source.path}: cannot be read as an image") from None
+    """Spacing and shape (z, y, x) for planning, from a whole read of the image, checked as
+    `load_ct` checks it: every image passes before anything of the collection is written."""
+    image = read_source(source)
+    check_ct_image(image, source.describe())
     return [abs(float(s)) for s in image.GetSpacing()[::-1]], [int(n) for n in image.GetSize()[::-1]]

@@ -20,6 +20,7 @@ Each run writes `medgmae_plan_and_preprocess.log` and `.json` beside its outputs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -184,7 +185,7 @@ def preprocess_collection(images: Path, name: str, args) -> dict:
     sources = find_images(images)
     start = time.perf_counter()
     headers = run_jobs([(s,) for s in sources], source_geometry, args.num_processes,
-                       _bar(not args.no_pbar, f"Reading {name} headers"))
+                       _bar(not args.no_pbar, f"Checking {name}"))
 
     from .planner import build_plans, save_plans_file
     from .preprocess import CaseJob
@@ -232,18 +233,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw_root = nnunet_folder("nnUNet_raw")
     names = [resolve_dataset(text, roots=[raw_root]) for text in args.datasets]
     for name in dict.fromkeys(names):
-        with _lock(name):
+        with _lock(raw_root / name, name):
             plan_and_preprocess_dataset(name, args)
     if args.images is not None:
-        with _lock(COLLECTION_PREFIX + args.name):
+        with _lock(args.images, COLLECTION_PREFIX + args.name):
             preprocess_collection(args.images, args.name, args)
     return 0
 
 
-def _lock(name: str):
+def _lock(source: Path, name: str):
     """One run per dataset at a time: a second would redo the same work into the same folders. The
-    lock file sits beside the dataset's folder, so the folder itself holds only what the run writes."""
-    return exclusive_lock(nnunet_folder("nnUNet_preprocessed") / f".{name}.medgmae_lock", name)
+    lock is taken on the raw folder it reads (nothing is written to take it)."""
+    if not Path(source).is_dir():
+        return contextlib.nullcontext()  # the run itself says what is missing
+    return exclusive_lock(source, name)
 
 
 if __name__ == "__main__":

@@ -93,24 +93,24 @@ def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Pa
 
 
 @contextlib.contextmanager
-def exclusive_lock(lock_file: str | os.PathLike, what: str):
-    """Hold an exclusive lock on `lock_file` for the block; a second holder gets a one-line `UserError`.
+def exclusive_lock(folder: str | os.PathLike, what: str):
+    """Hold an exclusive lock on the existing `folder` for the block; a second holder gets a one-line
+    `UserError`.
 
-    flock, so the kernel releases it when the holder dies (a killed run never blocks the next).
+    flock on the folder itself, so that nothing is written to take it, and the kernel releases it
+    when the holder dies (a killed run never blocks the next).
     """
     import fcntl
 
-    lock_file = Path(lock_file)
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a") as handle:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"{lock_file}: another run holds the lock on {what}; wait for it to finish") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            raise UserError(f"{folder}: another run is working on {what}; wait for it to finish") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -31,7 +31,7 @@ from medgmae_plans.runtime import UserError, add_common_flags, check_writable, c
 from .fbp import analytic_reconstruction
 from .fit import FitSettings, fit
 from .gaussian_field import DensifyConfig, LearningRates
-from .initialisers import INITS, initialise
+from .initialisers import INITS, initialise, load_decoder
 from .metrics import SSIM_IMPLEMENTATION, psnr, ssim
 from .plots import plot_curves, plot_slices
 from .projectors import make_projector
@@ -190,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for init, ckpt in inits:
         if init != "fbp" and not ckpt:
             raise UserError(f"--init {init} needs --checkpoint" + (" (and medgmae-star --checkpoint-star)" if args.compare else ""))
+        if ckpt:
+            load_decoder(ckpt, init)  # read once now, so a bad checkpoint is refused before any work
     truth, spacing = prepare_volume(args)
     log = setup_run_log(out, NAME, args.verbose)
 

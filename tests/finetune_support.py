@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
+import blosc2
+import numpy as np
 import torch
 
 from medgmae_plans.constants import NORMALISATION
@@ -45,8 +48,12 @@ def minimal_preprocessed(preprocessed: Path, patch=(32, 32, 32), n_labels: int =
     config = plans["configurations"]["3d_fullres"]
     config["patch_size"] = list(patch)
     config["architecture"]["arch_kwargs"]["img_size"] = list(patch)
-    (folder / config["data_identifier"]).mkdir(parents=True, exist_ok=True)
-    (folder / config["data_identifier"] / "placeholder.b2nd").write_bytes(b"")
+    data = folder / config["data_identifier"]
+    data.mkdir(parents=True, exist_ok=True)
+    # one tiny but readable case: medgmae_train opens every case before nnU-Net starts
+    for name, dtype in (("placeholder.b2nd", np.float32), ("placeholder_seg.b2nd", np.int16)):
+        blosc2.asarray(np.zeros((1, 4, 4, 4), dtype), urlpath=str(data / name), mode="w")
+    (data / "placeholder.pkl").write_bytes(pickle.dumps({"spacing": [1.5, 1.5, 1.5]}))
     (folder / "MedGMAEPlans.json").write_text(json.dumps(plans))
     (folder / "dataset.json").write_text(json.dumps(labels_json(n_labels)))
     return plans
