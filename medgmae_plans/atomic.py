@@ -33,14 +33,40 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp_path, path)
     except OSError as err:
-        # a write into an open file reports no file name: name the one being written, so that a full
-        # disk says where (runtime.cli_entry turns it into one line); `path` itself is untouched
-        if err.filename is None and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        # a write into an open file reports no file name (or the temporary one): name the file being
+        # written, so that a full disk says where (runtime.cli_entry makes it one line); `path` is untouched
+        if err.errno in (errno.ENOSPC, errno.EDQUOT) and err.filename in (None, str(tmp_path)):
             raise OSError(err.errno, err.strerror, str(path)) from None
         raise
+    except RuntimeError as err:
+        raise disk_full_error(path, err) or err
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+# Below this much free space a writer's failure is taken for a full disk (see disk_full_error).
+DISK_FULL_MARGIN = 16 << 20
+
+
+def disk_full_error(path: str | os.PathLike, err: BaseException) -> OSError | None:
+    """The ENOSPC OSError that `err` really is, or None.
+
+    SimpleITK and blosc2 report a full disk as a bare RuntimeError ("Error while creating the
+    NDArray"), which would read as a fault of the image being written; when the device holding
+    `path` is (all but) full at that moment, that is the cause to report.
+    """
+    if not isinstance(err, RuntimeError):
+        return None
+    try:
+        free = shutil.disk_usage(Path(path).parent).free
+    except OSError:
+        return None
+    if free >= DISK_FULL_MARGIN:
+        return None
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    full.__cause__ = err
+    return full
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -28,9 +28,9 @@ from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPre
 from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from .atomic import atomic_path, replaced_directory, write_json_atomic
+from .atomic import atomic_path, disk_full_error, replaced_directory, write_json_atomic
 from .image_sources import ImageSource, load_ct
-from .runtime import UserError
+from .runtime import UserError, os_error_line
 from .validate import run_jobs
 
 
@@ -82,8 +82,13 @@ def preprocess_case(job: CaseJob, out_folder: str, plans: dict, dataset_json: di
         _save_case(data, seg, properties, os.path.join(out_folder, job.case_id), config.patch_size)
     except UserError:
         raise
-    except Exception as err:  # nnU-Net reports with asserts and bare RuntimeErrors: name the case
+    except OSError as err:
+        if os_error_line(err):  # a full disk or a folder we may not write: not the case's fault
+            raise
         raise UserError(f"{job.describe()}: preprocessing failed ({type(err).__name__}: {err})") from err
+    except Exception as err:  # nnU-Net reports with asserts and bare RuntimeErrors: name the case
+        full = disk_full_error(os.path.join(out_folder, job.case_id), err)
+        raise full or UserError(f"{job.describe()}: preprocessing failed ({type(err).__name__}: {err})") from err
     return {"case": job.case_id, "shape": [int(s) for s in data.shape[1:]],
             "original_spacing": [float(s) for s in properties["spacing"]]}
 

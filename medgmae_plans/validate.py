@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import disk_full_error
 from .runtime import UserError
 
 SPACING_RTOL = 1e-3
@@ -174,6 +175,20 @@ def check_complete(path: str | Path) -> None:
         end = _nifti_data_end(head, path)
         if length < end:
             raise UserError(f"{path}: cannot be read: truncated, {length} bytes of NIfTI data where its header needs {end}")
+
+
+def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> None:
+    """`sitk.WriteImage`, then the written file checked whole (`check_complete`).
+
+    On a full disk SimpleITK's NIfTI writer prints "wrote only 0 of N bytes" and returns as if the
+    file were written, leaving a cut file that the next command would read as zeros.
+    """
+    sitk.WriteImage(image, str(path), useCompression=compress)
+    try:
+        check_complete(path)
+    except UserError as err:
+        raise disk_full_error(path, RuntimeError(str(err))) or \
+            UserError(f"{path}: written incompletely; is its device full or failing?") from None
 
 
 def read_image(path: str | Path) -> sitk.Image:

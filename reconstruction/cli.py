@@ -27,6 +27,7 @@ import torch
 
 from medgmae_plans.atomic import atomic_directory, save_torch_atomic, write_json_atomic, write_text_atomic
 from medgmae_plans.runtime import UserError, add_common_flags, check_writable, cli_entry, setup_run_log, write_run_json
+from medgmae_plans.validate import write_image
 
 from .fbp import analytic_reconstruction
 from .fit import FitSettings, fit
@@ -152,7 +153,7 @@ def _write_nifti(vol: np.ndarray, spacing, path: Path) -> None:
     img = sitk.GetImageFromArray(vol.astype(np.float32))
     img.SetSpacing(tuple(float(s) for s in reversed(spacing)))
     with atomic_path(path) as tmp:
-        sitk.WriteImage(img, str(tmp), useCompression=True)
+        write_image(img, tmp)
 
 
 def _fmt_reached(r: dict | None, key: str) -> str:

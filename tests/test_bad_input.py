@@ -238,6 +238,54 @@ def test_convert_undocumented_label_value(flare22, nnunet_env, capsys):
     convert(capsys, nnunet_env, flare22, path, "[40]", "documented label map")
 
 
+def test_convert_disk_full_while_writing_a_label(flare22, nnunet_env, capsys, monkeypatch):
+    """SimpleITK's NIfTI writer leaves a cut file on a full disk and returns as if it had written it
+    (it prints "wrote only 0 of N bytes"): the written file is checked, and the device found full."""
+    from collections import namedtuple
+
+    from medgmae_plans import atomic
+
+    real_write = sitk.WriteImage
+
+    def write_half(image, path, *args, **kwargs):
+        real_write(image, path, *args, **kwargs)
+        truncate(path)
+    monkeypatch.setattr(sitk, "WriteImage", write_half)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 0))
+    line = convert(capsys, nnunet_env, flare22, "no space left on device writing", "labelsTr")
+    assert "FLARE22_Tr_0001.nii.gz" in line
+
+
+def test_plan_disk_full_is_not_blamed_on_the_image(preprocessed_source, monkeypatch, tmp_path):
+    """blosc2 reports a full disk as a bare RuntimeError: with the device full, preprocessing says so
+    instead of "<image>: preprocessing failed"."""
+    from collections import namedtuple
+
+    from medgmae_plans import atomic, preprocess
+    from medgmae_plans.runtime import os_error_line
+
+    folder = preprocessed_source["nnUNet_preprocessed"] / DATASET
+    plans = json.loads((folder / "MedGMAEPlans.json").read_text())
+    raw = preprocessed_source["nnUNet_raw"] / DATASET
+    job = preprocess.CaseJob("phantom_000", (str(raw / CASE_IMAGE),), str(raw / CASE_LABEL))
+
+    def full(*args, **kwargs):
+        raise RuntimeError("Error while creating the NDArray")
+    monkeypatch.setattr(preprocess, "_save_case", full)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 0))
+    with pytest.raises(OSError) as stop:
+        preprocess.preprocess_case(job, str(tmp_path), plans, json.loads((raw / "dataset.json").read_text()),
+                                   "3d_fullres")
+    assert os_error_line(stop.value).startswith(f"no space left on device writing {tmp_path / 'phantom_000'}")
+
+
+def test_convert_unwritable_raw_folder(flare22, nnunet_env, capsys, not_writable):
+    folder = not_writable(nnunet_env["nnUNet_raw"])
+    convert(capsys, nnunet_env, flare22, folder, "not writable")
+
+
 def test_convert_unknown_dataset_kind(tmp_path, nnunet_env, capsys):
     from preprocessing.convert.cli import main
 
@@ -331,7 +379,6 @@ def test_pretrain_disk_full_keeps_the_last_good_checkpoint(preprocessed, tmp_pat
     assert not atomic.remove_leftovers(out), "the failed save left its temporary file"
 
 
-@pytest.mark.slow
 def test_pretrain_killed_mid_save_leaves_nothing_after_the_rerun(preprocessed, tmp_path, capsys):
     """kill -9 during a checkpoint save (the fault hook: the temporary file a killed `atomic_path`
     leaves, written by a child process that dies before its rename); the rerun with --resume removes it
@@ -592,6 +639,15 @@ def test_register_train_argument_out_of_range(nnunet_env, tmp_path, capsys, flag
             unchanged=[nnunet_env["nnUNet_raw"], nnunet_env["nnUNet_results"]])
 
 
+def test_register_train_unwritable_out(nnunet_env, tmp_path, capsys, not_writable):
+    """Refused before the phantom registration dataset is made or any training."""
+    from medgmae_trainers.registration.cli import main
+
+    not_writable(tmp_path)
+    refused(capsys, main, ["train", "--init", "scratch", "--out", tmp_path / "run", "--no-pbar"], tmp_path / "run",
+            "not writable", unchanged=[nnunet_env["nnUNet_results"]])
+
+
 def test_register_convert_oasis_truncated_image(nnunet_env, tmp_path, capsys):
     from medgmae_trainers.registration.cli import main
 
@@ -676,3 +732,25 @@ def test_console_scripts(nnunet_env, tmp_path):
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and fragment in lines[0], (name, result.stderr)
         assert lines[0].startswith(f"{name}: error:")
+
+
+# ---------------------------------------------------------------- repaired rather than refused
+
+def test_image_smaller_than_the_patch_is_padded_with_air(nnunet_env, tmp_path, capsys):
+    """A 20^3 image (smaller than the 96^3 patch) is kept: preprocessed as it is, and its pretraining
+    crop is the image inside padding that reads as air (0 after the CT window)."""
+    from medgmae_plans.constants import window_hu
+    from medgmae_plans.plan_and_preprocess import main
+    from preprocessing.collections import collection_data_folder, folder_cases, load_case
+    from preprocessing.pretrain_sampling import extract_crop
+
+    hu = small_ct((20, 20, 20), dtype=np.float32)
+    write_ct(tmp_path / "images" / "tiny.nii.gz", hu, spacing=(1.5, 1.5, 1.5))
+    assert main(["--images", str(tmp_path / "images"), "--name", "Tiny", "-np", "1", "--no-pbar"]) == 0
+    image, _ = load_case(folder_cases(collection_data_folder("Tiny"), labelled=False)[0])
+    assert image.shape == (1, 20, 20, 20)
+    np.testing.assert_allclose(image[0], window_hu(hu), atol=1e-6)
+    crop = extract_crop(image, [10, 10, 10], 96)
+    assert crop.shape == (1, 96, 96, 96)
+    np.testing.assert_array_equal(crop[0, 38:58, 38:58, 38:58], image[0])
+    assert crop.sum() == pytest.approx(image.sum(), rel=1e-6)  # the padding is all 0

@@ -6,7 +6,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from medgmae_plans.paths import nnunet_folder
-from medgmae_plans.runtime import UserError, add_common_flags, check_range, cli_entry, setup_run_log, write_run_json
+from medgmae_plans.runtime import (UserError, add_common_flags, check_range, check_writable, cli_entry, setup_run_log,
+                                   write_run_json)
 
 from .data import LABELS_CSV, Geometry, LabelTable, ensure_preprocessed, preprocessed_folder, read_labels
 
@@ -129,7 +130,7 @@ def _train(args) -> int:
     if args.pretrained is not None and not args.pretrained.is_file():
         raise UserError(f"pretrained checkpoint {args.pretrained} does not exist")
     run = f"{'pretrained_' + args.pretrained.parent.name if args.pretrained else 'scratch_' + args.preset}_f{args.fraction:g}"
-    out = args.out or nnunet_folder("nnUNet_results") / "MedGMAE_classify" / name / run
+    out = check_writable(args.out or nnunet_folder("nnUNet_results") / "MedGMAE_classify" / name / run)
     folder = _preprocess(name, raw, table, geometry, args.preprocess_workers, not args.no_pbar, print)
     s = TrainSettings(dataset=name, pretrained=str(args.pretrained.resolve()) if args.pretrained else None,
                       preset=args.preset, fraction=args.fraction, epochs=args.epochs, batch_size=args.batch_size,

@@ -9,7 +9,8 @@ import argparse
 from pathlib import Path
 
 from medgmae_plans.paths import nnunet_folder
-from medgmae_plans.runtime import UserError, add_common_flags, check_range, cli_entry, setup_run_log, write_run_json
+from medgmae_plans.runtime import (UserError, add_common_flags, check_range, check_writable, cli_entry, setup_run_log,
+                                   write_run_json)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +106,8 @@ def _train(args) -> int:
     check_range("--lr", args.lr, 0, low_open=True)
     if args.ncc_kernel % 2 == 0:
         raise UserError(f"--ncc-kernel {args.ncc_kernel}: must be odd (a window centred on each voxel)")
+    if args.out is not None:
+        check_writable(args.out)  # before the phantom dataset is made on first use
     root = dataset_folder(args.dataset, not args.no_pbar)
     ds = RegistrationDataset(root)
     if args.network == "voxelmorph":
@@ -112,7 +115,7 @@ def _train(args) -> int:
     else:
         run = f"vit_{'pretrained_' + args.pretrained.parent.name if args.pretrained else 'scratch_' + args.preset}"
     run += "_diff" if args.diffeomorphic else ""
-    out = args.out or nnunet_folder("nnUNet_results") / "MedGMAE_register" / ds.name / run
+    out = check_writable(args.out or nnunet_folder("nnUNet_results") / "MedGMAE_register" / ds.name / run)
     s = TrainSettings(dataset=str(root.resolve()), network=args.network,
                       pretrained=str(args.pretrained.resolve()) if args.pretrained else None, preset=args.preset,
                       patch=args.patch, feature_size=args.feature_size, diffeomorphic=args.diffeomorphic,

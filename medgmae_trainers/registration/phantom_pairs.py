@@ -32,6 +32,7 @@ import torch
 from medgmae_plans.atomic import atomic_directory, write_json_atomic, write_text_atomic
 from medgmae_plans.constants import HU_WINDOW
 from medgmae_plans.runtime import UserError, progress
+from medgmae_plans.validate import write_image
 
 from .dataset import DESCRIPTION, FORMAT, PREFIX, ddf_to_itk
 from .metrics import jacobian_determinant
@@ -125,8 +126,8 @@ def build_phantom_pairs(raw_root: Path, *, pbar: bool = True, log=print, **overr
             (tmp / sub).mkdir()
 
         def write_case(name, hu, lab):
-            sitk.WriteImage(to_image(hu), str(tmp / "images" / f"{name}.nii.gz"), useCompression=True)
-            sitk.WriteImage(to_image(lab), str(tmp / "labels" / f"{name}.nii.gz"), useCompression=True)
+            write_image(to_image(hu), tmp / "images" / f"{name}.nii.gz")
+            write_image(to_image(lab), tmp / "labels" / f"{name}.nii.gz")
             cases[name] = {"image": f"images/{name}.nii.gz", "label": f"labels/{name}.nii.gz"}
 
         for i, name in enumerate(progress(names, enabled=pbar, desc="phantom subjects")):
@@ -140,7 +141,7 @@ def build_phantom_pairs(raw_root: Path, *, pbar: bool = True, log=print, **overr
             fixed = f"{name}_def"
             write_case(fixed, w_hu, w_lab)
             flow = f"flows/{name}__{fixed}.nii.gz"
-            sitk.WriteImage(ddf_to_itk(ddf, to_image(hu)), str(tmp / flow), useCompression=True)
+            write_image(ddf_to_itk(ddf, to_image(hu)), tmp / flow)
             (val if split_of[i] == "val" else test).append({"moving": name, "fixed": fixed, "flow": flow})
         for split, pairs in (("val", val), ("test", test)):
             subs = [n for n, sp_ in zip(names, split_of) if sp_ == split]

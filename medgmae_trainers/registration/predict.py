@@ -17,6 +17,7 @@ import numpy as np
 
 from medgmae_plans.atomic import atomic_path
 from medgmae_plans.runtime import UserError, progress, write_run_json
+from medgmae_plans.validate import write_image
 
 from .dataset import RegistrationDataset, ddf_to_itk
 from .inference import apply, register
@@ -30,7 +31,7 @@ def _write(arr: np.ndarray, reference, path: Path) -> None:
     img = sitk.GetImageFromArray(arr)
     img.CopyInformation(reference)
     with atomic_path(path) as tmp:
-        sitk.WriteImage(img, str(tmp), useCompression=True)
+        write_image(img, tmp)
 
 
 def predict(model_path: Path, ds: RegistrationDataset, split: str, out: Path, device, *, pbar: bool = True,
@@ -58,7 +59,7 @@ def predict(model_path: Path, ds: RegistrationDataset, split: str, out: Path, de
         if wseg is not None:
             _write(wseg.astype(np.int16), ref, out / f"{pair.name}_warped_seg.nii.gz")
         with atomic_path(out / f"{pair.name}_ddf.nii.gz") as tmp:
-            sitk.WriteImage(ddf_to_itk(ddf, ref), str(tmp), useCompression=True)
+            write_image(ddf_to_itk(ddf, ref), tmp)
         pair_png(out / f"{pair.name}.png", fixed, moving, warped, ddf, ds.label(pair.fixed),
                  title=f"{pair.moving} -> {pair.fixed}")
     results = {"pairs": [{"moving": p.moving, "fixed": p.fixed, "flow": p.flow, "name": p.name} for p in pairs],

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from medgmae_plans.paths import nnunet_folder
-from medgmae_plans.runtime import UserError, add_common_flags, cli_entry, progress
+from medgmae_plans.runtime import UserError, add_common_flags, check_writable, cli_entry, progress
 
 from . import abdomenatlas, amos, btcv, flare22, segthor
 from .common import write_raw_dataset
@@ -39,8 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = args.source.expanduser().resolve()
     if not source.is_dir():
         raise UserError(f"{source}: not a folder")
+    raw_root = check_writable(nnunet_folder("nnUNet_raw"), "nnUNet_raw folder")
     conversion = module.find(source)
-    raw_root = nnunet_folder("nnUNet_raw")
 
     def bar(items):
         return progress(items, enabled=not args.no_pbar, desc=f"Converting {args.dataset}", total=len(items))

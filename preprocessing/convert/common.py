@@ -20,7 +20,7 @@ from medgmae_plans.atomic import replaced_directory, write_json_atomic, write_te
 from medgmae_plans.datasets import available_datasets
 from medgmae_plans.paths import dataset_folder_name
 from medgmae_plans.runtime import UserError
-from medgmae_plans.validate import _same_geometry, check_complete, label_values, read_image, run_jobs
+from medgmae_plans.validate import _same_geometry, check_complete, label_values, read_image, run_jobs, write_image
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def _copy_image(src: Path, dst: Path) -> sitk.Image | None:
         shutil.copyfile(src, dst)
         return None
     image = read_image(src)
-    sitk.WriteImage(image, str(dst), useCompression=True)
+    write_image(image, dst)
     return image
 
 
@@ -119,7 +119,7 @@ def convert_case(spec: CaseSpec, out: Path, folder: str, label_map: dict[int, in
             voxels[inside] = label_id
     out_seg = sitk.GetImageFromArray(voxels.astype(np.uint8))
     out_seg.CopyInformation(reference)
-    sitk.WriteImage(out_seg, str(out / "labelsTr" / f"{spec.case_id}.nii.gz"), useCompression=True)
+    write_image(out_seg, out / "labelsTr" / f"{spec.case_id}.nii.gz")
     return info
 
 

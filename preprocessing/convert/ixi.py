@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from medgmae_plans.runtime import UserError
+from medgmae_plans.validate import write_image
 
 from .registration_common import check_target, write_dataset
 
@@ -101,7 +102,7 @@ def convert_ixi(source: Path, target: Path, overwrite: bool = False, log=print) 
             if img.shape != shape:
                 raise UserError(f"{p}: shape {img.shape} differs from the atlas's {shape}")
             for arr, sub in ((img, "images"), (lab, "labels")):
-                sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp / sub / f"{n}.nii.gz"), useCompression=True)
+                write_image(sitk.GetImageFromArray(arr), tmp / sub / f"{n}.nii.gz")
 
     write_dataset(target, desc, write_cases, lines, overwrite)
     log(f"wrote {target}: " + lines[1])

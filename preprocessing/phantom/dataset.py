@@ -33,7 +33,7 @@ import numpy as np
 from medgmae_plans.atomic import atomic_directory, write_json_atomic, write_text_atomic
 from medgmae_plans.paths import dataset_folder_name
 from medgmae_plans.runtime import UserError, check_writable, progress
-from medgmae_plans.validate import check_complete
+from medgmae_plans.validate import check_complete, write_image
 
 from ..labels import AMOS_LABELS
 from .anatomy import CaseSpec, expected_labels, sample_case
@@ -191,10 +191,10 @@ def _write_case(folder: Path, kind: str, index: int, seed: int, spacing_scale: f
         img.SetDirection(direction)
         return img
 
-    sitk.WriteImage(to_image(case.hu), str(folder / images / f"{case_id}_0000.nii.gz"))
+    write_image(to_image(case.hu), folder / images / f"{case_id}_0000.nii.gz", compress=False)
     present_labels = sorted(int(v) for v in np.unique(case.label) if v)
     if labels:
-        sitk.WriteImage(to_image(case.label), str(folder / labels / f"{case_id}.nii.gz"))
+        write_image(to_image(case.label), folder / labels / f"{case_id}.nii.gz", compress=False)
     info = {"case": case_id, "kind": kind, "shape_zyx": list(case.hu.shape),
             "spacing_zyx": list(case.spacing), "flips_zyx": list(case.flips),
             "pelvis": spec.pelvis, "female": spec.female,
