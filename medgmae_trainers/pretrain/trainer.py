@@ -18,7 +18,6 @@ from typing import Sequence
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from medgmae_plans.atomic import remove_leftovers
 from medgmae_plans.configurations import DEFAULT_CONFIGURATION, geometry
 from medgmae_plans.runtime import Interrupted, StopSignals, UserError, check_range, progress
 from preprocessing.pretrain_sampling import CropChunks, PretrainCase, SamplingConfig, centre_crop, iterate_batches
@@ -139,8 +138,6 @@ def pretrain(settings: PretrainSettings, cases: Sequence[PretrainCase], metadata
 def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dict:
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
-    if info.is_main:
-        remove_leftovers(out)  # a checkpoint save killed mid-write (SIGKILL) left its temporary file
     log = make_logger(out, info)
     latest, final = out / ckpt.LATEST, out / ckpt.FINAL
     state = run.resume_state(latest, s.resume, ckpt.FORMAT, ckpt.WHAT)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medgmae_plans.atomic import remove_leftovers
 from medgmae_plans.runtime import UserError
 
 from .checkpoint import load_checkpoint
@@ -18,9 +19,12 @@ RUN_ONLY = frozenset({"out", "resume", "device", "workers", "threads", "render_b
 def resume_state(latest: Path, resume: bool, fmt: str, what: str) -> dict | None:
     """The checkpoint to continue from, or None for a fresh start (also with --resume and nothing saved).
 
-    A latest checkpoint without --resume is refused: the fresh run would overwrite it.
+    A latest checkpoint without --resume is refused: the fresh run would overwrite it. What a run
+    killed mid-write left of its atomic writes (`atomic.remove_leftovers`) is removed: this is where a
+    run starts again in its own folder.
     """
     latest = Path(latest)
+    remove_leftovers(latest.parent)
     if latest.exists() and not resume:
         raise UserError(f"{latest} exists; pass --resume to continue that run, or choose another --out")
     return load_checkpoint(latest, fmt, what) if resume and latest.exists() else None
