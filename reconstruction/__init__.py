@@ -10,6 +10,8 @@
     plots.py          curve and slice PNGs
     cli.py            the `medgmae_reconstruct` command
 """
+import medgmae_plans  # noqa: F401  (first: it sets OpenMP's wait policy before torch loads)
+
 from .projectors import ConeBeamProjector, ParallelBeamProjector, make_projector
 
 __all__ = ["ParallelBeamProjector", "ConeBeamProjector", "make_projector"]

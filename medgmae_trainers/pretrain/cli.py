@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"steps between checkpoint_latest.pt saves, >= 1 (default {d.save_every})")
     p.add_argument("--png-every", type=int, help=f"steps between snapshot PNGs, >= 1 (default {d.png_every})")
     p.add_argument("--log-every", type=int, help=f"steps between metrics.jsonl rows, >= 1 (default {d.log_every})")
-    p.add_argument("--threads", type=int, help="torch CPU threads per process, >= 1")
+    p.add_argument("--threads", type=int, help=f"torch CPU threads per process, >= 1 (default {d.threads})")
     p.add_argument("--render-backend", choices=("auto", "cupy", "cpu", "torch"),
                    help=f"Gaussian renderer (default {d.render_backend})")
     return add_common_flags(p)

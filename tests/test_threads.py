@@ -1,0 +1,43 @@
+"""Every command makes OpenMP's idle threads sleep, and does so before torch loads its OpenMP library."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+
+# Records OMP_WAIT_POLICY at the moment `torch` is first imported (None: never imported).
+WATCH = """
+import importlib, importlib.abc, os, sys
+seen = {}
+class Watch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch" and "policy" not in seen:
+            seen["policy"] = os.environ.get("OMP_WAIT_POLICY", "unset")
+        return None
+sys.meta_path.insert(0, Watch())
+importlib.import_module(sys.argv[1])
+print(seen.get("policy", "torch-not-imported"))
+"""
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_wait_policy_is_set_before_torch_is_imported(script):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    module = SCRIPTS[script].split(":")[0]
+    out = subprocess.run([sys.executable, "-c", WATCH, module], env=env, cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[-1] in ("PASSIVE", "torch-not-imported"), f"{script} ({module}) imports torch with OMP_WAIT_POLICY {out[-1]}"
+
+
+def test_a_policy_the_user_set_is_kept():
+    env = {**os.environ, "OMP_WAIT_POLICY": "ACTIVE"}
+    code = "import os, medgmae_plans; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"
