@@ -618,14 +618,20 @@ def test_classify_train_hu_window_upside_down(nnunet_env, capsys):
             "--hu-window", unchanged=[nnunet_env["nnUNet_preprocessed"]])
 
 
-def test_classify_truncated_image(nnunet_env, tmp_path):
-    """CT-RATE volumes are read where they are, by the classification preprocessing."""
-    from medgmae_plans.runtime import UserError
-    from medgmae_trainers.classification.data import Geometry, Source, preprocess_image
+def test_classify_truncated_image(nnunet_env, capsys):
+    """The classification preprocessing (which reads CT-RATE's volumes where they are) reads whole.
+    It is resumable case by case, so the contract is: no case file written, nothing in the results."""
+    from medgmae_trainers.classification.cli import main
+    from preprocessing.phantom import generate_dataset
 
-    path = truncate(write_ct(tmp_path / "ct.nii.gz", small_ct()))
-    with pytest.raises(UserError, match="corrupt or truncated gzip stream"):
-        preprocess_image(Source(image=str(path)), Geometry())
+    raw = generate_dataset(nnunet_env["nnUNet_raw"], n_train=2, n_test=1, spacing_scale=4.0, workers=1,
+                           pbar=False, log=lambda *a: None, findings=0.5, dataset_id=991)
+    path = truncate(raw / CASE_IMAGE)
+    code = main(["train", "991", "--init", "scratch", "--epochs", "1", "--size-xyz", "32", "32", "16", "--no-pbar"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and str(path) in err[0] and "corrupt or truncated gzip stream" in err[0]
+    written = [p for var in ("nnUNet_preprocessed", "nnUNet_results") for p in nnunet_env[var].rglob("*") if p.is_file()]
+    assert written == []
 
 
 # ---------------------------------------------------------------- medgmae_register
@@ -754,3 +760,19 @@ def test_image_smaller_than_the_patch_is_padded_with_air(nnunet_env, tmp_path, c
     assert crop.shape == (1, 96, 96, 96)
     np.testing.assert_array_equal(crop[0, 38:58, 38:58, 38:58], image[0])
     assert crop.sum() == pytest.approx(image.sum(), rel=1e-6)  # the padding is all 0
+
+
+# ---------------------------------------------------------------- what the commands print
+
+def test_evaluate_no_nsd_prints_no_nsd(nnunet_env, tmp_path, capsys):
+    """--no-nsd on results folders: the per-run line has Dice only (it once said "NSD@nanmm")."""
+    from evaluate_support import make_gt, make_run
+
+    from evaluation.cli import main
+
+    cases = {f"phantom_{i:03d}": reference_case(i) for i in range(2)}
+    make_gt(nnunet_env["nnUNet_preprocessed"], cases)
+    make_run(nnunet_env["nnUNet_results"], "scratch", 0.1, 0, cases)
+    assert main([DATASET, "--no-nsd", "-o", str(tmp_path / "eval"), "--no-pbar"]) == 0
+    err = capsys.readouterr().err
+    assert "Dice 1.0000" in err and "NSD@" not in err and "nan" not in err.lower().replace("nanmean", "")
