@@ -8,7 +8,7 @@ voxels of the same crops under the same masks, and prints its masked MSE, that o
 masked voxel at the mean of the crop's visible voxels: what a model that learned only intensity levels
 gets), and the ratio. Below 1 means the model uses what it sees; the README quotes the tiny preset's.
 
-The crops come from the named datasets' preprocessed cases, cut with another sampling seed than
+The crops come from the named datasets' preprocessed cases of the checkpoint's configuration, cut with another sampling seed than
 pretraining's 41 and without augmentation. They are not held-out cases: the pretraining pool is all
 of them. The masks are drawn from a fixed seed, so runs compare like for like.
 """
@@ -18,6 +18,7 @@ import argparse
 
 import torch
 
+from medgmae_plans.configurations import DEFAULT_CONFIGURATION
 from medgmae_plans.runtime import UserError, cli_entry
 from medgmae_trainers.pretrain.model import load_pretrain_model, visible_mean_mse
 from preprocessing.pretrain_sampling import CropChunks, SamplingConfig
@@ -60,15 +61,15 @@ def _main(argv=None) -> int:
     from medgmae_trainers.pretrain.data import pretraining_cases
 
     ensure_nnunet_env()
-    cases, _ = pretraining_cases(args.dataset or ["Phantom"], args.images)
-    crops_by_size: dict[int, torch.Tensor] = {}
+    crops: dict[tuple[str, int], torch.Tensor] = {}  # by (configuration, crop size): the same crops for like runs
     print(f"{'checkpoint':<60} {'decoder':<12} {'step':>6} {'ours':>8} {'baseline':>8} {'ratio':>6}")
     for path in args.checkpoints:
         model, meta = load_pretrain_model(path)
-        size = int(meta["crop_size"][0])
-        if size not in crops_by_size:
-            crops_by_size[size] = evaluation_crops(cases, size, args.crops, args.seed)
-        ours, base = masked_errors(model, crops_by_size[size])
+        key = (meta.get("configuration", DEFAULT_CONFIGURATION), int(meta["crop_size"][0]))
+        if key not in crops:
+            cases, _ = pretraining_cases(args.dataset or ["Phantom"], args.images, key[0])
+            crops[key] = evaluation_crops(cases, key[1], args.crops, args.seed)
+        ours, base = masked_errors(model, crops[key])
         print(f"{str(path)[-60:]:<60} {meta['decoder_type']:<12} {meta.get('step', -1):>6} "
               f"{ours:8.4f} {base:8.4f} {ours / base:6.2f}")
     return 0

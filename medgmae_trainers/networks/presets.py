@@ -56,7 +56,7 @@ UNETR_FEATURE_SIZE = {"tiny": 8}
 
 
 def network_config(preset: str, *, patch_size: int | None = None, crop_size: int | None = None,
-                   num_gaussians: int | None = None) -> dict[str, Any]:
+                   num_gaussians: int | None = None, max_scale: float | None = None) -> dict[str, Any]:
     """The preset's sizes with the command-line overrides applied (a plain, JSON-able dict)."""
     if preset not in PRESETS:
         raise KeyError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
@@ -67,6 +67,8 @@ def network_config(preset: str, *, patch_size: int | None = None, crop_size: int
         cfg["encoder"]["img_size"] = crop_size
     if num_gaussians is not None:
         cfg["gaussians"]["num_gaussians"] = num_gaussians
+    if max_scale is not None:
+        cfg["gaussians"]["max_scale"] = max_scale
     cfg["gaussians"]["multiplicities"] = list(cfg["gaussians"]["multiplicities"])
     cfg["gaussians"]["delta_scales"] = list(cfg["gaussians"]["delta_scales"])
     return cfg

@@ -20,7 +20,7 @@ from .trainer import RECIPES, PretrainSettings, pretrain
 
 DEFAULTS = PretrainSettings(out="")  # the run defaults live there; the flags below default to None ("not given")
 # Flags that set the PretrainSettings field of the same name (the rest are set below from other flags).
-SETTING_FLAGS = ("configuration", "preset", "decoder", "gaussians", "patch", "crop_size", "mask_ratio", "steps", "batch_size", "lr",
+SETTING_FLAGS = ("configuration", "preset", "decoder", "gaussians", "max_scale", "patch", "crop_size", "mask_ratio", "steps", "batch_size", "lr",
                  "warmup", "seed", "workers", "sub_crops", "save_every", "png_every", "log_every", "threads",
                  "render_backend")
 
@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), help=f"network sizes (default {d.preset})")
     p.add_argument("--decoder", choices=DECODER_TYPES, help=f"pretraining objective (default {d.decoder})")
     p.add_argument("--gaussians", type=int, help="number of Gaussians K, >= 1 (preset default: tiny 64, else 512)")
+    p.add_argument("--max-scale", type=float,
+                   help="largest Gaussian sigma as a fraction of the crop, in (0, 1] (preset default: tiny 0.15, "
+                        "else 0.5)")
     p.add_argument("--patch", type=int, choices=(8, 12, 16), help="ViT patch size (default: the configuration's)")
     p.add_argument("--crop-size", type=int,
                    help="cubic crop edge in voxels, a positive multiple of the ViT patch (default: the configuration's)")

@@ -48,6 +48,7 @@ class PretrainSettings:
     preset: str = "tiny"
     decoder: str = "gaussian"
     gaussians: int | None = None
+    max_scale: float | None = None
     patch: int | None = None
     crop_size: int | None = None
     mask_ratio: float = 0.75
@@ -100,6 +101,7 @@ class PretrainSettings:
         # 0 masks nothing, 1 leaves nothing visible
         check_range("--mask-ratio", s.mask_ratio, 0, 1, low_open=True, high_open=True)
         check_range("--lr", s.lr, 0, low_open=True)
+        check_range("--max-scale", s.max_scale, 0, 1, low_open=True)
         geo = geometry(s.configuration)
         patch, crop = s.patch or geo.vit_patch, s.crop_size or geo.patch
         if crop < patch or crop % patch:
@@ -218,7 +220,7 @@ def build_model(s: PretrainSettings, metadata: dict, device) -> tuple[PretrainMo
     """The model on `device`, and the checkpoint metadata that describes it (what fine-tuning reads)."""
     geo = geometry(s.configuration)  # crop and ViT patch unless given: 96 / 16 at 1.5 mm, 48 / 8 at 3 mm
     netcfg = network_config(s.preset, patch_size=s.patch or geo.vit_patch, crop_size=s.crop_size or geo.patch,
-                            num_gaussians=s.gaussians)
+                            num_gaussians=s.gaussians, max_scale=s.max_scale)
     encoder, decoder = build_networks(netcfg, s.decoder)
     model = PretrainModel(encoder, decoder, s.decoder, s.mask_ratio, s.render_backend,
                           netcfg["gaussians"]["render_cutoff"]).to(device)
