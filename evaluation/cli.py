@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Sequence
 
 from medgmae_plans.atomic import write_text_atomic
-from medgmae_plans.runtime import UserError, add_common_flags, check_writable, cli_entry, setup_run_log, write_run_json
+from medgmae_plans.runtime import (UserError, add_common_flags, check_range, check_writable, cli_entry, setup_run_log,
+                                   write_run_json)
 
 from .folders import (detect_ending, file_ending_of, find_runs, image_for_case, pair_cases, read_dataset_labels,
                       select_labels)
@@ -52,15 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "final checkpoint (reused until it or the images change), instead of its validation cases")
     p.add_argument("--compare", action="store_true", help="write Table 1 (CSV, Markdown, PNG) and per-organ tables")
     p.add_argument("--overlays", type=int, metavar="N", help="with --compare: per trainer, a PNG of its first fold's "
-                   "first N validation cases, predictions over the ground truth (default 2; 0 for none)")
-    p.add_argument("--tolerance", type=float, default=NSD_TOLERANCE_MM, help="NSD tolerance in mm (default 1)")
+                   "first N >= 0 validation cases, predictions over the ground truth (default 2; 0 for none)")
+    p.add_argument("--tolerance", type=float, default=NSD_TOLERANCE_MM, help="NSD tolerance in mm, >= 0 (default 1)")
     p.add_argument("--no-nsd", action="store_true",
                    help="Dice only: NSD is left out (NaN). MONAI's surface Dice can take minutes per case on a "
                         "CPU when predictions are scattered, as those of a barely trained model are")
     p.add_argument("--chill", action="store_true",
                    help="with --ref/--pred: evaluate the predictions present even if references lack one")
     p.add_argument("--force", action="store_true", help="recompute summaries that are up to date")
-    p.add_argument("-np", "--num-processes", type=int, default=1, help="processes over cases (default 1)")
+    p.add_argument("-np", "--num-processes", type=int, default=1, help="processes over cases, >= 1 (default 1)")
     return add_common_flags(p)
 
 
@@ -68,6 +69,8 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.tolerance < 0:
         raise UserError(f"--tolerance must be >= 0 mm, got {args.tolerance}")
+    check_range("-np", args.num_processes, 1)
+    check_range("--overlays", args.overlays, 0)
     if args.no_nsd:
         args.tolerance = math.nan  # case_metrics skips NSD; such summaries are never reused as NSD ones
     if args.ref or args.pred:

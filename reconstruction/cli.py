@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from medgmae_plans.atomic import atomic_directory, save_torch_atomic, write_json_atomic, write_text_atomic
-from medgmae_plans.runtime import UserError, add_common_flags, check_writable, cli_entry, setup_run_log, write_run_json
+from medgmae_plans.runtime import (UserError, add_common_flags, check_range, check_writable, cli_entry, setup_run_log,
+                                   write_run_json)
 from medgmae_plans.validate import write_image
 
 from .fbp import analytic_reconstruction
@@ -45,31 +46,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medgmae_reconstruct", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("volume", help="CT image in HU (NIfTI/MHA/NRRD) or a preprocessed case (<case>.b2nd)")
-    p.add_argument("--views", type=int, default=80, help="number of evenly spaced projection views")
+    p.add_argument("--views", type=int, default=80, help="number of evenly spaced projection views, >= 1")
     p.add_argument("--geometry", choices=("parallel", "cone"), default="parallel")
     p.add_argument("--init", choices=INITS, default="fbp")
     p.add_argument("--compare", action="store_true", help="run fbp, medgmae (and medgmae-star with --checkpoint-star)")
     p.add_argument("--checkpoint", help="pretraining checkpoint_final.pt: Gaussian decoder for medgmae "
                                         "(hierarchical for --init medgmae-star)")
     p.add_argument("--checkpoint-star", help="hierarchical-decoder checkpoint for medgmae-star under --compare")
-    p.add_argument("--iterations", type=int, default=15000)
-    p.add_argument("--eval-every", type=int, default=50, help="PSNR/SSIM every N iterations")
+    p.add_argument("--iterations", type=int, default=15000, help=">= 1")
+    p.add_argument("--eval-every", type=int, default=50, help="PSNR/SSIM every N >= 1 iterations")
     p.add_argument("--snapshots", default="500,900,3400,15000", help="iterations whose slices are drawn")
-    p.add_argument("--crop", type=int, nargs="+", metavar="N", help="central crop (D H W, or one edge for a cube)")
+    p.add_argument("--crop", type=int, nargs="+", metavar="N", help="central crop (D H W, or one edge for a cube), each >= 1")
     p.add_argument("--downsample", type=int, default=1,
-                   help="average-pool the (cropped) volume by this factor (a coarser voxel; the MedGMAE "
+                   help="average-pool the (cropped) volume by this factor >= 1 (a coarser voxel; the MedGMAE "
                         "windows are zoomed back by the same factor)")
-    p.add_argument("--photons", type=float, default=0.0, help="Poisson noise with this many photons per ray (0: none)")
-    p.add_argument("--num-points", type=int, default=4096, help="Gaussians of the fbp init")
-    p.add_argument("--max-gaussians", type=int, default=30000)
+    p.add_argument("--photons", type=float, default=0.0, help="Poisson noise with this many photons per ray, >= 0 (0: none)")
+    p.add_argument("--num-points", type=int, default=4096, help="Gaussians of the fbp init, >= 1")
+    p.add_argument("--max-gaussians", type=int, default=30000, help=">= 1")
     p.add_argument("--densify-until", type=int, default=None, help="default: 60%% of --iterations")
-    p.add_argument("--cutoff", type=float, default=3.0, help="render cutoff (Mahalanobis radius)")
+    p.add_argument("--cutoff", type=float, default=3.0, help="render cutoff (Mahalanobis radius), > 0")
     p.add_argument("--views-per-step", type=int, default=None,
-                   help="random views per iteration (default: all for parallel, 8 for cone)")
-    p.add_argument("--source-distance", type=float, default=None, help="cone beam: source to axis, voxels")
+                   help="random views per iteration, >= 1 (default: all for parallel, 8 for cone)")
+    p.add_argument("--source-distance", type=float, default=None, help="cone beam: source to axis, voxels, > 0")
     p.add_argument("--stop-at-targets", action="store_true", help="stop once PSNR 35 dB and SSIM 0.90 are reached")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads, >= 1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder (default ./reconstruct_<volume name>)")
     return add_common_flags(p)
@@ -172,10 +173,23 @@ def comparison_table(summaries: Sequence[dict], psnr_target: float, ssim_target:
     return md, csv
 
 
+def _check_ranges(args) -> None:
+    """Every numeric flag, against the range its --help states, before the volume is read."""
+    for flag, value, low in (("--views", args.views, 1), ("--iterations", args.iterations, 1),
+                             ("--eval-every", args.eval_every, 1), ("--downsample", args.downsample, 1),
+                             ("--photons", args.photons, 0), ("--num-points", args.num_points, 1),
+                             ("--max-gaussians", args.max_gaussians, 1), ("--densify-until", args.densify_until, 0),
+                             ("--views-per-step", args.views_per_step, 1), ("--threads", args.threads, 1)):
+        check_range(flag, value, low)
+    check_range("--cutoff", args.cutoff, 0, low_open=True)
+    check_range("--source-distance", args.source_distance, 0, low_open=True)
+    for edge in args.crop or ():
+        check_range("--crop", edge, 1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.views < 1 or args.iterations < 1 or args.eval_every < 1 or args.downsample < 1:
-        raise UserError("--views, --iterations, --eval-every and --downsample must be positive")
+    _check_ranges(args)
     try:
         snapshots = tuple(int(s) for s in args.snapshots.split(",") if s.strip())
     except ValueError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import gzip
 import json
+import locale
 import shutil
 import struct
 from pathlib import Path
@@ -136,16 +137,22 @@ def write_dicom_series(folder: Path, voxels: np.ndarray, spacing_mm: float = 2.0
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     files = []
-    for k in range(voxels.shape[0]):
-        slice_ = sitk.GetImageFromArray(voxels[k:k + 1].astype(np.int16))[:, :, 0]
-        slice_.SetSpacing((spacing_mm, spacing_mm))
-        for tag, value in (("0020|000e", "1.2.826.0.1.3680043.2.1125.1"), ("0020|0013", str(k)),
-                           ("0020|0032", f"0\\0\\{k * spacing_mm}"), ("0008|0060", "CT"),
-                           ("0018|0050", str(spacing_mm))):
-            slice_.SetMetaData(tag, value)
-        files.append(folder / f"slice_{k:03d}.dcm")
-        writer.SetFileName(str(files[-1]))
-        writer.Execute(slice_)
+    saved_locale = locale.setlocale(locale.LC_ALL)
+    try:
+        for k in range(voxels.shape[0]):
+            slice_ = sitk.GetImageFromArray(voxels[k:k + 1].astype(np.int16))[:, :, 0]
+            slice_.SetSpacing((spacing_mm, spacing_mm))
+            for tag, value in (("0020|000e", "1.2.826.0.1.3680043.2.1125.1"), ("0020|0013", str(k)),
+                               ("0020|0032", f"0\\0\\{k * spacing_mm}"), ("0008|0060", "CT"),
+                               ("0018|0050", str(spacing_mm))):
+                slice_.SetMetaData(tag, value)
+            files.append(folder / f"slice_{k:03d}.dcm")
+            writer.SetFileName(str(files[-1]))
+            writer.Execute(slice_)
+    finally:
+        # ITK's GDCM writer sets the C locale and leaves it: later open() calls of the test session
+        # would then decode as ASCII
+        locale.setlocale(locale.LC_ALL, saved_locale)
     return files
 
 

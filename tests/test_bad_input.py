@@ -540,6 +540,11 @@ def test_evaluate_tolerance_out_of_range(ref_pred, capsys):
     evaluate(capsys, gt, pred, "--tolerance", ">= 0", args=["--tolerance", "-1"])
 
 
+def test_evaluate_processes_out_of_range(ref_pred, capsys):
+    gt, pred = ref_pred
+    evaluate(capsys, gt, pred, "-np 0", ">= 1", args=["-np", "0"])
+
+
 def test_evaluate_unwritable_out(ref_pred, tmp_path, capsys, not_writable):
     gt, pred = ref_pred
     folder = not_writable(tmp_path / "elsewhere")
@@ -575,9 +580,11 @@ def test_reconstruct_4d_volume(tmp_path, capsys):
     reconstruct(capsys, path, tmp_path, path, "4D image")
 
 
-def test_reconstruct_views_zero(tmp_path, capsys):
+@pytest.mark.parametrize("flag, value, rule", [("--views", "0", ">= 1"), ("--cutoff", "0", "> 0"),
+                                              ("--photons", "-5", ">= 0")])
+def test_reconstruct_argument_out_of_range(tmp_path, capsys, flag, value, rule):
     path = write_ct(tmp_path / "ct.nii.gz", small_ct())
-    reconstruct(capsys, path, tmp_path, "--views", args=["--views", "0"])
+    reconstruct(capsys, path, tmp_path, flag, rule, args=[flag, value])
 
 
 def test_reconstruct_medgmae_init_without_checkpoint(tmp_path, capsys):
@@ -671,7 +678,8 @@ def test_register_convert_oasis_truncated_image(nnunet_env, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, fragment", [(["--findings", "--prevalence", "2"], "--prevalence"),
                                             (["--spacing-scale", "0"], "--spacing-scale"),
-                                            (["--dataset-id", "1000"], "--dataset-id")])
+                                            (["--dataset-id", "1000"], "--dataset-id"),
+                                            (["-np", "0"], "-np 0")])
 def test_phantom_argument_out_of_range(nnunet_env, capsys, args, fragment):
     from preprocessing.phantom.cli import main
 

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from medgmae_plans.paths import nnunet_folder
-from medgmae_plans.runtime import UserError, add_common_flags, cli_entry
+from medgmae_plans.runtime import UserError, add_common_flags, check_range, cli_entry
 
 from .dataset import DEFAULT_DATASET_ID, FINDINGS_DATASET_ID
 from .findings import DEFAULT_PREVALENCE
@@ -16,27 +16,28 @@ def build_parser() -> argparse.ArgumentParser:
         prog="medgmae_make_phantom",
         description="Write the synthetic abdominal CT phantom to $nnUNet_raw/Dataset990_AbdomenPhantom "
                     "(nnU-Net v2 raw format, AMOS22 task-1 labels). Reuses an identical existing dataset.")
-    p.add_argument("-n", type=int, default=20, help="labelled training cases (default 20)")
-    p.add_argument("--test", type=int, default=0, help="labelled test cases (imagesTs/labelsTs)")
-    p.add_argument("--unlabeled", type=int, default=0, help="unlabelled images for pretraining (imagesUnlabeled)")
+    p.add_argument("-n", type=int, default=20, help="labelled training cases, >= 1 (default 20)")
+    p.add_argument("--test", type=int, default=0, help="labelled test cases, >= 0 (imagesTs/labelsTs)")
+    p.add_argument("--unlabeled", type=int, default=0, help="unlabelled images for pretraining, >= 0 (imagesUnlabeled)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset-id", type=int, default=None,
-                   help=f"default {DEFAULT_DATASET_ID}, or {FINDINGS_DATASET_ID} with --findings")
+                   help=f"1..999 (default {DEFAULT_DATASET_ID}, or {FINDINGS_DATASET_ID} with --findings)")
     p.add_argument("--findings", action="store_true",
                    help="add per-case findings (effusion, liver lesions, ...) and classification_labels.csv; "
                         f"writes Dataset{FINDINGS_DATASET_ID}_PhantomFindings (test cases = validation split)")
     p.add_argument("--prevalence", type=float, default=DEFAULT_PREVALENCE,
-                   help=f"share of cases with each finding, drawn independently (default {DEFAULT_PREVALENCE})")
+                   help=f"share of cases with each finding, in [0, 1], drawn independently (default {DEFAULT_PREVALENCE})")
     p.add_argument("--preview", type=Path, help="write a PNG montage of the first cases here")
     p.add_argument("--spacing-scale", type=float, default=1.0,
-                   help="multiply every spacing (e.g. 3 for small volumes in quick tests)")
-    p.add_argument("-np", "--workers", type=int, default=None, help="processes (default: all cores)")
+                   help="multiply every spacing, > 0 (e.g. 3 for small volumes in quick tests)")
+    p.add_argument("-np", "--workers", type=int, default=None, help="processes, >= 1 (default: all cores)")
     return add_common_flags(p)
 
 
 @cli_entry
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    check_range("-np", args.workers, 1)
     from .dataset import generate_dataset
     from .preview import write_preview
 
