@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Sequence
 
 from medgmae_plans.configurations import CONFIGURATIONS
-from medgmae_plans.runtime import UserError, add_common_flags, cli_entry, setup_run_log
+from medgmae_plans.runtime import UserError, add_common_flags, check_writable, cli_entry, setup_run_log
+from preprocessing.collections import check_cases, folder_cases
 
 from ..networks.presets import UNETR_FEATURE_SIZE
 from . import EXT_TRAINER_DIR, use_ext_trainers
 from .encoder_loading import check_fits, read_pretrained
-from .fractions import parse_fraction
+from .fractions import fold_training_cases, num_selected, parse_fraction
 from .run_record import (RECORD, VALIDATION_BY_DEVICE, Settings, differences, fold_folder, new_settings,
                          read_record, write_record)
 
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("configuration", help="plans configuration: "
                    + ", ".join(f"{g.name} ({g.spacing_mm:g} mm, {g.patch}^3)" for g in CONFIGURATIONS.values()))
     p.add_argument("--fraction", help=f"fraction of the fold's training cases, in (0, 1] (default {d.fraction:g})")
-    p.add_argument("--fold", help=f"cross-validation fold 0..4, or 'all' (default {d.fold})")
+    p.add_argument("--fold", help=f"cross-validation fold 0..4 (nnU-Net's 5 folds, or those of the dataset's "
+                                  f"splits_final.json), or 'all' (default {d.fold}; 'all' for fewer than 5 cases)")
     init = p.add_mutually_exclusive_group(required=True)
     init.add_argument("--pretrained", metavar="CKPT", help="medgmae_pretrain checkpoint_final.pt (any decoder type)")
     init.add_argument("--init", choices=("scratch",), help="random initialisation instead of a checkpoint")
@@ -66,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"layer-wise lr decay of a pretrained encoder (default {d.layer_decay:g})")
     tiny = ", ".join(f"{k} preset {v}" for k, v in UNETR_FEATURE_SIZE.items())
     p.add_argument("--feature-size", type=int, help=f"UNETR decoder width (default: the plans' 16; {tiny})")
+    p.add_argument("--no-mirroring", action="store_true",
+                   help="no mirroring augmentation, nor test-time mirroring (nnU-Net's NoMirroring variant): "
+                        "left and right organs stay apart; default: nnU-Net's mirroring on all axes")
     p.add_argument("--val-step-size", type=float,
                    help=f"sliding-window step of the final validation (default: nnU-Net's "
                         f"{on_gpu['val_step_size']:g} on cuda, {on_cpu['val_step_size']:g} on cpu)")
@@ -140,7 +145,8 @@ def make_settings(args, plans: dict) -> Settings:
         epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, lr=args.lr,
         layer_decay=args.layer_decay, val_step_size=args.val_step_size,
         val_mirroring=None if args.val_mirroring is None else args.val_mirroring == "on",
-        export_resampling=args.export_resampling, progress_bar=False if args.no_pbar else None)
+        export_resampling=args.export_resampling, progress_bar=False if args.no_pbar else None,
+        mirroring=False if args.no_mirroring else None)
     if settings.epochs < 1 or settings.iterations_per_epoch < 1:
         raise UserError("--epochs and --iters-per-epoch must be at least 1")
     return settings
@@ -158,7 +164,7 @@ def check_existing(settings: Settings, folder: Path, resume: bool) -> None:
         diff = differences(old, settings)
         if diff:
             raise UserError(f"{folder / RECORD}: --continue with other settings than the run's ({'; '.join(diff)})")
-    elif old is not None or any(folder.glob("checkpoint_*.pth")):
+    elif (old is not None and not _failed_start(old, folder)) or any(folder.glob("checkpoint_*.pth")):
         raise UserError(f"{folder}: holds a run already; pass --continue to resume it, or --trainer "
                         f"{settings.trainer}_<tag> for a separate run")
     plans_json = folder.parent / "plans.json"
@@ -170,6 +176,11 @@ def check_existing(settings: Settings, folder: Path, resume: bool) -> None:
         if arch.get("arch_kwargs") != settings.arch_kwargs:
             raise UserError(f"{plans_json}: this trainer's results folder holds another UNETR architecture "
                             f"({arch.get('arch_kwargs')}); use --trainer {settings.trainer}_<tag>")
+
+
+def _failed_start(old: Settings, folder: Path) -> bool:
+    """A run that failed before its first checkpoint: nothing to resume, so a new start replaces it."""
+    return old.status == "failed" and not any(folder.glob("checkpoint_*.pth"))
 
 
 def _environment(device: str) -> None:
@@ -206,9 +217,13 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UserError("--num-gpus > 1 needs --device cuda (nnU-Net's DDP is NCCL only)")
     _environment(args.device)
     settings = make_settings(args, plans)
+    fold_cases = fold_training_cases(folders["nnUNet_preprocessed"] / dataset, settings.fold)
+    data = folders["nnUNet_preprocessed"] / dataset / plans["configurations"][args.configuration]["data_identifier"]
+    check_cases(folder_cases(data, labelled=True))  # nnU-Net's data workers would fail on a bad one mid-run
     folder = fold_folder(folders["nnUNet_results"], dataset, settings.trainer, PLANS, args.configuration,
                          settings.fold)
     check_existing(settings, folder, args.resume)
+    check_writable(folders["nnUNet_results"], "nnUNet_results folder")
     old = read_record(folder) if args.resume else None
     if old is not None and old.status == "finished":
         # A rerun (e.g. the main job a second time) keeps the finished run and its validation.
@@ -222,7 +237,9 @@ def _main(argv: Sequence[str] | None) -> int:
     log.info(f"{settings.trainer}: {settings.init_display} init"
              + (f" from {settings.pretrained_checkpoint}" if settings.pretrained_checkpoint else
                 f" (preset {settings.preset})")
-             + f", {settings.fraction:g} of fold {settings.fold}'s training cases, {settings.epochs} epochs x "
+             + (f", {num_selected(fold_cases, settings.fraction)} of fold {settings.fold}'s {fold_cases} training cases"
+                if fold_cases else f", {settings.fraction:g} of fold {settings.fold}'s training cases")
+             + f", {settings.epochs} epochs x "
                f"{settings.iterations_per_epoch} iterations, on {args.device}")
     log.info(f"results: {folder}")
 
