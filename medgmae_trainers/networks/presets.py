@@ -2,7 +2,11 @@
 
     tiny   runs on two CPU cores in minutes (ViT 192 wide, 6 deep; 64 Gaussians of max scale 0.15:
            the render cost grows with the Gaussians' volume, and with the paper's 0.5 the tiny model
-           learns crop-sized blurs whose rendering alone takes seconds per step on a CPU)
+           learns crop-sized blurs whose rendering alone takes seconds per step on a CPU). The same
+           choice measured best at `3d_lowres` (48^3 crops, patch 8; 1000 steps on the phantom;
+           masked MSE / the visible-mean baseline's, `benchmarks.pretrain_quality`, docs/results.md):
+           K=64 s=0.15 0.70, K=256 s=0.15 0.94, K=256 s=0.08 0.87, K=64 s=0.08 1.08 (voxel-MAE 0.59).
+           More or smaller Gaussians need more steps than this budget to cover the crop.
     base   ViT-B encoder (768, 12 layers, 12 heads) with a 4-layer 384-wide decoder, 512 Gaussians
     paper  appendix tables 6-7: encoder 1536 wide, 12 layers, 16 heads, drop path 0.1;
            decoder 528 wide, 8 layers, 16 heads, 512 Gaussians, max scale 0.5
