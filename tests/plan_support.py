@@ -44,6 +44,14 @@ def make_phantom(raw_root: Path, n_train: int, n_test: int = 0, n_unlabeled: int
     return folder
 
 
+def nnunet_folders(root: Path) -> dict[str, Path]:
+    """nnU-Net's three folders, made under `root` (for module-scoped fixtures; `conftest.nnunet_env` is per test)."""
+    env = {var: Path(root) / var for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for folder in env.values():
+        folder.mkdir()
+    return env
+
+
 def run_module(module: str, args, env_folders: dict, timeout: int = 600) -> subprocess.CompletedProcess:
     """`python -m module args` with the nnU-Net folders of a test (nnunetv2 reads them at import)."""
     env = dict(os.environ)

@@ -11,6 +11,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from plan_support import nnunet_folders
+
 from medgmae_plans.runtime import UserError
 from medgmae_trainers.classification import metrics
 from medgmae_trainers.classification.cli import main as classify
@@ -288,9 +290,7 @@ def findings_env(tmp_path_factory):
     from preprocessing.phantom import generate_dataset
 
     root = tmp_path_factory.mktemp("cls")
-    env = {v: root / v for v in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    for p in env.values():
-        p.mkdir()
+    env = nnunet_folders(root)
     generate_dataset(env["nnUNet_raw"], n_train=4, n_test=2, dataset_id=991, findings=0.5, spacing_scale=4.0,
                      workers=1, pbar=False, log=lambda *_: None)
     env["ckpt"] = _pretrain_checkpoint(root / "pretrained.pt")

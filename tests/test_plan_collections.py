@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from plan_support import make_phantom, run_module
+from plan_support import make_phantom, nnunet_folders, run_module
 
 
 def write_dicom_series(image: sitk.Image, folder) -> None:
@@ -39,9 +39,7 @@ def write_dicom_series(image: sitk.Image, folder) -> None:
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory):
     root = tmp_path_factory.mktemp("collections")
-    env = {var: root / var for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    for folder in env.values():
-        folder.mkdir()
+    env = nnunet_folders(root)
     raw = make_phantom(env["nnUNet_raw"], n_train=2, n_unlabeled=2, spacing_scale=3.0, box_mm=(120.0, 90.0, 90.0))
     images = root / "unlabelled"
     images.mkdir()

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from plan_support import make_phantom, run_module
+from plan_support import make_phantom, nnunet_folders, run_module
 from test_plan_preprocess import _load
 
 from medgmae_plans.constants import window_hu
@@ -19,9 +19,7 @@ ML_PER_MM3 = 1e-3
 def planned(tmp_path_factory):
     """A 2-case phantom preprocessed for 3d_fullres, then for 3d_lowres in a second run."""
     root = tmp_path_factory.mktemp("lowres")
-    env = {var: root / var for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    for folder in env.values():
-        folder.mkdir()
+    env = nnunet_folders(root)
     raw = make_phantom(env["nnUNet_raw"], n_train=2, box_mm=(200.0, 160.0, 150.0))
     first = run_module("medgmae_plans.plan_and_preprocess", ["-d", "Phantom", "-np", "1", "--no-pbar"], env)
     assert first.returncode == 0, first.stderr

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from plan_support import make_phantom, run_module
+from plan_support import make_phantom, nnunet_folders, run_module
 
 from preprocessing.labels import AMOS_LABELS
 
@@ -19,9 +19,7 @@ N_TRAIN = 4  # cases 000 and 003 of seed 0 have flipped direction matrices
 @pytest.fixture(scope="module")
 def preprocessed(tmp_path_factory):
     root = tmp_path_factory.mktemp("plan")
-    env = {var: root / var for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    for folder in env.values():
-        folder.mkdir()
+    env = nnunet_folders(root)
     raw = make_phantom(env["nnUNet_raw"], n_train=N_TRAIN)
     result = run_module("medgmae_plans.plan_and_preprocess", ["-d", "Phantom", "-np", "1", "--no-pbar"], env)
     assert result.returncode == 0, result.stderr

@@ -17,9 +17,9 @@ early updates. Following ViT fine-tuning practice (BEiT/MAE fine-tuning, UNETR's
 """
 from __future__ import annotations
 
-import math
-
 import torch
+
+from ..run import lr_lambda
 
 
 def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
@@ -78,13 +78,11 @@ class WarmupCosine:
         self.total = max(1, int(total_iterations))
         self.warmup = max(0, min(int(warmup_iterations), self.total - 1))
         self.per_epoch = max(1, int(iterations_per_epoch))
+        self._shape = lr_lambda(self.warmup, self.total)  # the run core's warmup-cosine, as pretraining's
         self.set_iteration(0)
 
     def lr_at(self, iteration: int) -> float:
-        if iteration < self.warmup:
-            return self.peak * (iteration + 1) / self.warmup
-        progress = (iteration - self.warmup) / max(1, self.total - self.warmup)
-        return self.peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return self.peak * self._shape(iteration)
 
     def set_iteration(self, iteration: int) -> None:
         lr = self.lr_at(iteration)
