@@ -29,6 +29,7 @@ from medgmae_plans.atomic import atomic_directory, save_torch_atomic, write_json
 from medgmae_plans.runtime import (UserError, add_common_flags, check_range, check_writable, cli_entry, setup_run_log,
                                    write_run_json)
 from medgmae_plans.validate import write_image
+from medgmae_trainers.networks.pretrained import check_normalisation
 
 from .fbp import analytic_reconstruction
 from .fit import FitSettings, fit
@@ -37,7 +38,7 @@ from .initialisers import INITS, initialise, load_decoder
 from .metrics import SSIM_IMPLEMENTATION, psnr, ssim
 from .plots import plot_curves, plot_slices
 from .projectors import make_projector
-from .volume import center_crop, load_volume, simulate_projections
+from .volume import PRETRAIN_SPACING, center_crop, load_volume, simulate_projections
 
 NAME = "reconstruct"
 
@@ -117,7 +118,7 @@ def run_init(init: str, checkpoint, ctx: dict, args, out: Path, log) -> dict:
     device, projector, measured, truth, fbp = (ctx[k] for k in ("device", "projector", "measured", "truth", "fbp"))
     t0 = time.perf_counter()
     gaussians, info = initialise(init, fbp, checkpoint=checkpoint, num_points=args.num_points, cutoff=args.cutoff,
-                                 device=device, seed=args.seed, zoom=float(args.downsample))
+                                 device=device, seed=args.seed, zoom=ctx["zooms"].get(init, 1.0))
     init_s = time.perf_counter() - t0
     log.info(f"[{init}] {info['num_gaussians']} initial Gaussians ({init_s:.1f} s); intensity calibration "
              f"x{info['intensity_calibration']:.3f}")
@@ -200,14 +201,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     volume_path = Path(args.volume)
     out = check_writable(Path(args.out or f"reconstruct_{_stem(volume_path)}"))
     inits = [("fbp", None), ("medgmae", args.checkpoint)] if args.compare else [(args.init, args.checkpoint)]
+    pretrain_spacing = {}
     if args.compare and args.checkpoint_star:
         inits.append(("medgmae-star", args.checkpoint_star))
     for init, ckpt in inits:
         if init != "fbp" and not ckpt:
             raise UserError(f"--init {init} needs --checkpoint" + (" (and medgmae-star --checkpoint-star)" if args.compare else ""))
-        if ckpt:
-            load_decoder(ckpt, init)  # read once now, so a bad checkpoint is refused before any work
+        if ckpt:  # read once now, so a bad checkpoint is refused before any work
+            meta = load_decoder(ckpt, init)[2]
+            check_normalisation(meta, ckpt)
+            pretrain_spacing[init] = float(meta.get("spacing", [PRETRAIN_SPACING])[0])
     truth, spacing = prepare_volume(args)
+    # the decoder sees each window at its own pretraining spacing (3 mm for a 3d_lowres checkpoint)
+    zooms = {init: spacing[0] / s for init, s in pretrain_spacing.items()}
     log = setup_run_log(out, NAME, args.verbose)
 
     kwargs = {}
@@ -235,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"{'FBP' if args.geometry == 'parallel' else 'FDK'} PSNR {fbp_metrics['psnr']:.2f} dB, "
              f"SSIM {fbp_metrics['ssim']:.4f}; device {device}")
     ctx = {"device": device, "projector": projector, "measured": measured, "truth": truth, "fbp": fbp,
-           "spacing": spacing, "fit_settings": fit_settings}
+           "spacing": spacing, "fit_settings": fit_settings, "zooms": zooms}
     summaries = [run_init(init, ckpt, ctx, args, out, log) for init, ckpt in inits]
 
     plot_curves({s["init"]: s["records"] for s in summaries}, out / "curves.png", fit_settings.psnr_target,

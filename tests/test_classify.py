@@ -13,6 +13,7 @@ import torch
 
 from plan_support import nnunet_folders
 
+from medgmae_plans.constants import NORMALISATION
 from medgmae_plans.runtime import UserError
 from medgmae_trainers.classification import metrics
 from medgmae_trainers.classification.cli import main as classify
@@ -34,7 +35,7 @@ def _pretrain_checkpoint(path: Path, encoder: ViT3D | None = None, drop: str | N
     state = encoder.state_dict()
     if drop:
         state.pop(drop)
-    torch.save({"format": PRETRAIN_FORMAT, "metadata": {"encoder_config": encoder.config, "preset": "test"},
+    torch.save({"format": PRETRAIN_FORMAT, "metadata": {"encoder_config": encoder.config, "preset": "test", "normalisation": NORMALISATION},
                 "encoder": state, "model": {}, "step": 1}, path)
     return path
 
@@ -62,7 +63,7 @@ def test_bad_pretrained_checkpoint_is_one_clear_error(tmp_path, breakage):
         enc = ViT3D(**TINY_ENCODER)
         state = enc.state_dict()
         state["norm.weight"] = torch.ones(7)
-        torch.save({"format": PRETRAIN_FORMAT, "metadata": {"encoder_config": enc.config}, "encoder": state}, path)
+        torch.save({"format": PRETRAIN_FORMAT, "metadata": {"encoder_config": enc.config, "normalisation": NORMALISATION}, "encoder": state}, path)
     elif breakage == "foreign":
         path.write_bytes(b"not a checkpoint at all")
     with pytest.raises(UserError, match=str(path.name)) as err:

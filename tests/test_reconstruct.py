@@ -8,6 +8,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from medgmae_plans.constants import NORMALISATION
 from medgmae_plans.runtime import UserError
 from medgmae_trainers.networks import build_networks, network_config
 from medgmae_trainers.pretrain import checkpoint as ckpt
@@ -24,14 +25,15 @@ from test_reconstruct_projector import ellipsoids
 CROP = 32  # a tiny network's window, so tests stay fast
 
 
-def make_checkpoint(path, decoder_type: str = "gaussian"):
+def make_checkpoint(path, decoder_type: str = "gaussian", spacing: float = 1.5):
     """A randomly initialised tiny pretraining checkpoint in the real checkpoint_final.pt format."""
     cfg = network_config("tiny", patch_size=16, crop_size=CROP, num_gaussians=16)
     torch.manual_seed(0)
     encoder, decoder = build_networks(cfg, decoder_type)
     model = PretrainModel(encoder, decoder, decoder_type)
     ckpt.save_final(path, model=model, step=0, metadata={"preset": "tiny", "decoder_type": decoder_type,
-                                                         "num_gaussians": 16, "network_config": cfg})
+                                                         "num_gaussians": 16, "network_config": cfg,
+                                                         "spacing": [spacing] * 3, "normalisation": NORMALISATION})
     return path
 
 
@@ -145,6 +147,17 @@ def test_short_run_writes_curves_slices_and_json(tmp_path):
     assert [r["init"] for r in payload["results"]["runs"]] == ["fbp", "medgmae"]
     assert "iter(P=35)" in (out / "table.md").read_text()
     assert not list(out.glob(".*tmp*"))            # nothing left half-written
+
+
+def test_a_3mm_checkpoint_sees_the_volume_at_3mm(tmp_path):
+    """A 3d_lowres decoder gets each window zoomed from the volume's 1.5 mm to its own 3 mm."""
+    vol = write_hu_phantom(tmp_path / "ct.nii.gz")
+    ckpt_path = make_checkpoint(tmp_path / "checkpoint_final.pt", spacing=3.0)
+    out = tmp_path / "out"
+    assert reconstruct([str(vol), "--views", "8", "--init", "medgmae", "--checkpoint", str(ckpt_path),
+                        "--iterations", "2", "--eval-every", "2", "--num-points", "50", "--out", str(out),
+                        "--no-pbar"]) == 0
+    assert json.loads((out / "medgmae" / "result.json").read_text())["init_info"]["window_zoom"] == 0.5
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):

@@ -6,6 +6,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from medgmae_plans.constants import NORMALISATION
 from medgmae_plans.runtime import UserError
 from medgmae_trainers.networks import ViT3D
 from medgmae_trainers.registration.dataset import ddf_to_itk, itk_to_ddf
@@ -106,8 +107,19 @@ def _tiny_encoder_ckpt(tmp_path, patch=8):
     torch.manual_seed(0)
     enc = ViT3D(**cfg)
     path = tmp_path / "checkpoint_final.pt"
-    torch.save({"format": FORMAT, "metadata": {"encoder_config": cfg}, "encoder": enc.state_dict()}, path)
+    torch.save({"format": FORMAT, "metadata": {"encoder_config": cfg, "normalisation": NORMALISATION},
+                "encoder": enc.state_dict()}, path)
     return path, enc
+
+
+def test_an_encoder_pretrained_on_another_intensity_window_is_refused(tmp_path):
+    """Registration and classification load through networks.pretrained.pretrained_vit, which checks it."""
+    path, _ = _tiny_encoder_ckpt(tmp_path)
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["metadata"]["normalisation"] = {**NORMALISATION, "hu_window": [-1000.0, 1000.0]}
+    torch.save(ckpt, path)
+    with pytest.raises(UserError, match=r"checkpoint_final.pt: pretrained with normalisation .*-1000"):
+        build_model({"network": "vit", "shape_zyx": [16, 16, 24], "feature_size": 4}, path)
 
 
 def test_pretrained_encoder_loads_every_key_and_starts_at_identity(tmp_path):

@@ -112,7 +112,8 @@ def pretrained_vit(path) -> tuple[ViT3D, dict]:
     The encoder keeps the pretraining crop's token grid; `fit_token_grid` adapts it to the caller's
     volumes.
     """
-    pre = read_pretrained(path, metadata_keys=("encoder_config",))
+    pre = read_pretrained(path, metadata_keys=("encoder_config", "normalisation"))
+    check_normalisation(pre.metadata, pre.path)  # the voxels it learned on must be windowed as ours
     encoder = ViT3D(**pre.metadata["encoder_config"])
     return encoder, {**pre.metadata, "load_report": load_pretrained(encoder, pre)}
 
