@@ -6,7 +6,9 @@
 
 Validation cases (fold 0's) are for choices while tuning; test cases are for reporting, and no
 training run ever sees them. The predictions come from nnU-Net's own predictor on the run's final
-checkpoint (`medgmae_predict`'s code), with the sliding-window step and mirroring of the run's final
+checkpoint (`medgmae_predict`, one process per run: nnU-Net's trainer lookup walks `sys.modules`
+and fails when a second lookup in one process meets the first predictor's threads), with the
+sliding-window step and mirroring of the run's final
 validation, so a CPU run scores its test cases at the cost it validated at. They are written into a
 hidden folder and renamed into place together with a stamp of what they were made from (checkpoint,
 images, settings): a rerun reuses them until one of those changes, and a killed run leaves no half
@@ -15,6 +17,8 @@ folder that could pass for a finished one.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from medgmae_plans.atomic import replaced_directory, write_json_atomic
@@ -43,7 +47,6 @@ def test_cases(labels: Path, ending: str) -> list[str]:
 def predict_test_cases(run: Run, raw_root: Path, pbar: bool, log) -> Path:
     """The run's predictions of its dataset's test cases (made now unless up to date); their folder."""
     from medgmae_plans.preprocess import data_signature
-    from medgmae_trainers.finetune.predict_cli import _device, predict_folder
 
     images, _ = test_folders(run, raw_root)
     checkpoint = run.fold_dir / "checkpoint_final.pth"
@@ -61,11 +64,24 @@ def predict_test_cases(run: Run, raw_root: Path, pbar: bool, log) -> Path:
     log.info(f"{run.label}: predicting {len(list(images.iterdir()))} test images (step {settings['step_size']:g}, "
              f"mirroring {'on' if settings['mirroring'] else 'off'})")
     stamp.unlink(missing_ok=True)
-    fold = run.fold if str(run.fold) == "all" else int(run.fold)
     with replaced_directory(out) as tmp:
-        predict_folder(run.fold_dir.parent, [fold], images, tmp, step_size=settings["step_size"],
-                       mirroring=settings["mirroring"], device=_device(None), pbar=pbar)
+        _predict(run, images, Path(tmp), settings, pbar)
         for extra in ("dataset.json", "plans.json", "predict_from_raw_data_args.json"):
             (Path(tmp) / extra).unlink(missing_ok=True)  # nnU-Net's copies; the folder holds predictions only
     write_json_atomic(stamp, {"signature": signature, **settings})
     return out
+
+
+def _predict(run: Run, images: Path, out: Path, settings: dict, pbar: bool) -> None:
+    """`medgmae_predict` on the run's fold, in its own process; its one-line error becomes ours."""
+    model = run.fold_dir.parent                       # <Trainer>__<Plans>__<configuration>
+    trainer, plans, configuration = model.name.split("__")
+    cmd = [sys.executable, "-m", "medgmae_trainers.finetune.predict_cli", "-i", str(images), "-o", str(out),
+           "-d", run.dataset, "-tr", trainer, "-p", plans, "-c", configuration, "-f", str(run.fold),
+           "-step_size", str(settings["step_size"]), "-npp", "0", "-nps", "0"]
+    cmd += [] if settings["mirroring"] else ["--disable_tta"]
+    cmd += [] if pbar else ["--no-pbar"]
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        lines = done.stderr.strip().splitlines() or ["no message"]
+        raise UserError(f"{model}: predicting the test cases failed ({lines[-1]})")
