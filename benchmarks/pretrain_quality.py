@@ -6,7 +6,7 @@
 For every checkpoint (latest or final; Gaussian, hierarchical or voxel decoder) it predicts the masked
 voxels of the same crops under the same masks, and prints its masked MSE, that of the baseline (each
 masked voxel at the mean of the crop's visible voxels: what a model that learned only intensity levels
-gets), and the ratio. Below 1 means the model uses what it sees; the README quotes the tiny preset's.
+gets), and the ratio. Below 1 means the model uses what it sees; docs/results.md gives the tiny preset's.
 
 The crops come from the named datasets' preprocessed cases of the checkpoint's configuration, cut with another sampling seed than
 pretraining's 41 and without augmentation. They are not held-out cases: the pretraining pool is all

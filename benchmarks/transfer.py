@@ -55,7 +55,7 @@ INITS = ("scratch", *DECODERS)
 DEFAULTS = dict(cases=20, unlabeled=8, pretrain_steps=3600, pretrain_warmup=None, epochs=15, iters_per_epoch=10)
 QUICK = dict(cases=6, unlabeled=2, pretrain_steps=50, pretrain_warmup=5, epochs=1, iters_per_epoch=3)
 PRESET = "tiny"
-PATCH_SIZE = 64  # a 64^3 UNETR step is ~3x cheaper than 96^3 on CPU (README, medgmae_train)
+PATCH_SIZE = 64  # a 64^3 UNETR step is ~3x cheaper than 96^3 on CPU (docs/results.md, docs/commands/medgmae_train.md)
 PLANS, CONFIGURATION = PLANS_NAME, DEFAULT_CONFIGURATION
 
 
