@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from medgmae_plans.atomic import write_json_atomic
+from medgmae_plans.configurations import DEFAULT_CONFIGURATION, PLANS_NAME
 from medgmae_plans.constants import FINETUNE_RECORD, INIT_DISPLAY
 from medgmae_plans.runtime import UserError
 
@@ -52,8 +53,8 @@ VALIDATION_BY_DEVICE = {"cuda": {"val_step_size": 0.5, "val_mirroring": True},
 class Settings:
     """One fine-tuning run. The field defaults are the toolkit's defaults (medgmae_train's --help shows them)."""
     dataset: str = ""
-    configuration: str = "3d_fullres"
-    plans: str = "MedGMAEPlans"
+    configuration: str = DEFAULT_CONFIGURATION
+    plans: str = PLANS_NAME
     fold: object = 0
     trainer: str = ""
     init: str = "scratch"

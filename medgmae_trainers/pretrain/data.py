@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
-from medgmae_plans.configurations import DEFAULT_CONFIGURATION
+from medgmae_plans.configurations import DEFAULT_CONFIGURATION, PLANS_NAME
 from medgmae_plans.constants import NORMALISATION
 from medgmae_plans.runtime import UserError
 from preprocessing.collections import CaseRef, check_cases, list_pretraining_cases, load_case, load_properties
 from preprocessing.pretrain_sampling import PretrainCase
 
-PLANS_FILE = "MedGMAEPlans.json"
+PLANS_FILE = f"{PLANS_NAME}.json"
 
 
 class CaseLoader:
