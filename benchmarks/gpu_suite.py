@@ -73,18 +73,19 @@ class Sizes:
     cupy_tests: tuple  # pytest arguments
     cupy_timeout_s: int
     every_cupy_test_runs: bool  # on a GPU a skipped CuPy test means CuPy or CUDA is broken
+    judge_time: bool  # toy sizes time one cold step (numba's first compile): their ratio is printed, not judged
 
 
 GPU = Sizes(device="cuda", render_backend="cupy",
             render=dict(batch=8, gaussians=512, size=96, mask_ratio=0.75, patch=16), render_repeats=5,
             preset="base", patch=None, crop=None, ratio_steps=5, ratio_warmup=2, train_steps=TRAIN_STEPS,
             train_workers=6, log_every=10, unetr_steps=3, cupy_tests=("tests/test_renderer_cupy.py",),
-            cupy_timeout_s=100, every_cupy_test_runs=True)
+            cupy_timeout_s=100, every_cupy_test_runs=True, judge_time=True)
 SMOKE = Sizes(device="cpu", render_backend="cpu",
               render=dict(batch=1, gaussians=16, size=24, mask_ratio=0.75, patch=8), render_repeats=1,
               preset="tiny", patch=8, crop=16, ratio_steps=1, ratio_warmup=0, train_steps=3, train_workers=0,
               log_every=1, unetr_steps=1, cupy_tests=("tests/test_renderer_cupy.py", "-k", "compile"),
-              cupy_timeout_s=120, every_cupy_test_runs=False)
+              cupy_timeout_s=120, every_cupy_test_runs=False, judge_time=False)
 
 
 class Skipped(Exception):
@@ -174,7 +175,8 @@ def step_pretrain_ratio(ctx: Context) -> dict:
     times = time_steps(args, ctx.crops(ctx.batch_size), ctx.device)  # bf16 autocast on CUDA
     ratio = times["gaussian"] / times["voxel"]
     limit = LIMITS[ctx.device.type]
-    return {"status": "ok" if ratio <= limit else "failed", "preset": ctx.sizes.preset,
+    within = ratio <= limit or not ctx.sizes.judge_time
+    return {"status": "ok" if within else "failed", "judged": ctx.sizes.judge_time, "preset": ctx.sizes.preset,
             "batch_size": ctx.batch_size, "ms_per_step": {k: v * 1000 for k, v in times.items()},
             "gaussian_over_voxel": ratio, "target": limit}
 

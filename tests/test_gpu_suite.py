@@ -3,7 +3,9 @@ runner's bookkeeping (failed / skipped / budget), and every step end to end at t
 (--smoke), which runs the same setup code as the GPU run."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 
 import pytest
 import torch
@@ -88,3 +90,15 @@ def test_gpu_sizes_are_the_papers_setting():
     assert gpu_suite.GPU.render == dict(batch=8, gaussians=512, size=96, mask_ratio=0.75, patch=16)
     assert gpu_suite.GPU.preset == "base" and gpu_suite.GPU.train_steps == gpu_suite.TRAIN_STEPS == 200
     assert gpu_suite.GPU.device == "cuda" and gpu_suite.GPU.render_backend == "cupy"
+
+
+@pytest.mark.parametrize("judge_time, status", [(True, "failed"), (False, "ok")])
+def test_the_step_time_ratio_is_judged_only_at_gpu_sizes(judge_time, status, monkeypatch):
+    """A ratio over the target fails the GPU run; toy sizes time one cold step, so there it is only printed."""
+    slow = {"gaussian": 10.0, "hierarchical": 10.0, "voxel": 1.0}
+    monkeypatch.setattr(gpu_suite, "time_steps", lambda *a, **k: slow)
+    ctx = gpu_suite.Context(dataclasses.replace(gpu_suite.SMOKE, judge_time=judge_time), logging.getLogger("test"))
+    monkeypatch.setattr(gpu_suite.Context, "crops", lambda self, n: torch.zeros(n, 1, 16, 16, 16))
+    result = gpu_suite.step_pretrain_ratio(ctx)
+    assert result["status"] == status and result["gaussian_over_voxel"] == 10.0 and result["judged"] is judge_time
+    assert gpu_suite.GPU.judge_time and not gpu_suite.SMOKE.judge_time
