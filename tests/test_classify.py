@@ -207,6 +207,20 @@ def test_preprocessing_resamples_windows_and_crops(tmp_path):
                           [3, 4, 5, 6])
 
 
+def test_preprocessing_windows_with_the_one_window_formula(tmp_path):
+    """Classification's own --hu-window goes through medgmae_plans.constants.window_hu, not a copy of it."""
+    from medgmae_plans import constants
+    from medgmae_trainers.classification import data
+
+    assert data.window_hu is constants.window_hu and not hasattr(data, "window")
+    hu = np.linspace(-1200, 1200, 6 * 8 * 10, dtype=np.float32).reshape(6, 8, 10)
+    img = sitk.GetImageFromArray(hu)
+    sitk.WriteImage(img, str(tmp_path / "a.nii.gz"))
+    g = Geometry(spacing_zyx=(1.0, 1.0, 1.0), size_zyx=(6, 8, 10), hu_window=(-1000.0, 1000.0))
+    arr, _ = preprocess_image(Source(str(tmp_path / "a.nii.gz")), g)
+    np.testing.assert_array_equal(arr, constants.window_hu(hu, g.hu_window).astype(np.float16))
+
+
 def test_bad_labels_csv_is_one_clear_error(tmp_path):
     bad = tmp_path / "labels.csv"
     bad.write_text("case,split,a\nx,train,2\n")

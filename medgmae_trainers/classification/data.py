@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from medgmae_plans.atomic import atomic_path, write_json_atomic
+from medgmae_plans.constants import window_hu
 from medgmae_plans.runtime import UserError, progress
 
 LABELS_CSV = "classification_labels.csv"
@@ -149,12 +150,6 @@ def read_sources(raw_folder: Path, cases: Sequence[str]) -> dict[str, Source]:
     return out
 
 
-def window(hu: np.ndarray, hu_window: Sequence[float]) -> np.ndarray:
-    """clip(HU, lo, hi) scaled to [0, 1]."""
-    lo, hi = hu_window
-    return (np.clip(hu, lo, hi) - lo) / (hi - lo)
-
-
 def crop_or_pad(vol: np.ndarray, size: Sequence[int], fill: float = 0.0) -> np.ndarray:
     """Centre-crop or pad `vol` [D, H, W] to `size`; padding is split evenly (the extra voxel after)."""
     out = np.full(tuple(size), fill, vol.dtype)
@@ -204,7 +199,8 @@ def preprocess_image(source: Source, geometry: Geometry) -> tuple[np.ndarray, di
     size = [max(1, int(round(n * s / t))) for n, s, t in zip(img.GetSize(), img.GetSpacing(), target)]
     img = sitk.Resample(img, size, sitk.Transform(), sitk.sitkLinear, img.GetOrigin(), target,
                         img.GetDirection(), AIR_HU, sitk.sitkFloat32)
-    arr = window(sitk.GetArrayFromImage(img), geometry.hu_window)
+    # the toolkit's one windowing formula, at this task's own window (CT-RATE's --hu-window, not the CT window)
+    arr = window_hu(sitk.GetArrayFromImage(img), geometry.hu_window)
     record["resampled_shape_zyx"] = list(arr.shape)
     return crop_or_pad(arr, geometry.size_zyx).astype(np.float16), record
 
