@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ..run import lr_lambda
+from ..run import lr_lambda, no_decay
 
 
 def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
@@ -38,10 +38,6 @@ def layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
-def _no_decay(name: str, param: torch.Tensor) -> bool:
-    return param.ndim <= 1 or name.endswith(("cls_token", "pos_embed"))
-
-
 def param_groups(network: torch.nn.Module, *, pretrained: bool, layer_decay: float, wd_encoder: float,
                  wd_decoder: float) -> list[dict]:
     """AdamW groups; each carries `lr_scale` (relative to the peak lr). The decoder's group comes first."""
@@ -54,7 +50,7 @@ def param_groups(network: torch.nn.Module, *, pretrained: bool, layer_decay: flo
         is_encoder = name.startswith("encoder.")
         lid = layer_id(name, depth) if pretrained else depth + 1
         scale = layer_decay ** (depth + 1 - lid) if pretrained else 1.0
-        wd = 0.0 if _no_decay(name, param) else (wd_encoder if (pretrained and is_encoder) else wd_decoder)
+        wd = 0.0 if no_decay(name, param) else (wd_encoder if (pretrained and is_encoder) else wd_decoder)
         key = (not is_encoder, lid, wd)
         group = groups.setdefault(key, {"params": [], "names": [], "lr_scale": scale, "weight_decay": wd,
                                         "part": "encoder" if is_encoder else "decoder", "layer": lid})

@@ -12,12 +12,17 @@ import torch
 NO_DECAY = ("cls_token", "pos_embed", "queries", "mask_token")
 
 
+def no_decay(name: str, param: torch.Tensor) -> bool:
+    """MAE's rule: no weight decay on biases, norms, tokens, position embeddings and queries."""
+    return param.ndim <= 1 or name.endswith(NO_DECAY)
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+    decay, no_decay_params = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name.endswith(NO_DECAY) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            (no_decay_params if no_decay(name, p) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay_params, "weight_decay": 0.0}]
 
 
 def lr_lambda(warmup: int, total: int):
