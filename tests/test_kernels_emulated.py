@@ -4,6 +4,7 @@ code through a stand-in for CuPy, and compared with the dense torch reference. P
 copies of the kernel must fail the same comparison."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -271,6 +272,21 @@ def test_emulator_reports_instead_of_hanging(probes, name, message, descending):
 
 def test_poisoned_range_is_exactly_the_shared_variables(probes):
     assert probes.shared_bytes == 2 * 256 * 4  # stale_shared's and stale_shared_t<float>'s s, nothing else
+
+
+def test_poisoned_range_holds_every_shared_variable_of_the_kernels():
+    """kernels.cu's own __shared__ memory is poisoned before each block, all of it: the range is the
+    static shared memory of its four kernels, as ptxas counts it (11,296 + 21,536 + 21,536 + 42,016 B)."""
+    source = backend_cupy.SOURCE_PATH.read_text()
+    n = {name: int(value) for name, value in re.findall(r"^#define (\w+) (\d+)", source, re.M)}
+    expected = 0
+    for scalar in (4, 8):  # float, double
+        gaussians = n["CHUNK"] * (3 + 6 + 1) * scalar + n["CHUNK"] * 4 + n["NUM_WARPS"] * 4  # SharedGaussians
+        partial = n["NUM_WARPS"] * n["RED_BATCH"] * n["NUM_MOMENTS"] * scalar
+        expected += gaussians + (gaussians + partial)  # render_forward's s; render_backward's s and partial
+    names = tuple(backend_cupy.KERNEL_NAMES.values())
+    module = build.load(build.build(source, names, fake_cupy.RawModule.CONSTANTS))  # the stand-in's build
+    assert module.shared_bytes == expected
 
 
 @pytest.mark.parametrize("kernel", ["stale_shared", "stale_shared_t<float>"])
