@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", metavar="GT_DIR", help="folder of reference label maps (with --pred)")
     p.add_argument("--pred", metavar="PRED_DIR", help="folder of predicted label maps (with --ref)")
     p.add_argument("-l", "--labels", type=int, nargs="+", metavar="ID",
-                   help="foreground label ids to evaluate (default: every label of dataset.json)")
+                   help="foreground label ids to evaluate, each >= 1 (default: every label of dataset.json)")
     p.add_argument("--dataset-json", metavar="FILE", help="with --ref/--pred: the dataset.json naming the labels "
                    "(default: looked for beside the folders)")
     p.add_argument("-o", "--out", metavar="PATH",

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=list(CONFIGURATIONS),
                         help="configurations to plan and preprocess (default: %(default)s; 3d_lowres is 3 mm)")
     parser.add_argument("-np", dest="num_processes", type=int, default=default_num_processes(),
-                        help="worker processes (default: %(default)s)")
+                        help="worker processes, >= 1 (default: %(default)s)")
     parser.add_argument("--verify", action="store_true",
                         help="also run nnU-Net's own dataset integrity check")
     parser.add_argument("--clean", action="store_true",

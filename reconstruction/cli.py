@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--photons", type=float, default=0.0, help="Poisson noise with this many photons per ray, >= 0 (0: none)")
     p.add_argument("--num-points", type=int, default=4096, help="Gaussians of the fbp init, >= 1")
     p.add_argument("--max-gaussians", type=int, default=30000, help=">= 1")
-    p.add_argument("--densify-until", type=int, default=None, help="default: 60%% of --iterations")
+    p.add_argument("--densify-until", type=int, default=None, help=">= 0 (default: 60%% of --iterations)")
     p.add_argument("--cutoff", type=float, default=3.0, help="render cutoff (Mahalanobis radius), > 0")
     p.add_argument("--views-per-step", type=int, default=None,
                    help="random views per iteration, >= 1 (default: all for parallel, 8 for cone)")

@@ -204,10 +204,10 @@ def test_collection_nan_voxels(nnunet_env, tmp_path, capsys):
 
 # ---------------------------------------------------------------- medgmae_convert
 
-def convert(capsys, env, source, *fragments):
+def convert(capsys, env, source, *fragments, args=()):
     from preprocessing.convert.cli import main
 
-    return refused(capsys, main, ["flare22", source, "-np", "1", "--no-pbar"], *fragments,
+    return refused(capsys, main, ["flare22", source, "-np", "1", "--no-pbar", *args], *fragments,
                    unchanged=[env["nnUNet_raw"]])
 
 
@@ -284,6 +284,10 @@ def test_plan_disk_full_is_not_blamed_on_the_image(preprocessed_source, monkeypa
 def test_convert_unwritable_raw_folder(flare22, nnunet_env, capsys, not_writable):
     folder = not_writable(nnunet_env["nnUNet_raw"])
     convert(capsys, nnunet_env, flare22, folder, "not writable")
+
+
+def test_convert_processes_out_of_range(flare22, nnunet_env, capsys):
+    convert(capsys, nnunet_env, flare22, "-np 0", ">= 1", args=["-np", "0"])
 
 
 def test_convert_unknown_dataset_kind(tmp_path, nnunet_env, capsys):
@@ -456,6 +460,12 @@ def test_train_checkpoint_of_another_configuration(preprocessed, tmp_path, capsy
     train(capsys, preprocessed, ["--pretrained", tmp_path / "ckpt.pt"], [tmp_path / "ckpt.pt", "3"])
 
 
+def test_train_checkpoint_of_another_patch_size(preprocessed, tmp_path, capsys):
+    fake_checkpoint(tmp_path / "ckpt.pt")  # ViT patch 16
+    train(capsys, preprocessed, ["--pretrained", tmp_path / "ckpt.pt", "--patch", "8"],
+          [tmp_path / "ckpt.pt", "patch 16^3", "--patch 8"])
+
+
 def test_train_corrupt_preprocessed_case(preprocessed, capsys):
     path = truncate(preprocessed["nnUNet_preprocessed"] / DATASET / "MedGMAEPlans_3d_fullres" / "phantom_001.b2nd")
     train(capsys, preprocessed, ["--init", "scratch", "--fold", "all"], [path])
@@ -618,6 +628,14 @@ def test_classify_train_argument_out_of_range(nnunet_env, capsys, flag, value, r
             unchanged=[nnunet_env["nnUNet_preprocessed"], nnunet_env["nnUNet_results"]])
 
 
+def test_classify_predict_processes_out_of_range(nnunet_env, tmp_path, capsys):
+    """Refused before the dataset is looked up (0 once ran as 1, unsaid)."""
+    from medgmae_trainers.classification.cli import main
+
+    refused(capsys, main, ["predict", "NoSuchData", "--model", tmp_path / "run", "-np", "0"], "-np 0", ">= 1",
+            unchanged=[nnunet_env["nnUNet_preprocessed"], tmp_path])
+
+
 def test_classify_train_hu_window_upside_down(nnunet_env, capsys):
     from medgmae_trainers.classification.cli import main
 
@@ -644,7 +662,8 @@ def test_classify_truncated_image(nnunet_env, capsys):
 # ---------------------------------------------------------------- medgmae_register
 
 @pytest.mark.parametrize("flag, value, rule", [
-    ("--ncc-kernel", "4", "must be odd"), ("--steps", "0", ">= 1"), ("--lr", "0", "> 0"), ("--w-diff", "-1", ">= 0")])
+    ("--ncc-kernel", "4", "must be odd"), ("--steps", "0", ">= 1"), ("--lr", "0", "> 0"), ("--w-diff", "-1", ">= 0"),
+    ("--patch", "12", "power of two >= 4")])
 def test_register_train_argument_out_of_range(nnunet_env, tmp_path, capsys, flag, value, rule):
     from medgmae_trainers.registration.cli import main
 
@@ -729,6 +748,40 @@ def test_predict_unwritable_output(nnunet_env, tmp_path, capsys, not_writable):
 
 
 # ---------------------------------------------------------------- runtime: what every command shares
+
+COMMAND_PARSERS = {
+    "medgmae_make_phantom": "preprocessing.phantom.cli", "medgmae_plan_and_preprocess": "medgmae_plans.plan_and_preprocess",
+    "medgmae_convert": "preprocessing.convert.cli", "medgmae_pretrain": "medgmae_trainers.pretrain.cli",
+    "medgmae_evaluate": "evaluation.cli", "medgmae_reconstruct": "reconstruction.cli",
+    "medgmae_classify": "medgmae_trainers.classification.cli", "medgmae_register": "medgmae_trainers.registration.cli",
+    "medgmae_train": "medgmae_trainers.finetune.cli", "medgmae_predict": "medgmae_trainers.finetune.predict_cli"}
+UNRANGED = pytest.mark.xfail(strict=True, reason="issue 18 open: medgmae_train's --lr, --layer-decay, --feature-size, "
+                                                 "... and medgmae_predict's -part_id state no range (train's are unchecked)")
+
+
+@pytest.mark.parametrize("command", [c if c not in ("medgmae_train", "medgmae_predict") else
+                                     pytest.param(c, marks=UNRANGED) for c in COMMAND_PARSERS])
+def test_help_states_every_numeric_range(command):
+    """Every numeric flag (but seeds and choices) says in --help the range its command checks."""
+    import argparse
+    import importlib
+    import re
+
+    rule = re.compile(r">=|> 0|<|in [(\[]|\d\.\.\d|power of two|multiple|odd")
+
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+    unranged = [f"{parser.prog} {action.option_strings[-1]}"
+                for parser in parsers(importlib.import_module(COMMAND_PARSERS[command]).build_parser())
+                for action in parser._actions
+                if action.type in (int, float) and action.option_strings and action.choices is None
+                and "seed" not in action.dest and not rule.search(action.help or "")]
+    assert unranged == []
+
 
 def test_argparse_errors_are_one_line(capsys):
     from evaluation.cli import main

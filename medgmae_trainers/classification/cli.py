@@ -19,8 +19,8 @@ def _geometry_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size-xyz", type=int, nargs=3, default=list(reversed(g.size_zyx)), metavar=("X", "Y", "Z"),
                    help="volume size after crop/pad, >= 1 (default the paper's 192 192 96)")
     p.add_argument("--hu-window", type=float, nargs=2, default=list(g.hu_window), metavar=("LO", "HI"),
-                   help="HU clipped to [LO, HI] and scaled to [0, 1] (default the paper's -1000 1000)")
-    p.add_argument("-np", "--preprocess-workers", type=int, default=1, help="processes for preprocessing")
+                   help="HU clipped to [LO, HI], LO < HI, and scaled to [0, 1] (default the paper's -1000 1000)")
+    p.add_argument("-np", "--preprocess-workers", type=int, default=1, help="processes for preprocessing, >= 1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--split", default="valid", choices=["train", "valid", "all"])
     pr.add_argument("--out", type=Path, help="CSV (default <model>/<split>/predictions.csv)")
     pr.add_argument("--device", default="auto")
-    pr.add_argument("-np", "--preprocess-workers", type=int, default=1)
+    pr.add_argument("-np", "--preprocess-workers", type=int, default=1, help="processes for preprocessing, >= 1")
     add_common_flags(pr)
 
     e = sub.add_parser("evaluate", help="per-class and macro AUROC with a bootstrap 95%% interval")
@@ -65,13 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--thresholds-from", type=Path,
                    help="predictions on ANOTHER set (e.g. the train split) to choose per-class thresholds on")
     e.add_argument("--out", type=Path, help="folder (default beside the predictions)")
-    e.add_argument("--bootstrap", type=int, default=1000)
+    e.add_argument("--bootstrap", type=int, default=1000, help=">= 1")
     e.add_argument("--seed", type=int, default=0)
     add_common_flags(e)
 
     c = sub.add_parser("convert", help="CT-RATE's published layout -> Dataset992_CTRATE (labels + sources)")
     c.add_argument("source", type=Path, help="CT-RATE folder (holding dataset/ or its content)")
-    c.add_argument("--dataset-id", type=int, default=992)
+    c.add_argument("--dataset-id", type=int, default=992, help="1..999")
     c.add_argument("--overwrite", action="store_true")
     add_common_flags(c)
     return p
@@ -148,6 +148,7 @@ def _predict(args) -> int:
     from .evaluate import write_predictions
     from .trainer import load_trained, predict_probs
 
+    check_range("-np", args.preprocess_workers, 1)
     name, raw, table = _dataset(args.dataset)
     device = torch.device(_device(args.device))
     model, ckpt = load_trained(args.model, device)

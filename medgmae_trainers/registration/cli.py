@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--pretrained", type=Path, help="pretraining checkpoint_final.pt for the ViT encoder")
     t.add_argument("--init", choices=["scratch"], help="random initialisation of the ViT encoder")
     t.add_argument("--preset", default="tiny", choices=["tiny", "base", "paper"], help="encoder for --init scratch")
-    t.add_argument("--patch", type=int, help="encoder patch for --init scratch (power of two; preset's by default)")
+    t.add_argument("--patch", type=int,
+                   help="encoder patch for --init scratch, a power of two >= 4 (default: the preset's)")
     t.add_argument("--feature-size", type=int, default=16, help="decoder width at full resolution, >= 1 (TransMorph: 16)")
     t.add_argument("--diffeomorphic", action="store_true", help="integrate a velocity field (MONAI DVF2DDF, 7 steps)")
     t.add_argument("--steps", type=int, default=1000, help=">= 1")
@@ -104,6 +105,10 @@ def _train(args) -> int:
                              ("--w-diff", args.w_diff, 0), ("--w-dice", args.w_dice, 0)):
         check_range(flag, value, low)
     check_range("--lr", args.lr, 0, low_open=True)
+    if args.patch is not None:
+        from .network import check_patch
+
+        check_patch(args.patch, "--patch")  # else the model fails after the dataset and the run log are written
     if args.ncc_kernel % 2 == 0:
         raise UserError(f"--ncc-kernel {args.ncc_kernel}: must be odd (a window centred on each voxel)")
     if args.out is not None:

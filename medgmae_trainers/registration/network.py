@@ -52,14 +52,19 @@ def vit_taps(depth: int, n: int) -> list[int]:
     return [max(1, min(depth, math.floor(depth * j / (n + 1) + 0.5))) for j in range(1, n + 1)]
 
 
+def check_patch(p: int, name: str = "the encoder patch") -> None:
+    """Refuse a patch the decoder cannot climb back from: its levels double 1, 2, 4, ..., p."""
+    if p < 4 or p & (p - 1):
+        raise UserError(f"{name} {p}: registration needs an encoder patch size that is a power of two >= 4")
+
+
 class ViTMorph(nn.Module):
     """TransMorph-style registration network: shared ViT3D encoder + convolutional decoder (see module doc)."""
 
     def __init__(self, encoder: ViT3D, feature_size: int = 16, diffeomorphic: bool = False, integration_steps: int = 7):
         super().__init__()
         p = encoder.patch_embed.patch_size
-        if p < 4 or p & (p - 1):
-            raise UserError(f"registration needs an encoder patch size that is a power of two >= 4, got {p}")
+        check_patch(p)
         self.encoder, self.patch = encoder, p
         self.scales = [2 ** i for i in range(int(math.log2(p)) + 1)]  # 1, 2, 4, ..., p
         mids = [s for s in self.scales if 2 < s < p]

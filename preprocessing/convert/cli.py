@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from medgmae_plans.paths import nnunet_folder
-from medgmae_plans.runtime import UserError, add_common_flags, check_writable, cli_entry, progress
+from medgmae_plans.runtime import UserError, add_common_flags, check_range, check_writable, cli_entry, progress
 
 from . import abdomenatlas, amos, btcv, flare22, segthor
 from .common import write_raw_dataset
@@ -23,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="convert a published dataset layout into an nnU-Net raw dataset")
     parser.add_argument("dataset", choices=sorted(CONVERTERS), help="which dataset SOURCE_DIR holds")
     parser.add_argument("source", type=Path, metavar="SOURCE_DIR", help="the unpacked download")
-    parser.add_argument("--dataset-id", type=int, help="nnU-Net dataset id (default: per dataset, e.g. AMOS 218)")
-    parser.add_argument("-np", dest="num_processes", type=int, default=2, help="worker processes (default: 2)")
+    parser.add_argument("--dataset-id", type=int, help="nnU-Net dataset id, 1..999 (default: per dataset, e.g. AMOS 218)")
+    parser.add_argument("-np", dest="num_processes", type=int, default=2, help="worker processes, >= 1 (default: 2)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing converted dataset")
     return add_common_flags(parser)
 
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_range("-np", args.num_processes, 1)  # 0 once ran as 1, unsaid
     module = CONVERTERS[args.dataset]
     dataset_id = module.DATASET_ID if args.dataset_id is None else args.dataset_id
     if not 1 <= dataset_id <= 999:
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def bar(items):
         return progress(items, enabled=not args.no_pbar, desc=f"Converting {args.dataset}", total=len(items))
 
-    write_raw_dataset(conversion, raw_root, dataset_id, source, max(1, args.num_processes), args.overwrite, bar)
+    write_raw_dataset(conversion, raw_root, dataset_id, source, args.num_processes, args.overwrite, bar)
     return 0
 
 
