@@ -434,6 +434,14 @@ def test_train_epochs_zero(preprocessed, capsys):
     train(capsys, preprocessed, ["--init", "scratch", "--fold", "all", "--epochs", "0"], ["--epochs"])
 
 
+@pytest.mark.parametrize("flag, value, rule", [
+    ("--lr", "0", "> 0"), ("--lr", "nan", "> 0"), ("--layer-decay", "1.5", "in (0, 1]"),
+    ("--feature-size", "0", ">= 1"), ("--val-step-size", "0", "in (0, 1]"), ("--iters-per-epoch", "0", ">= 1"),
+    ("--num-gpus", "0", ">= 1")])
+def test_train_argument_out_of_range(preprocessed, capsys, flag, value, rule):
+    train(capsys, preprocessed, ["--init", "scratch", "--fold", "all", flag, value], [flag, rule])
+
+
 def test_train_checkpoint_that_is_not_a_checkpoint(preprocessed, tmp_path, capsys):
     (tmp_path / "ckpt.pt").write_text("hello")
     train(capsys, preprocessed, ["--pretrained", tmp_path / "ckpt.pt"], [tmp_path / "ckpt.pt"])
@@ -755,12 +763,9 @@ COMMAND_PARSERS = {
     "medgmae_evaluate": "evaluation.cli", "medgmae_reconstruct": "reconstruction.cli",
     "medgmae_classify": "medgmae_trainers.classification.cli", "medgmae_register": "medgmae_trainers.registration.cli",
     "medgmae_train": "medgmae_trainers.finetune.cli", "medgmae_predict": "medgmae_trainers.finetune.predict_cli"}
-UNRANGED = pytest.mark.xfail(strict=True, reason="issue 18 open: medgmae_train's --lr, --layer-decay, --feature-size, "
-                                                 "... and medgmae_predict's -part_id state no range (train's are unchecked)")
 
 
-@pytest.mark.parametrize("command", [c if c not in ("medgmae_train", "medgmae_predict") else
-                                     pytest.param(c, marks=UNRANGED) for c in COMMAND_PARSERS])
+@pytest.mark.parametrize("command", list(COMMAND_PARSERS))
 def test_help_states_every_numeric_range(command):
     """Every numeric flag (but seeds and choices) says in --help the range its command checks."""
     import argparse

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from medgmae_plans.configurations import CONFIGURATIONS
-from medgmae_plans.runtime import UserError, add_common_flags, check_writable, cli_entry, setup_run_log
+from medgmae_plans.runtime import UserError, add_common_flags, check_range, check_writable, cli_entry, setup_run_log
 from preprocessing.collections import check_cases, folder_cases
 
 from ..networks.presets import UNETR_FEATURE_SIZE
@@ -56,23 +56,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch", type=int, choices=(8, 12, 16),
                    help="ViT patch size (default: the checkpoint's, or the preset's)")
     p.add_argument("--patch-size", type=int, metavar="N",
-                   help="cubic fine-tuning patch in voxels (default: the plans', 96 for 3d_fullres, 48 for "
-                        "3d_lowres); position embeddings are re-gridded to its token grid")
+                   help="cubic fine-tuning patch in voxels, >= 16 and a multiple of the ViT patch (default: the "
+                        "plans', 96 for 3d_fullres, 48 for 3d_lowres); position embeddings are re-gridded to its "
+                        "token grid")
     p.add_argument("--trainer", help="trainer name MedGMAETrainer_<init>_f<pct>[_<tag>] (default: derived from the "
                                      "init and fraction; add a tag to keep variants apart)")
-    p.add_argument("--epochs", type=int, help=f"epochs (default {d.epochs}, nnU-Net's)")
+    p.add_argument("--epochs", type=int, help=f"epochs, >= 1 (default {d.epochs}, nnU-Net's)")
     p.add_argument("--iters-per-epoch", type=int, dest="iterations_per_epoch", metavar="N",
-                   help=f"training iterations per epoch (default {d.iterations_per_epoch})")
-    p.add_argument("--lr", type=float, help=f"peak AdamW learning rate of the decoder (default {d.lr:g})")
+                   help=f"training iterations per epoch, >= 1 (default {d.iterations_per_epoch})")
+    p.add_argument("--lr", type=float, help=f"peak AdamW learning rate of the decoder, > 0 (default {d.lr:g})")
     p.add_argument("--layer-decay", type=float,
-                   help=f"layer-wise lr decay of a pretrained encoder (default {d.layer_decay:g})")
+                   help=f"layer-wise lr decay of a pretrained encoder, in (0, 1] (default {d.layer_decay:g})")
     tiny = ", ".join(f"{k} preset {v}" for k, v in UNETR_FEATURE_SIZE.items())
-    p.add_argument("--feature-size", type=int, help=f"UNETR decoder width (default: the plans' 16; {tiny})")
+    p.add_argument("--feature-size", type=int, help=f"UNETR decoder width, >= 1 (default: the plans' 16; {tiny})")
     p.add_argument("--no-mirroring", action="store_true",
                    help="no mirroring augmentation, nor test-time mirroring (nnU-Net's NoMirroring variant): "
                         "left and right organs stay apart; default: nnU-Net's mirroring on all axes")
     p.add_argument("--val-step-size", type=float,
-                   help=f"sliding-window step of the final validation (default: nnU-Net's "
+                   help=f"sliding-window step of the final validation and of medgmae_predict on the run, in (0, 1] "
+                        f"(default: nnU-Net's "
                         f"{on_gpu['val_step_size']:g} on cuda, {on_cpu['val_step_size']:g} on cpu)")
     p.add_argument("--val-mirroring", choices=("on", "off"),
                    help=f"test-time mirroring in the final validation (default: "
@@ -83,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"prediction): torch, nnU-Net's resample_torch_fornnunet (~7x faster on CPU), or plans, "
                         f"the plans' scikit-image resampling (default {d.export_resampling})")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
-    p.add_argument("--num-gpus", type=int, default=1, help="GPUs for nnU-Net's own DDP (cuda only)")
+    p.add_argument("--num-gpus", type=int, default=1, help="GPUs for nnU-Net's own DDP, >= 1 (cuda only)")
     p.add_argument("--continue", dest="resume", action="store_true", help="continue the run in the results folder")
     p.add_argument("--npz", action="store_true", help="also save the validation softmax (nnU-Net's --npz)")
     return add_common_flags(p)
@@ -124,8 +126,7 @@ def make_settings(args, plans: dict) -> Settings:
 
     fraction = DEFAULTS.fraction if args.fraction is None else parse_fraction(args.fraction)
     fold = _fold(args.fold)
-    if args.patch_size is not None and args.patch_size < 16:
-        raise UserError(f"--patch-size {args.patch_size} is too small; give e.g. 48, 64 or 96")
+    check_numbers(args)
     pre = None
     if args.pretrained:
         pre = read_pretrained(args.pretrained)
@@ -147,9 +148,19 @@ def make_settings(args, plans: dict) -> Settings:
         val_mirroring=None if args.val_mirroring is None else args.val_mirroring == "on",
         export_resampling=args.export_resampling, progress_bar=False if args.no_pbar else None,
         mirroring=False if args.no_mirroring else None)
-    if settings.epochs < 1 or settings.iterations_per_epoch < 1:
-        raise UserError("--epochs and --iters-per-epoch must be at least 1")
     return settings
+
+
+def check_numbers(args) -> None:
+    """Every numeric flag in the range its --help states, before any file is read or written."""
+    for flag, value in (("--epochs", args.epochs), ("--iters-per-epoch", args.iterations_per_epoch),
+                        ("--feature-size", args.feature_size), ("--num-gpus", args.num_gpus)):
+        check_range(flag, value, 1)
+    check_range("--lr", args.lr, 0, low_open=True)
+    check_range("--layer-decay", args.layer_decay, 0, 1, low_open=True)
+    check_range("--val-step-size", args.val_step_size, 0, 1, low_open=True)
+    if args.patch_size is not None and args.patch_size < 16:
+        raise UserError(f"--patch-size {args.patch_size} is too small; give e.g. 48, 64 or 96")
 
 
 def check_existing(settings: Settings, folder: Path, resume: bool) -> None:

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="previous stage's predictions (cascades only)")
     p.add_argument("-num_parts", type=int, default=1, metavar="N",
                    help="split the cases over N >= 1 separate calls (default 1)")
-    p.add_argument("-part_id", type=int, default=0, metavar="K", help="which of the -num_parts calls this is")
+    p.add_argument("-part_id", type=int, default=0, metavar="K", help="which of the -num_parts calls this is, >= 0 and < -num_parts")
     p.add_argument("-device", choices=("cuda", "cpu", "mps"), help="default: cuda when available, else cpu")
     p.add_argument("--not_on_device", action="store_true",
                    help="keep the sliding-window results off the GPU (for cases larger than its memory)")
