@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -324,3 +326,24 @@ def test_command_refuses_bad_input_with_one_line(cli, tmp_path):
     code, err = cli("Phantom", "3d_fullres", "--pretrained", tmp_path / "voxel16.pt", "--trainer",
                     "MedGMAETrainer_medgmae_f100")
     assert code == 2 and "says init medgmae" in err[-1]
+
+
+@pytest.mark.parametrize("native, allowed, expected", [(True, True, True), (True, False, False), (False, True, False)])
+def test_cpu_training_step_autocasts_to_bf16_only_where_the_cpu_has_it(nnunet_env, monkeypatch, native, allowed,
+                                                                        expected):
+    """The forward runs under bf16 autocast on a CPU with native bf16 unless the run says --fp32;
+    either way the step trains the float32 weights (nnU-Net's loss, clipping and optimiser step)."""
+    from medgmae_trainers.finetune import trainers
+
+    monkeypatch.setattr(trainers, "native_cpu_bf16", lambda: native)
+    monkeypatch.setattr("medgmae_trainers.run.precision.native_cpu_bf16", lambda: native)
+    trainer, _ = _trainer(nnunet_env, "MedGMAETrainer_scratch_f10", {"cpu_bf16": allowed})
+    trainer.initialize()
+    seen = []
+    trainer.network.out.register_forward_hook(lambda m, i, o: seen.append((torch.is_autocast_enabled("cpu"), o.dtype)))
+    before = trainer.network.out.conv.conv.weight.detach().clone()
+    batch = {"data": torch.randn(2, 1, 32, 32, 32), "target": torch.randint(0, 3, (2, 1, 32, 32, 32)).float()}
+    loss = trainer.train_step(batch)["loss"]
+    assert seen == [(expected, torch.bfloat16 if expected else torch.float32)]
+    assert np.isfinite(loss) and trainer.network.out.conv.conv.weight.dtype == torch.float32
+    assert not torch.equal(before, trainer.network.out.conv.conv.weight)

@@ -57,10 +57,6 @@ class TrainSettings:
     pbar: bool = True
 
 
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-
-
 @torch.no_grad()
 def predict_probs(model: Classifier, folder: Path, cases, num_classes: int, device: torch.device,
                   pbar: bool = False) -> np.ndarray:
@@ -70,7 +66,7 @@ def predict_probs(model: Classifier, folder: Path, cases, num_classes: int, devi
     out = []
     for i in progress(range(len(ds)), enabled=pbar, desc="predict", unit="case"):
         x, _ = ds[i]
-        with _autocast(device):
+        with run.bf16_autocast(device):
             out.append(torch.sigmoid(model(x[None].to(device)).float()).cpu().numpy()[0])
     return np.stack(out)
 
@@ -85,7 +81,7 @@ def train_one_epoch(model: Classifier, ds: VolumeDataset, opt, sched, device: to
     losses = []
     for x, y in progress(loader, enabled=s.pbar, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch"):
         x, y = x.to(device, non_blocking=True), y.to(device)
-        with _autocast(device):
+        with run.bf16_autocast(device):
             logits = model(x)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y)  # one sigmoid a finding
         if not torch.isfinite(loss):

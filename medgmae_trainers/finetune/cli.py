@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"how predicted probabilities go back to the original geometry (validation and "
                         f"prediction): torch, nnU-Net's resample_torch_fornnunet (~7x faster on CPU), or plans, "
                         f"the plans' scikit-image resampling (default {d.export_resampling})")
+    p.add_argument("--fp32", action="store_true",
+                   help="train in float32 on a CPU (default: bf16 autocast for the training step where the CPU "
+                        "computes bf16 natively, AMX or AVX512-BF16: about twice as fast)")
+    p.add_argument("--threads", type=int,
+                   help="CPU budget of this run, >= 1: torch threads and nnU-Net's augmentation processes "
+                        "(default: all cores for both, nnU-Net's); two runs side by side on two cores: 1 each")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--num-gpus", type=int, default=1, help="GPUs for nnU-Net's own DDP, >= 1 (cuda only)")
     p.add_argument("--continue", dest="resume", action="store_true", help="continue the run in the results folder")
@@ -147,14 +153,15 @@ def make_settings(args, plans: dict) -> Settings:
         layer_decay=args.layer_decay, val_step_size=args.val_step_size,
         val_mirroring=None if args.val_mirroring is None else args.val_mirroring == "on",
         export_resampling=args.export_resampling, progress_bar=False if args.no_pbar else None,
-        mirroring=False if args.no_mirroring else None)
+        mirroring=False if args.no_mirroring else None, cpu_bf16=False if args.fp32 else None)
     return settings
 
 
 def check_numbers(args) -> None:
     """Every numeric flag in the range its --help states, before any file is read or written."""
     for flag, value in (("--epochs", args.epochs), ("--iters-per-epoch", args.iterations_per_epoch),
-                        ("--feature-size", args.feature_size), ("--num-gpus", args.num_gpus)):
+                        ("--feature-size", args.feature_size), ("--num-gpus", args.num_gpus),
+                        ("--threads", args.threads)):
         check_range(flag, value, 1)
     check_range("--lr", args.lr, 0, low_open=True)
     check_range("--layer-decay", args.layer_decay, 0, 1, low_open=True)
@@ -194,10 +201,15 @@ def _failed_start(old: Settings, folder: Path) -> bool:
     return old.status == "failed" and not any(folder.glob("checkpoint_*.pth"))
 
 
-def _environment(device: str) -> None:
-    """nnU-Net reads these: our trainer folder, and worker counts that fit the machine."""
+def _environment(device: str, threads: int | None) -> None:
+    """nnU-Net reads these: our trainer folder, and worker counts that fit the machine (or --threads)."""
     use_ext_trainers()
     os.environ.setdefault("nnUNet_def_n_proc", str(max(1, min(8, os.cpu_count() or 1))))
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+        os.environ["nnUNet_n_proc_DA"] = str(threads)
     if device == "cpu":
         os.environ.setdefault("nnUNet_compile", "f")  # nnU-Net never compiles on CPU; this keeps it quiet
 
@@ -226,7 +238,7 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UserError("--device cuda: no CUDA device is available")
     if args.num_gpus > 1 and args.device != "cuda":
         raise UserError("--num-gpus > 1 needs --device cuda (nnU-Net's DDP is NCCL only)")
-    _environment(args.device)
+    _environment(args.device, args.threads)
     settings = make_settings(args, plans)
     fold_cases = fold_training_cases(folders["nnUNet_preprocessed"] / dataset, settings.fold)
     data = folders["nnUNet_preprocessed"] / dataset / plans["configurations"][args.configuration]["data_identifier"]

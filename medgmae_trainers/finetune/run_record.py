@@ -74,6 +74,7 @@ class Settings:
     weight_decay_decoder: float = 0.05
     warmup_fraction: float = 0.05
     mirroring: bool = True                 # nnU-Net's mirroring on all axes, in training and at inference
+    cpu_bf16: bool = True                  # bf16 autocast for CPU training steps where the CPU has native bf16
     val_step_size: float | None = None     # None: by the training device (VALIDATION_BY_DEVICE)
     val_mirroring: bool | None = None      # None: by the training device
     progress_bar: bool = True

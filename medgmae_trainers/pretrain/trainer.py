@@ -24,7 +24,7 @@ from preprocessing.pretrain_sampling import CropChunks, PretrainCase, SamplingCo
 
 from .. import run
 from ..networks import build_networks, network_config
-from ..run import lr_lambda, param_groups
+from ..run import bf16_autocast, lr_lambda, param_groups
 from . import checkpoint as ckpt
 from .distributed import DistInfo, all_reduce, barrier, cleanup_distributed, gather_objects, setup_distributed
 from .model import PretrainModel, visible_mean_mse
@@ -254,7 +254,7 @@ def train_step(ddp, model: PretrainModel, imgs: torch.Tensor, optimizer, schedul
                info: DistInfo, step: int, sig: StopSignals) -> tuple[float, float, int]:
     """One optimiser step on every rank: (mean loss, max gradient norm, the signal any rank got, or 0)."""
     ddp.train()
-    with torch.autocast(device_type=info.device.type, dtype=torch.bfloat16, enabled=info.device.type == "cuda"):
+    with bf16_autocast(info.device):
         outputs = ddp(imgs)
     loss = outputs["loss"]
     optimizer.zero_grad(set_to_none=True)
