@@ -189,3 +189,24 @@ def test_preview_png_shows_slices_with_labels(small_dataset, tmp_path):
     assert pixels.shape[0] > 400 and pixels.shape[1] > 1000
     rgb = pixels[..., :3]
     assert (rgb.max(-1) - rgb.min(-1) > 0.2).mean() > 0.01  # coloured label overlays are present
+
+
+def test_the_declared_reader_gives_every_case_one_anatomical_layout(small_dataset):
+    """Through the reader its dataset.json names, the liver lies on the same array side (x) and the
+    cases' top on the same end (z) whether a case was stored flipped or not; the default reader
+    (the raw arrays) does not, so a flipped case would teach the network the other layout."""
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+
+    meta = json.loads((small_dataset / "dataset.json").read_text())
+    cases = {c["case"]: c for c in json.loads((small_dataset / "phantom_cases.json").read_text())}
+    liver = AMOS_LABELS["liver"]
+    reader = determine_reader_writer_from_dataset_json(meta, str(next((small_dataset / "labelsTr").iterdir())))()
+    sides, raw_sides = set(), set()
+    for case, _, label_path in _train_cases(small_dataset):
+        seg = reader.read_seg(str(label_path))[0][0]
+        raw = _read(label_path)[1]
+        for array, found in ((seg, sides), (raw, raw_sides)):
+            z, _, x = np.nonzero(array == liver)
+            found.add((bool(x.mean() > array.shape[2] / 2), bool(z.mean() > array.shape[0] / 2)))
+        assert cases[case]["flips_zyx"] in ([False] * 3, [True] * 3, [True, False, False], [False, True, True])
+    assert len(sides) == 1 and len(raw_sides) > 1

@@ -86,6 +86,7 @@ def test_every_case_loads_at_target_spacing(preprocessed):
 
 
 def test_intensities_are_the_window_of_resampled_hu(preprocessed):
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIOWithReorient
     from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
 
     from medgmae_plans.constants import window_hu
@@ -94,7 +95,8 @@ def test_intensities_are_the_window_of_resampled_hu(preprocessed):
     for case in _cases(preprocessed["raw"])[:2]:
         data, _, _, properties = _load(preprocessed["data"], case)
         assert data.min() >= 0.0 and data.max() <= 1.0
-        hu = sitk.GetArrayFromImage(sitk.ReadImage(str(preprocessed["raw"] / "imagesTr" / f"{case}_0000.nii.gz")))
+        # read as nnU-Net does: the phantom's dataset.json names the reader that turns each case to RAS
+        hu = SimpleITKIOWithReorient().read_images([str(preprocessed["raw"] / "imagesTr" / f"{case}_0000.nii.gz")])[0][0]
         spacing = properties["spacing"]
         # nnU-Net windows first, then resamples: the same steps reproduce the file exactly
         exact = resample_data_or_seg_to_shape(window_hu(hu)[None], data.shape[1:], spacing, [1.5] * 3, **kwargs)

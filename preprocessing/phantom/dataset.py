@@ -46,7 +46,9 @@ FINDINGS_DATASET_NAME = "PhantomFindings"
 FINDINGS_DATASET_ID = 991
 CLASSIFICATION_LABELS = "classification_labels.csv"
 SPLIT_OF_KIND = {"train": "train", "test": "valid"}  # classification split of each labelled kind
-GENERATOR_VERSION = 1  # bump when the anatomy or rendering changes what a seed produces
+# Bump when the anatomy or rendering changes what a seed produces, or the dataset.json nnU-Net reads
+# (2: the reorienting reader).
+GENERATOR_VERSION = 2
 KINDS = {"train": ("imagesTr", "labelsTr", "phantom_{:03d}"),
          "test": ("imagesTs", "labelsTs", "phantom_ts{:03d}"),
          "unlabeled": ("imagesUnlabeled", None, "phantom_unl{:03d}")}
@@ -234,6 +236,11 @@ def _dataset_json(n_train: int, n_test: int, n_unlabeled: int, findings: float |
         "numTest": n_test,
         "numUnlabeled": n_unlabeled,
         "file_ending": ".nii.gz",
+        # A third of the cases are stored flipped (direction -1 on z, or on y and x), as scanners do.
+        # nnU-Net's default reader ignores the direction, so the network would see the liver on
+        # either side; this reader turns every case to RAS first and writes predictions back in
+        # each case's own orientation (nnU-Net's own class, so nnUNetv2_predict does the same).
+        "overwrite_image_reader_writer": "SimpleITKIOWithReorient",
         **extra,
     }
 
