@@ -151,6 +151,7 @@ def evaluate_results(args) -> int:
     from medgmae_plans.paths import ensure_nnunet_env
 
     from .compare import Scored, build_comparison, table_markdown
+    from .intervals import in_words, versus_scratch
 
     env = ensure_nnunet_env()
     runs = find_runs(_resolve_results(args.results))
@@ -178,13 +179,18 @@ def evaluate_results(args) -> int:
                "skipped": skipped}
     if args.compare:
         comp = build_comparison(scored)
-        files = write_comparison(comp, out_dir)
+        versus = versus_scratch(comp)
+        files = write_comparison(comp, versus, out_dir)
         n_overlays = 2 if args.overlays is None else args.overlays
         if n_overlays > 0:
             files.update(write_overlays(scored, out_dir, n_overlays, env["nnUNet_raw"], env["nnUNet_preprocessed"],
                                         log))
         results["compare"] = {k: str(v) for k, v in files.items()}
+        results["versus_scratch"] = [v.to_json() for v in versus]
         log.info("\n" + table_markdown(comp))
+        if versus:
+            log.info("paired bootstrap, pretrained minus scratch (cases resampled, replicates averaged):\n"
+                     + "\n".join(in_words(versus)))
         log.info(f"comparison written to {out_dir}: " + ", ".join(sorted(files)))
     write_run_json(out_dir, "medgmae_evaluate", _settings(args, None), results)
     return 0
@@ -227,23 +233,30 @@ def _with_file(summary: dict, path: Path) -> dict:
     return summary
 
 
-def write_comparison(comp, out_dir: Path, title: str = "") -> dict[str, Path]:
-    """table1.md (Dice and NSD tables, then the per-organ tables), table1.csv, table1_nsd.csv,
-    per_organ.csv, per_organ.md and the Dice chart table1.png of a `compare.Comparison`, each written
+def write_comparison(comp, versus, out_dir: Path, title: str = "") -> dict[str, Path]:
+    """table1.md (Dice and NSD tables, each pretrained init against scratch, then the per-organ tables),
+    table1.csv, table1_nsd.csv, replicates.csv, versus_scratch.csv, per_organ.csv, per_organ.md and the
+    Dice chart table1.png of a `compare.Comparison` and its `intervals.versus_scratch`, each written
     atomically."""
-    from .compare import per_organ_csv, per_organ_markdown, table_csv, table_markdown
+    from .compare import per_organ_csv, per_organ_markdown, replicates_csv, table_csv, table_markdown
+    from .intervals import intervals_csv, intervals_markdown
     from .plots import dice_chart
 
     out_dir = Path(out_dir)
     files = {name: out_dir / name for name in
-             ("table1.md", "table1.csv", "table1_nsd.csv", "per_organ.csv", "per_organ.md", "table1.png")}
+             ("table1.md", "table1.csv", "table1_nsd.csv", "replicates.csv", "versus_scratch.csv", "per_organ.csv",
+              "per_organ.md", "table1.png")}
     heading = f"# {title}\n\n" if title else ""
     note = ("Rows: initialisation; columns: dataset and fraction of the training cases. Mean over organs "
-            "and validation cases, averaged over folds. **bold**: best, <u>underlined</u>: second.\n")
-    write_text_atomic(files["table1.md"], heading + note + "\n" + table_markdown(comp, "dice") + "\n"
+            "and cases, averaged over folds, then over replicates (± the sd over replicates where a cell has "
+            "several). **bold**: best, <u>underlined</u>: second.\n")
+    pairs = "\n## Pretrained minus Scratch: paired bootstrap\n\n" + intervals_markdown(versus) if versus else ""
+    write_text_atomic(files["table1.md"], heading + note + "\n" + table_markdown(comp, "dice") + pairs + "\n"
                       + table_markdown(comp, "nsd"))
     write_text_atomic(files["table1.csv"], table_csv(comp, "dice"))
     write_text_atomic(files["table1_nsd.csv"], table_csv(comp, "nsd"))
+    write_text_atomic(files["replicates.csv"], replicates_csv(comp))
+    write_text_atomic(files["versus_scratch.csv"], intervals_csv(versus))
     write_text_atomic(files["per_organ.csv"], per_organ_csv(comp))
     write_text_atomic(files["per_organ.md"], per_organ_markdown(comp))
     dice_chart(comp, files["table1.png"], title=title)

@@ -227,6 +227,12 @@ def _names(cases: Sequence[str], shown: int = 5) -> str:
 
 # ---------------------------------------------------------------- runs
 
+# Replicates of one (init, dataset, fraction) are trainers tagged r0, r1, ... (`medgmae_train --trainer
+# MedGMAETrainer_medgmae_f10_r1`); `medgmae_evaluate --compare` reports their mean ± sd and pairs them
+# with scratch's in a bootstrap interval.
+REPLICATE_TAG = "r{}"
+
+
 @dataclass
 class Run:
     """One fold of one fine-tuning run, as `medgmae_finetune.json` describes it."""
@@ -240,6 +246,19 @@ class Run:
     @property
     def trainer(self) -> str:
         return str(self.meta.get("trainer") or self.fold_dir.parent.name.split("__")[0])
+
+    @property
+    def tag(self) -> str | None:
+        """The trainer name's tag, `MedGMAETrainer_<init>_f<pct>_<tag>` (None without one). Init and tag
+        hold no underscore (the trainers' NAME_PATTERN), so the tag is the fourth part."""
+        parts = self.trainer.split("_", 3)
+        return parts[3] if len(parts) == 4 else None
+
+    @property
+    def replicate(self) -> str:
+        """Which replicate of its (init, dataset, fraction) the run is: its trainer tag, by convention
+        r0, r1, r2 ...; an untagged trainer is r0 (`REPLICATE_TAG`)."""
+        return self.tag or REPLICATE_TAG.format(0)
 
     @property
     def fold(self):

@@ -37,7 +37,8 @@ def label_color(label: int):
 
 def dice_chart(comp, out_png: Path, title: str = "") -> Path:
     """Grouped bars: one group per (dataset, fraction), one bar per init; mean Dice in %,
-    with the range over folds as an error bar when a cell has several folds."""
+    with the range over replicates as an error bar when a cell has several replicates, else the range
+    over its folds when it has several."""
     plt = _pyplot()
     n_cols, n_rows = len(comp.columns), len(comp.rows)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + 1.1 * n_cols * max(n_rows, 1) * 0.6), 3.8))
@@ -50,10 +51,12 @@ def dice_chart(comp, out_png: Path, title: str = "") -> Path:
             if not cell:
                 continue
             mean = 100 * cell.mean("dice")
+            replicates = list(cell.replicate_means("dice").values())
+            spread = replicates if len(replicates) > 1 else cell.dice  # else one replicate's folds
             xs.append(c - 0.4 + width * (r + 0.5))
             ys.append(mean)
-            lo.append(mean - 100 * min(cell.dice))
-            hi.append(100 * max(cell.dice) - mean)
+            lo.append(mean - 100 * min(spread))
+            hi.append(100 * max(spread) - mean)
         bars = ax.bar(xs, ys, width * 0.95, label=init_display(init), color=colors.get(init),
                       yerr=[lo, hi] if any(lo) or any(hi) else None, capsize=2)
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)

@@ -133,3 +133,16 @@ def write_summary(summary: dict, path: Path) -> Path:
 
 def foreground_dice(summary: dict) -> float:
     return float(summary["foreground_mean"]["Dice"])
+
+
+def case_dice(summary: dict) -> dict[str, float]:
+    """{case: its Dice averaged over the summary's labels} (NaN-ignoring, as nnU-Net's means; NaN when
+    no label is in the case's reference or prediction), keyed by the reference's file name, which
+    names the same case in every run scored on it."""
+    labels = list(summary["medgmae"]["labels"])
+    out = {}
+    for entry in summary["metric_per_case"]:
+        values = [entry["metrics"][label]["Dice"] for label in labels]
+        finite = [v for v in values if not math.isnan(v)]
+        out[Path(entry["reference_file"]).name] = float(np.mean(finite)) if finite else math.nan
+    return out

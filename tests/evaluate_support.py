@@ -78,9 +78,10 @@ def fraction_tag(fraction: float) -> str:
 
 
 def make_run(results: Path, init: str, fraction: float, fold: int, predictions: dict[str, np.ndarray],
-             val_cases=None, finished: bool = True) -> Path:
-    """A fold folder of a fine-tuning run: medgmae_finetune.json, validation/*.nii.gz, dataset.json above."""
-    trainer = f"MedGMAETrainer_{init}_{fraction_tag(fraction)}"
+             val_cases=None, finished: bool = True, tag: str | None = None) -> Path:
+    """A fold folder of a fine-tuning run: medgmae_finetune.json, validation/*.nii.gz, dataset.json above;
+    `tag` ends the trainer name (a replicate's r0, r1, ...)."""
+    trainer = f"MedGMAETrainer_{init}_{fraction_tag(fraction)}" + (f"_{tag}" if tag else "")
     trainer_dir = results / DATASET / f"{trainer}__MedGMAEPlans__3d_fullres"
     fold_dir = trainer_dir / f"fold_{fold}"
     fold_dir.mkdir(parents=True, exist_ok=True)

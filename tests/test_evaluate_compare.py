@@ -9,8 +9,9 @@ import pytest
 
 from evaluate_support import DATASET, make_gt, make_run, perturb, reference_case, write_label_map
 from evaluation.cli import main
-from evaluation.compare import ranks
+from evaluation.compare import Cell, ranks
 from evaluation.display import fraction_display
+from evaluation.folders import Run
 
 CASES = {f"phantom_{i:03d}": reference_case(i, with_kidney=i != 2) for i in range(3)}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -70,6 +71,10 @@ def test_compare_writes_table1(results, tmp_path, capsys):
     assert f"<u>{table['Scratch'][1]}</u>" in scratch_row        # second at 10%
     assert scratch_row.count("—") == 2
     assert "Mean NSD at 1 mm" in markdown
+    assert not any("±" in line for line in markdown.splitlines() if line.startswith("|"))  # one replicate a cell
+    versus = list(csv.DictReader((out / "versus_scratch.csv").open()))
+    assert [(v["init"], v["fraction"], v["replicates"], v["cases"]) for v in versus] == [("MedGMAE", "0.1", "1", "3")]
+    assert "MedGMAE minus Scratch at Phantom 10%" in markdown
 
     organs = list(csv.DictReader((out / "per_organ.csv").open()))
     assert len(organs) == 4 * 3  # four (init, fraction) groups x three organs
@@ -170,3 +175,90 @@ def test_ranks_and_fraction_names():
     assert ranks([0.4]) == [1]
     assert ranks([0.0062, 0.0055, 0.0130]) == [2, None, 1]  # 0.62 %, 0.55 %, 1.30 % are not a tie
     assert [fraction_display(f) for f in (0.01, 0.1, 1.0, 0.025)] == ["1%", "10%", "100%", "2.5%"]
+
+
+def case_dice_of(fold_dir) -> dict[str, float]:
+    """Per case, Dice averaged over the organs present, from the run's summary."""
+    summary = json.loads((fold_dir / "validation" / "summary_medgmae.json").read_text())
+    return {c["reference_file"]: np.nanmean([m["Dice"] for m in c["metrics"].values()])
+            for c in summary["metric_per_case"]}
+
+
+@pytest.fixture
+def replicated(nnunet_env):
+    """At 10%: scratch and MedGMAE with replicates r0, r1, r2; voxel-MAE's three replicates predict
+    exactly what scratch's do (a difference of exactly 0)."""
+    make_gt(nnunet_env["nnUNet_preprocessed"], CASES, raw=nnunet_env["nnUNet_raw"])
+    root = nnunet_env["nnUNet_results"]
+    runs = {}
+    for r in range(3):
+        scratch = predictions(100 + 10 * r, 0.10 + 0.02 * r)
+        runs[("scratch", r)] = make_run(root, "scratch", 0.1, 0, scratch, tag=f"r{r}")
+        runs[("voxelmae", r)] = make_run(root, "voxelmae", 0.1, 0, scratch, tag=f"r{r}")
+        runs[("medgmae", r)] = make_run(root, "medgmae", 0.1, 0, predictions(200 + 10 * r, 0.02), tag=f"r{r}")
+    return root, runs
+
+
+def test_replicates_give_mean_sd_and_paired_intervals(replicated, tmp_path, capsys):
+    root, runs = replicated
+    out = tmp_path / "report"
+    code, err = run([root, "--compare", "--no-nsd", "--overlays", "0", "-o", out], capsys)
+    assert code == 0, err
+    per_replicate = {init: [fg_dice(runs[(init, r)]) for r in range(3)] for init in ("scratch", "medgmae")}
+    rows = {r[0]: r[1:] for r in csv.reader((out / "table1.csv").open())}
+    assert rows["Scratch"] == [f"{100 * np.mean(per_replicate['scratch']):.2f}"]
+    scratch_row = next(line for line in (out / "table1.md").read_text().splitlines() if line.startswith("| Scratch |"))
+    assert (f"{100 * np.mean(per_replicate['scratch']):.2f} ± {100 * np.std(per_replicate['scratch'], ddof=1):.2f}"
+            in scratch_row)  # the sample sd over replicates
+    replicates = list(csv.DictReader((out / "replicates.csv").open()))
+    assert [(r["init"], r["replicate"]) for r in replicates if r["init"] == "MedGMAE"] == [
+        ("MedGMAE", "r0"), ("MedGMAE", "r1"), ("MedGMAE", "r2")]
+    assert [float(r["dice_pct"]) for r in replicates if r["init"] == "Scratch"] == pytest.approx(
+        [100 * d for d in per_replicate["scratch"]], abs=0.006)
+
+    # MedGMAE's difference: per case, its three replicates' mean minus scratch's; then the mean over cases
+    medgmae = np.mean([list(case_dice_of(runs[("medgmae", r)]).values()) for r in range(3)], axis=0)
+    scratch = np.mean([list(case_dice_of(runs[("scratch", r)]).values()) for r in range(3)], axis=0)
+    versus = {v["init"]: v for v in csv.DictReader((out / "versus_scratch.csv").open())}
+    assert float(versus["MedGMAE"]["difference_pct"]) == pytest.approx(100 * np.mean(medgmae - scratch), abs=0.006)
+    assert versus["MedGMAE"]["excludes_zero"] == "1" and float(versus["MedGMAE"]["low_pct"]) > 0
+    assert (versus["MedGMAE"]["replicates"], versus["MedGMAE"]["scratch_replicates"]) == ("3", "3")
+    assert [versus["voxel-MAE"][k] for k in ("difference_pct", "low_pct", "high_pct", "excludes_zero")] == [
+        "0.00", "0.00", "0.00", "0"]
+
+    for text in (err, (out / "table1.md").read_text()):  # printed, and in the report, in words
+        assert "MedGMAE minus Scratch at Phantom 10%" in text and "excludes 0, MedGMAE is better" in text
+        assert "voxel-MAE minus Scratch at Phantom 10%: +0.00" in text and "contains 0, no difference" in text
+        assert "Intervals that exclude 0: MedGMAE at Phantom 10%." in text
+    record = json.loads((out / "medgmae_evaluate.json").read_text())["results"]["versus_scratch"]
+    assert [(v["init"], v["interval"]["excludes_zero"]) for v in record] == [("voxelmae", False), ("medgmae", True)]
+
+
+def test_an_untagged_run_is_replicate_r0(replicated, tmp_path, capsys):
+    root, _ = replicated
+    make_run(root, "medgmae", 0.1, 0, predictions(300, 0.02))  # untagged: a second r0 of fold 0
+    code, err = run([root, "--compare", "--no-nsd", "--overlays", "0", "-o", tmp_path / "o"], capsys)
+    _refused(code, err, "MedGMAETrainer_medgmae_f10_r0", "MedGMAETrainer_medgmae_f10__", "both replicate r0")
+
+
+def test_replicate_is_the_trainer_tag(tmp_path):
+    def replicate(trainer):
+        return Run(tmp_path, {"trainer": trainer, "dataset": DATASET, "init": "medgmae", "fraction": 0.1})
+
+    assert replicate("MedGMAETrainer_medgmae_f10").tag is None
+    assert replicate("MedGMAETrainer_medgmae_f10").replicate == "r0"
+    assert replicate("MedGMAETrainer_medgmae_f2p5_r12").replicate == "r12"
+
+
+def test_a_cell_averages_folds_then_replicates():
+    """r0 has two folds, r1 one: the cell is the mean of the replicates' means, not of the three runs."""
+    cell = Cell(runs=["a", "b", "c"], folds=["0", "1", "0"], replicates=["r0", "r0", "r1"],
+                dice=[0.2, 0.4, 0.9], nsd=[0.1, 0.1, 0.1],
+                case_dice=[{"x": 0.1, "y": 0.5}, {"x": 0.3}, {"x": 0.6, "z": 0.2}])
+    assert cell.replicate_means("dice") == pytest.approx({"r0": 0.3, "r1": 0.9})
+    assert cell.mean("dice") == pytest.approx(0.6)  # the three runs' mean would be 0.5
+    assert cell.sd("dice") == pytest.approx(np.std([0.3, 0.9], ddof=1))
+    cases, matrix = cell.case_matrix()
+    assert cases == ["x"]  # y and z were not scored by every replicate
+    assert matrix.shape == (2, 1) and matrix[:, 0] == pytest.approx([0.2, 0.6])  # x: r0's two folds averaged
+    assert np.isnan(Cell(runs=["a"], folds=["0"], replicates=["r0"], dice=[0.5], nsd=[0.5]).sd("dice"))
