@@ -437,7 +437,7 @@ def test_train_epochs_zero(preprocessed, capsys):
 @pytest.mark.parametrize("flag, value, rule", [
     ("--lr", "0", "> 0"), ("--lr", "nan", "> 0"), ("--layer-decay", "1.5", "in (0, 1]"),
     ("--feature-size", "0", ">= 1"), ("--val-step-size", "0", "in (0, 1]"), ("--iters-per-epoch", "0", ">= 1"),
-    ("--num-gpus", "0", ">= 1")])
+    ("--num-gpus", "0", ">= 1"), ("--threads", "-1", ">= 1")])
 def test_train_argument_out_of_range(preprocessed, capsys, flag, value, rule):
     train(capsys, preprocessed, ["--init", "scratch", "--fold", "all", flag, value], [flag, rule])
 

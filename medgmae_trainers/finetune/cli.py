@@ -132,7 +132,6 @@ def make_settings(args, plans: dict) -> Settings:
 
     fraction = DEFAULTS.fraction if args.fraction is None else parse_fraction(args.fraction)
     fold = _fold(args.fold)
-    check_numbers(args)
     pre = None
     if args.pretrained:
         pre = read_pretrained(args.pretrained)
@@ -158,7 +157,7 @@ def make_settings(args, plans: dict) -> Settings:
 
 
 def check_numbers(args) -> None:
-    """Every numeric flag in the range its --help states, before any file is read or written."""
+    """Every numeric flag in the range its --help states."""
     for flag, value in (("--epochs", args.epochs), ("--iters-per-epoch", args.iterations_per_epoch),
                         ("--feature-size", args.feature_size), ("--num-gpus", args.num_gpus),
                         ("--threads", args.threads)):
@@ -225,6 +224,7 @@ def _summary(folder: Path) -> dict:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    check_numbers(args)  # before --threads is applied, and before the plans are read
     import torch
 
     from medgmae_plans.datasets import resolve_dataset
