@@ -59,7 +59,8 @@ def _paired(pretrained: Cell, scratch: Cell) -> PairedInterval | None:
     """The interval over the cases both cells scored in every replicate, each with a Dice."""
     ours_cases, ours = pretrained.case_matrix()
     theirs_cases, theirs = scratch.case_matrix()
-    common = [c for c in ours_cases if c in set(theirs_cases)]
+    theirs_set = set(theirs_cases)
+    common = [c for c in ours_cases if c in theirs_set]
     ours = ours[:, [ours_cases.index(c) for c in common]]
     theirs = theirs[:, [theirs_cases.index(c) for c in common]]
     scored = np.isfinite(ours).all(axis=0) & np.isfinite(theirs).all(axis=0)

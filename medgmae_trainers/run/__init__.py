@@ -22,6 +22,6 @@ from .precision import bf16_autocast, native_cpu_bf16
 from .resume import RUN_ONLY, check_settings, resume_state
 from .rng import capture_rng, restore_rng
 
-__all__ = ["FINAL", "LATEST", "MetricsLog", "NO_DECAY", "no_decay", "RUN_ONLY", "bf16_autocast", "capture_rng", "check_settings",
-           "load_checkpoint", "lr_lambda", "native_cpu_bf16", "param_groups", "polynomial_decay", "restore_rng", "restore_training",
-           "resume_state", "training_state"]
+__all__ = ["FINAL", "LATEST", "MetricsLog", "NO_DECAY", "RUN_ONLY", "bf16_autocast", "capture_rng", "check_settings",
+           "load_checkpoint", "lr_lambda", "native_cpu_bf16", "no_decay", "param_groups", "polynomial_decay",
+           "restore_rng", "restore_training", "resume_state", "training_state"]

@@ -9,10 +9,12 @@ caller's consent (`cpu=True`) and the hardware. Weights, optimiser state and the
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
 
+@functools.cache  # the hardware does not change; asked at every training step
 def native_cpu_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (AMX tiles or AVX512-BF16)."""
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
