@@ -44,13 +44,23 @@ class GaussianHeads(nn.Module):
             nn.init.xavier_uniform_(head.weight)
             nn.init.constant_(head.bias, bias)
 
-    def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+    def raw(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The heads' unconstrained outputs: position, scale [B, K, 3], rotation [B, K, 4], intensity [B, K, 1]."""
+        return {"position": self.position(h), "scale": self.scale(h), "rotation": self.rotation(h),
+                "intensity": self.intensity(h)}
+
+    def activate(self, raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`raw`'s outputs -> the Gaussians (the class docstring's dict). Split from `forward` so that a
+        direct fit of the Gaussians (benchmarks.pretrain_quality) optimises the same parametrisation."""
         return {
-            "means": torch.sigmoid(self.position(h)),
-            "scales": torch.sigmoid(self.scale(h)) * self.max_scale,
-            "quats": F.normalize(self.rotation(h), dim=-1, eps=1e-6),
-            "intensities": torch.sigmoid(self.intensity(h)).squeeze(-1),
+            "means": torch.sigmoid(raw["position"]),
+            "scales": torch.sigmoid(raw["scale"]) * self.max_scale,
+            "quats": F.normalize(raw["rotation"], dim=-1, eps=1e-6),
+            "intensities": torch.sigmoid(raw["intensity"]).squeeze(-1),
         }
+
+    def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.activate(self.raw(h))
 
 
 class GaussianDecoder(nn.Module):
@@ -93,11 +103,19 @@ class GaussianDecoder(nn.Module):
             x = blk(x)
         return self.decoder_norm(x)[:, 1:1 + self.num_gaussians]
 
+    def raw_gaussians(self, latent: torch.Tensor, ids_keep: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The unconstrained parameters the Gaussians are made from (`GaussianHeads.raw`)."""
+        return self.heads.raw(self.query_features(latent, ids_keep))
+
+    def gaussians_from_raw(self, raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Returns the Gaussians (see `GaussianHeads`) plus `level` [K] (all 0 here)."""
+        out = self.heads.activate(raw)
+        out["level"] = torch.zeros(self.num_gaussians, dtype=torch.long, device=out["means"].device)
+        return out
+
     def forward(self, latent: torch.Tensor, ids_keep: torch.Tensor) -> dict[str, torch.Tensor]:
         """Returns the Gaussians (see `GaussianHeads`) plus `level` [K] (all 0 here)."""
-        out = self.heads(self.query_features(latent, ids_keep))
-        out["level"] = torch.zeros(self.num_gaussians, dtype=torch.long, device=latent.device)
-        return out
+        return self.gaussians_from_raw(self.raw_gaussians(latent, ids_keep))
 
 
 class ResidualLevel(nn.Module):
@@ -122,11 +140,19 @@ class ResidualLevel(nn.Module):
         self.residual = nn.Linear(dim, 3 + 3 + 4 + 1)
         init_transformer_weights(self)
 
+    def raw(self, h: torch.Tensor) -> torch.Tensor:
+        """h [B, K, C] -> the children's residuals before tanh [B, K, multiplicity, 11]."""
+        B, K, C = h.shape
+        return self.residual(self.norm(self.expand(h).reshape(B, K, self.multiplicity, C)))
+
     def forward(self, h: torch.Tensor, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """h [B, K, C], base Gaussians with K entries -> children with K * multiplicity entries."""
-        B, K, C = h.shape
-        m = self.multiplicity
-        r = torch.tanh(self.residual(self.norm(self.expand(h).reshape(B, K, m, C))))  # [B, K, m, 11]
+        return self.spawn(self.raw(h), base)
+
+    def spawn(self, raw: torch.Tensor, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """raw [B, K, m, 11] (`raw`), base Gaussians with K entries -> children with K * m entries."""
+        B, K, m, _ = raw.shape
+        r = torch.tanh(raw)
         rep = lambda t: t.unsqueeze(2).expand(B, K, m, *t.shape[2:])  # noqa: E731 - broadcast parent to children
         s = self.sigmas
         means = rep(base["means"]) + r[..., 0:3] * s["mu"]
@@ -154,11 +180,22 @@ class HierarchicalGaussianDecoder(GaussianDecoder):
         dim = self.decoder_embed.out_features
         self.levels = nn.ModuleList([ResidualLevel(dim, m, ds) for m, ds in zip(multiplicities, delta_scales)])
 
-    def forward(self, latent: torch.Tensor, ids_keep: torch.Tensor) -> dict[str, torch.Tensor]:
+    def raw_gaussians(self, latent: torch.Tensor, ids_keep: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The base heads' raw outputs plus `level1`, `level2`, ...: each level's pre-tanh residuals [B, K, m, 11]."""
         h = self.query_features(latent, ids_keep)
-        base = self.heads(h)
-        outs = [base] + [level(h, base) for level in self.levels]
+        raw = self.heads.raw(h)
+        raw.update({f"level{i + 1}": level.raw(h) for i, level in enumerate(self.levels)})
+        return raw
+
+    def gaussians_from_raw(self, raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """All levels' Gaussians, concatenated, plus `level` [K_total]."""
+        base = self.heads.activate(raw)
+        outs = [base] + [level.spawn(raw[f"level{i + 1}"], base) for i, level in enumerate(self.levels)]
         result = {key: torch.cat([o[key] for o in outs], dim=1) for key in base}
-        result["level"] = torch.cat([torch.full((o["means"].shape[1],), i, dtype=torch.long, device=h.device)
+        device = base["means"].device
+        result["level"] = torch.cat([torch.full((o["means"].shape[1],), i, dtype=torch.long, device=device)
                                      for i, o in enumerate(outs)])
         return result
+
+    def forward(self, latent: torch.Tensor, ids_keep: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.gaussians_from_raw(self.raw_gaussians(latent, ids_keep))
