@@ -40,22 +40,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def plainconv_plans(plans: dict, configuration: str) -> dict:
     """The plans with nnU-Net's default PlainConvUNet for the configuration's patch and spacing."""
-    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+    from medgmae_trainers.finetune.plainconv import plainconv_arch_kwargs, plainconv_architecture
 
     plans = deepcopy(plans)
     config = plans["configurations"][configuration]
-    _, pools, kernels, _, _ = get_pool_and_conv_props(config["spacing"], config["patch_size"], 4, 999999)
-    n = len(pools)
-    config["architecture"] = {
-        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-        "arch_kwargs": {"n_stages": n, "features_per_stage": [min(32 * 2 ** i, 320) for i in range(n)],
-                        "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": kernels, "strides": pools,
-                        "n_conv_per_stage": [2] * n, "n_conv_per_stage_decoder": [2] * (n - 1), "conv_bias": True,
-                        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-                        "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None,
-                        "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
-                        "nonlin_kwargs": {"inplace": True}},
-        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+    config["architecture"] = plainconv_architecture(plainconv_arch_kwargs(config["spacing"], config["patch_size"]))
     return plans
 
 

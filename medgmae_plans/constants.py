@@ -20,9 +20,12 @@ NORMALISATION = {"scheme": "CTNormalization", "hu_window": [_LOW, _HIGH], "range
                  "formula": f"(clip(HU, {_LOW:g}, {_HIGH:g}) + {-_LOW:g}) / {_HIGH - _LOW:g}"}
 
 # The initialisations a fine-tuning run starts from, in the paper's row order (Table 1), and how
-# trainer names, run records and result tables show them.
-INIT_DISPLAY = {"scratch": "Scratch", "voxelmae": "voxel-MAE", "medgmae": "MedGMAE", "medgmaestar": "MedGMAE*"}
+# trainer names, run records and result tables show them. The last row is not UNETR: `nnunet` is
+# nnU-Net's own network (PlainConvUNet) and recipe from scratch, the anchor a user would pick instead.
+INIT_DISPLAY = {"scratch": "Scratch", "voxelmae": "voxel-MAE", "medgmae": "MedGMAE", "medgmaestar": "MedGMAE*",
+                "nnunet": "nnU-Net (PlainConvUNet)"}
 INITS = tuple(INIT_DISPLAY)
+FROM_SCRATCH = ("scratch", "nnunet")  # the inits that start without a pretrained checkpoint
 # The pretraining decoder type a checkpoint records -> the init name of the runs it starts.
 INIT_BY_DECODER = {"voxel": "voxelmae", "gaussian": "medgmae", "hierarchical": "medgmaestar"}
 

@@ -200,7 +200,8 @@ def test_trainer_loads_every_encoder_key_and_scratch_does_not(nnunet_env, tmp_pa
     assert trainer.configuration_manager.configuration["resampling_fn_probabilities"] == "resample_torch_fornnunet"
     assert isinstance(trainer.optimizer, torch.optim.AdamW)
 
-    scratch, _ = _trainer(nnunet_env, "MedGMAETrainer_scratch_f10")
+    # another seed than fake_checkpoint's 0, or the fresh weights would be the checkpoint's by construction
+    scratch, _ = _trainer(nnunet_env, "MedGMAETrainer_scratch_f10", {"seed": 1})
     scratch.initialize()
     state = scratch.network.encoder.state_dict()
     assert not torch.equal(state["blocks.0.attn.qkv.weight"], ckpt["encoder"]["blocks.0.attn.qkv.weight"])
@@ -347,3 +348,72 @@ def test_cpu_training_step_autocasts_to_bf16_only_where_the_cpu_has_it(nnunet_en
     assert seen == [(expected, torch.bfloat16 if expected else torch.float32)]
     assert np.isfinite(loss) and trainer.network.out.conv.conv.weight.dtype == torch.float32
     assert not torch.equal(before, trainer.network.out.conv.conv.weight)
+
+
+# ---- seeds and nnU-Net's own network as the baseline row ------------------------------------
+def _from_settings(nnunet_env, name: str, **given):
+    """The trainer `name` as medgmae_train sets it up: `new_settings` from the flags given, then nnU-Net."""
+    from medgmae_trainers.finetune.run_record import fold_folder, new_settings, write_record
+    from medgmae_trainers.finetune.trainers import parse_trainer_name, trainer_class
+
+    plans = minimal_preprocessed(nnunet_env["nnUNet_preprocessed"])
+    init, fraction, _ = parse_trainer_name(name)
+    settings = new_settings(plans, "3d_fullres", 0, name, fraction, "cpu", init=init, epochs=2,
+                            iterations_per_epoch=5, **given)
+    write_record(fold_folder(nnunet_env["nnUNet_results"], DATASET, name, "MedGMAEPlans", "3d_fullres", 0), settings)
+    return trainer_class(name)({**plans, "continue_training": False}, "3d_fullres", 0, labels_json(),
+                               torch.device("cpu"))
+
+
+def test_nnunet_init_trains_nnunets_plainconvunet_with_its_own_recipe(nnunet_env):
+    """`--init nnunet`: PlainConvUNet as nnU-Net plans it for the patch, deep supervision, SGD at
+    nnU-Net's lr with its poly schedule; the bf16 CPU step trains it; the predictor's build (no deep
+    supervision) gives one output."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    trainer = _from_settings(nnunet_env, "MedGMAETrainer_nnunet_f10_r0", preset=None, cpu_bf16=True)
+    trainer.initialize()
+    assert isinstance(trainer.network, PlainConvUNet) and trainer.enable_deep_supervision
+    assert trainer.configuration_manager.network_arch_class_name.endswith("PlainConvUNet")
+    assert trainer.configuration_manager.network_arch_init_kwargs["features_per_stage"][:2] == [32, 64]
+    assert isinstance(trainer.optimizer, torch.optim.SGD) and trainer.optimizer.param_groups[0]["lr"] == 1e-2
+    scales = trainer._get_deep_supervision_scales()
+    target = [torch.randint(0, 4, (2, 1, *[int(32 * s) for s in scale])).float() for scale in scales]
+    before = [p.detach().clone() for p in trainer.network.parameters()]
+    loss = trainer.train_step({"data": torch.randn(2, 1, 32, 32, 32), "target": target})["loss"]
+    assert np.isfinite(loss) and any(not torch.equal(a, b) for a, b in zip(before, trainer.network.parameters()))
+    single = type(trainer).build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 1, 4,
+                                                      enable_deep_supervision=False)
+    assert single(torch.zeros(1, 1, 32, 32, 32)).shape == (1, 4, 32, 32, 32)
+
+
+def test_unetr_flags_are_refused_for_nnunets_network(cli):
+    code, err = cli("Phantom", "3d_fullres", "--init", "nnunet", "--preset", "tiny")
+    assert code == 2 and "--preset" in err[-1] and "PlainConvUNet" in err[-1]
+
+
+def test_the_seed_draws_the_new_weights(nnunet_env):
+    def first_weights(seed):
+        trainer = _from_settings(nnunet_env, f"MedGMAETrainer_scratch_f10_s{seed}x", preset="tiny", seed=seed)
+        trainer.initialize()
+        return trainer.network.out.conv.conv.weight.detach().clone()
+
+    assert torch.equal(first_weights(3), first_weights(3))
+    assert not torch.equal(first_weights(3), first_weights(4))
+
+
+def test_the_seed_seeds_nnunets_augmentation_workers(monkeypatch):
+    """nnU-Net builds its augmenters with seeds=None (workers seeded from the OS); a run's get the
+    run's seed, disjoint between the training and the validation augmenter."""
+    from medgmae_trainers.finetune import trainers
+
+    class Recorder:
+        def __init__(self, data_loader, transform, num_processes, seeds=None, **kwargs):
+            self.seeds = seeds
+
+    monkeypatch.setattr(trainers.nnunet_trainer_module, "NonDetMultiThreadedAugmenter", Recorder)
+    with trainers._SeededAugmenter.settings(7):
+        train = trainers.nnunet_trainer_module.NonDetMultiThreadedAugmenter(None, None, num_processes=2, seeds=None)
+        val = trainers.nnunet_trainer_module.NonDetMultiThreadedAugmenter(None, None, num_processes=1, seeds=None)
+    assert train.seeds == [7000, 7001] and val.seeds == [7100]
+    assert trainers.nnunet_trainer_module.NonDetMultiThreadedAugmenter is Recorder  # restored afterwards

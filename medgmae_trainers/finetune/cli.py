@@ -1,8 +1,9 @@
 """`medgmae_train`: fine-tune UNETR with nnU-Net v2 from a pretrained encoder (or from scratch).
 
     medgmae_train DATASET CONFIGURATION [--fraction 0.01|0.1|1.0] [--fold 0..4|all]
-                  (--pretrained CKPT | --init scratch [--preset tiny|base|paper]) [--trainer NAME]
-                  [--epochs N] [--iters-per-epoch N] [--device cpu|cuda] [--num-gpus N] [--continue] [--npz]
+                  (--pretrained CKPT | --init scratch [--preset tiny|base|paper] | --init nnunet)
+                  [--trainer NAME] [--epochs N] [--iters-per-epoch N] [--seed N] [--device cpu|cuda]
+                  [--num-gpus N] [--continue] [--npz]
 
 Everything is checked before nnU-Net starts (dataset, plans, checkpoint, fraction, an existing run);
 the settings go to `medgmae_finetune.json` in the fold folder (see `run_record` for why a file), then
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from medgmae_plans.configurations import CONFIGURATIONS
+from medgmae_plans.constants import FROM_SCRATCH
 from medgmae_plans.runtime import UserError, add_common_flags, check_range, check_writable, cli_entry, setup_run_log
 from preprocessing.collections import check_cases, folder_cases
 
@@ -25,6 +27,7 @@ from ..networks.presets import UNETR_FEATURE_SIZE
 from . import EXT_TRAINER_DIR, use_ext_trainers
 from .encoder_loading import check_fits, read_pretrained
 from .fractions import fold_training_cases, num_selected, parse_fraction
+from .plainconv import NNUNET_LR
 from .run_record import (RECORD, VALIDATION_BY_DEVICE, Settings, differences, fold_folder, new_settings,
                          read_record, write_record)
 
@@ -49,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   f"splits_final.json), or 'all' (default {d.fold}; 'all' for fewer than 5 cases)")
     init = p.add_mutually_exclusive_group(required=True)
     init.add_argument("--pretrained", metavar="CKPT", help="medgmae_pretrain checkpoint_final.pt (any decoder type)")
-    init.add_argument("--init", choices=("scratch",), help="random initialisation instead of a checkpoint")
+    init.add_argument("--init", choices=FROM_SCRATCH,
+                      help="no checkpoint: scratch is UNETR randomly initialised; nnunet is nnU-Net's own "
+                           "PlainConvUNet and SGD recipe (lr default "
+                           f"{NNUNET_LR:g}) at the same patch and budget, the baseline a user would pick instead")
     p.add_argument("--preset", choices=("tiny", "base", "paper"),
                    help=f"encoder sizes; scratch: default {d.preset} (what the plans say); with --pretrained it "
                         f"must match the checkpoint's")
@@ -64,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help=f"epochs, >= 1 (default {d.epochs}, nnU-Net's)")
     p.add_argument("--iters-per-epoch", type=int, dest="iterations_per_epoch", metavar="N",
                    help=f"training iterations per epoch, >= 1 (default {d.iterations_per_epoch})")
+    p.add_argument("--seed", type=int, help=f"seed of the new layers' weights, batch sampling and augmentation, "
+                                           f">= 0; replicates differ by it (default {d.seed})")
     p.add_argument("--lr", type=float, help=f"peak AdamW learning rate of the decoder, > 0 (default {d.lr:g})")
     p.add_argument("--layer-decay", type=float,
                    help=f"layer-wise lr decay of a pretrained encoder, in (0, 1] (default {d.layer_decay:g})")
@@ -136,7 +144,13 @@ def make_settings(args, plans: dict) -> Settings:
     if args.pretrained:
         pre = read_pretrained(args.pretrained)
         check_fits(pre, plans, args.configuration, preset=args.preset, patch=args.patch)
-    init = pre.init if pre else "scratch"
+    init = pre.init if pre else args.init
+    if init == "nnunet":
+        unetr_only = [flag for flag, value in (("--preset", args.preset), ("--patch", args.patch),
+                                               ("--feature-size", args.feature_size),
+                                               ("--layer-decay", args.layer_decay)) if value is not None]
+        if unetr_only:
+            raise UserError(f"{', '.join(unetr_only)}: UNETR settings; --init nnunet trains nnU-Net's PlainConvUNet")
     name = args.trainer or trainer_name(init, fraction)
     try:
         name_init, name_fraction, _ = parse_trainer_name(name)
@@ -147,8 +161,8 @@ def make_settings(args, plans: dict) -> Settings:
                         f"{init}, fraction {fraction}")
     settings = new_settings(
         plans, args.configuration, fold, name, fraction, args.device, pretrained=pre, preset=args.preset,
-        patch=args.patch, patch_size=args.patch_size, feature_size=args.feature_size,
-        epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, lr=args.lr,
+        patch=args.patch, patch_size=args.patch_size, feature_size=args.feature_size, init=init,
+        seed=args.seed, epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, lr=args.lr,
         layer_decay=args.layer_decay, val_step_size=args.val_step_size,
         val_mirroring=None if args.val_mirroring is None else args.val_mirroring == "on",
         export_resampling=args.export_resampling, progress_bar=False if args.no_pbar else None,
@@ -162,6 +176,7 @@ def check_numbers(args) -> None:
                         ("--feature-size", args.feature_size), ("--num-gpus", args.num_gpus),
                         ("--threads", args.threads)):
         check_range(flag, value, 1)
+    check_range("--seed", args.seed, 0)
     check_range("--lr", args.lr, 0, low_open=True)
     check_range("--layer-decay", args.layer_decay, 0, 1, low_open=True)
     check_range("--val-step-size", args.val_step_size, 0, 1, low_open=True)

@@ -33,13 +33,14 @@ from ..networks.presets import UNETR_FEATURE_SIZE
 from ..networks.pretrained import PretrainedEncoder
 from .encoder_loading import preset_encoder, unetr_arch_kwargs
 from .fractions import FRACTION_SEED
+from .plainconv import NNUNET_LR, plainconv_arch_kwargs
 
 RECORD = FINETUNE_RECORD
 
 # Settings that define a run: `--continue` must use the same values.
 DEFINING = ("dataset", "configuration", "plans", "fold", "trainer", "init", "pretrained_checkpoint", "preset",
             "patch_size", "input_patch_size", "fraction", "fraction_seed", "epochs", "iterations_per_epoch", "lr", "layer_decay",
-            "arch_kwargs", "export_resampling", "mirroring")
+            "arch_kwargs", "export_resampling", "mirroring", "seed")
 
 
 # The final validation's sliding window by training device: nnU-Net's own (step 0.5, mirroring) on a
@@ -66,6 +67,7 @@ class Settings:
     input_patch_size: list | None = None   # nnU-Net's patch (voxels) when --patch-size overrides the plans'
     fraction: float = 1.0
     fraction_seed: int = FRACTION_SEED
+    seed: int = 0                          # weights of new layers, batch sampling, augmentation (see trainers)
     epochs: int = 1000
     iterations_per_epoch: int = 250
     lr: float = 3e-4
@@ -96,9 +98,12 @@ class Settings:
 
 def new_settings(plans: dict, configuration: str, fold, trainer: str, fraction: float, device: str, *,
                  pretrained: PretrainedEncoder | None = None, preset: str | None = None, patch: int | None = None,
-                 patch_size: int | None = None, feature_size: int | None = None, **given) -> Settings:
+                 patch_size: int | None = None, feature_size: int | None = None, init: str = "scratch",
+                 **given) -> Settings:
     """A new run's settings: the ones given (Settings fields; None means not given), the rest from the
     `Settings` defaults, the plans, and the encoder (the checkpoint's, or the preset's for scratch).
+    `init` is "scratch" or "nnunet" without a checkpoint (nnU-Net's PlainConvUNet and its SGD at
+    nnU-Net's learning rate unless `lr` is given; the UNETR arguments do not apply to it).
 
     `preset` names a scratch run's encoder sizes (a pretrained run has the checkpoint's), `patch` is
     the ViT patch (default: the checkpoint's, or for scratch the plans'), `patch_size` the cubic fine-tuning patch in voxels (default: the plans'),
@@ -106,13 +111,29 @@ def new_settings(plans: dict, configuration: str, fold, trainer: str, fraction: 
     """
     given = {key: value for key, value in given.items() if value is not None}
     config = plans["configurations"][configuration]
-    plan_arch = config["architecture"]["arch_kwargs"]
     img_size = [patch_size] * 3 if patch_size else [int(s) for s in config["patch_size"]]
+    if pretrained is None and init == "nnunet":
+        given.setdefault("lr", NNUNET_LR)
+        preset, arch = None, plainconv_arch_kwargs(config["spacing"], img_size)
+    else:
+        preset, arch = _unetr(config, img_size, patch_size, pretrained, preset, patch, feature_size, given)
+        init = pretrained.init if pretrained is not None else "scratch"
+    validation = VALIDATION_BY_DEVICE["cuda" if device == "cuda" else "cpu"]
+    return Settings(**{
+        **validation, **given, "dataset": plans["dataset_name"], "configuration": configuration,
+        "plans": plans["plans_name"], "fold": fold, "trainer": trainer, "init": init,
+        "init_display": INIT_DISPLAY[init], "preset": preset, "patch_size": arch.get("patch_size"),
+        "input_patch_size": [patch_size] * 3 if patch_size else None, "fraction": fraction, "arch_kwargs": arch})
+
+
+def _unetr(config: dict, img_size: list, patch_size, pretrained, preset, patch, feature_size, given: dict):
+    """(preset, UNETR arch_kwargs) of a scratch or pretrained run; records the checkpoint in `given`."""
+    plan_arch = config["architecture"]["arch_kwargs"]
     if pretrained is not None:
-        init, preset, encoder = pretrained.init, pretrained.metadata.get("preset"), pretrained.encoder_config
+        preset, encoder = pretrained.metadata.get("preset"), pretrained.encoder_config
         given.update(pretrained_checkpoint=str(pretrained.path), pretrained_decoder=pretrained.metadata["decoder_type"])
     else:
-        init, preset = "scratch", preset or Settings.preset
+        preset = preset or Settings.preset
         # the plans' token patch (16 at 1.5 mm, 8 at 3 mm): the configuration's token grid, whatever the preset
         encoder = preset_encoder(preset, patch or int(plan_arch["patch_size"]))
     feature_size = feature_size or UNETR_FEATURE_SIZE.get(preset, plan_arch["feature_size"])
@@ -120,12 +141,7 @@ def new_settings(plans: dict, configuration: str, fold, trainer: str, fraction: 
     if any(s % arch["patch_size"] for s in img_size):
         raise UserError(f"patch size {img_size} is not a multiple of the ViT patch {arch['patch_size']}"
                         + ("" if patch_size else " (plans); pass --patch-size"))
-    validation = VALIDATION_BY_DEVICE["cuda" if device == "cuda" else "cpu"]
-    return Settings(**{
-        **validation, **given, "dataset": plans["dataset_name"], "configuration": configuration,
-        "plans": plans["plans_name"], "fold": fold, "trainer": trainer, "init": init,
-        "init_display": INIT_DISPLAY[init], "preset": preset, "patch_size": arch["patch_size"],
-        "input_patch_size": [patch_size] * 3 if patch_size else None, "fraction": fraction, "arch_kwargs": arch})
+    return preset, arch
 
 
 def fold_folder(results_root, dataset: str, trainer: str, plans: str, configuration: str, fold) -> Path:

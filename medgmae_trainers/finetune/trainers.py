@@ -2,7 +2,7 @@
 
 Trainer names encode initialisation and training fraction, so results folders never collide:
 
-    MedGMAETrainer_<init>_f<pct>[_<tag>]     init: scratch | voxelmae | medgmae | medgmaestar
+    MedGMAETrainer_<init>_f<pct>[_<tag>]     init: scratch | voxelmae | medgmae | medgmaestar | nnunet
                                              pct: percent with 'p' for '.', e.g. f1, f10, f100, f2p5
                                              tag: optional letters/digits (`--trainer`) to keep other variants apart
 
@@ -28,13 +28,23 @@ DC+CE loss, checkpoints, validation and its summary.json, DDP, is nnU-Net's):
 - on a CPU with native bf16 (AMX / AVX512-BF16) the training step's forward and loss run under bf16
   autocast, about twice as fast (nnU-Net autocasts on CUDA only; `run.precision` says why);
 - checkpoints are written atomically; the final validation can use a coarser sliding-window step
-  and no mirroring (CPU budget) without touching what `nnUNetv2_predict` does.
+  and no mirroring (CPU budget) without touching what `nnUNetv2_predict` does;
+- the run's `seed` draws the new layers' weights and seeds nnU-Net's augmentation workers (nnU-Net
+  leaves them unseeded), so replicates differ by their seed and a seed repeats its draws; with more
+  than one augmentation process the order batches arrive in still varies (nnU-Net's NonDet augmenter).
+
+The `nnunet` init (`NNUNetBaselineTrainer`) is the anchor row: nnU-Net's own PlainConvUNet with deep
+supervision and its SGD + poly schedule, under the same budget, fraction, patch, seed, precision and
+validation settings as the UNETR runs.
 """
 from __future__ import annotations
 
 import contextlib
+import random
 import re
 import sys
+
+import numpy as np
 
 import torch
 from nnunetv2.paths import nnUNet_results
@@ -42,13 +52,14 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from medgmae_plans.atomic import atomic_path
-from medgmae_plans.constants import INIT_DISPLAY, INITS
+from medgmae_plans.constants import FROM_SCRATCH, INIT_DISPLAY, INITS
 from medgmae_plans.runtime import EXIT_USER_ERROR, progress
 
 from ..run import bf16_autocast, native_cpu_bf16
 from .encoder_loading import load_encoder, read_pretrained
 from .fractions import fraction_tag, select_cases, tag_fraction
 from .optim import WarmupCosine, param_groups
+from .plainconv import plainconv_architecture
 from .run_record import Settings, fold_folder, new_settings, read_record, write_record
 
 nnunet_trainer_module = sys.modules[nnUNetTrainer.__module__]  # where validation looks up nnUNetPredictor
@@ -64,7 +75,7 @@ TORCH_PROBABILITY_RESAMPLING = {
                                            "memefficient_seg_resampling": False},
 }
 
-NAME_PATTERN = re.compile(r"^MedGMAETrainer_(scratch|voxelmae|medgmae|medgmaestar)_(f\d+(?:p\d+)?)(?:_([A-Za-z0-9]+))?$")
+NAME_PATTERN = re.compile(rf"^MedGMAETrainer_({'|'.join(INITS)})_(f\d+(?:p\d+)?)(?:_([A-Za-z0-9]+))?$")
 
 
 def trainer_name(init: str, fraction: float, tag: str | None = None) -> str:
@@ -107,6 +118,34 @@ class _ValidationPredictor:
             nnunet_trainer_module.nnUNetPredictor = original
 
 
+class _SeededAugmenter:
+    """Gives the augmentation processes nnU-Net starts in `get_dataloaders` seeds of the run's own.
+
+    `nnUNetTrainer.get_dataloaders` builds `NonDetMultiThreadedAugmenter(..., seeds=None)` inline (each
+    worker then seeds numpy from the OS); as for the validation predictor, the module's name is pointed
+    at a subclass for the duration of the call. Training and validation loaders get disjoint seeds.
+    """
+
+    @staticmethod
+    @contextlib.contextmanager
+    def settings(seed: int):
+        original = nnunet_trainer_module.NonDetMultiThreadedAugmenter
+        made = []
+
+        class Augmenter(original):
+            def __init__(self, *args, num_processes: int, **kwargs):
+                first = 1000 * seed + 100 * len(made)
+                made.append(self)
+                super().__init__(*args, num_processes=num_processes, **{
+                    **kwargs, "seeds": [first + i for i in range(num_processes)]})
+
+        nnunet_trainer_module.NonDetMultiThreadedAugmenter = Augmenter
+        try:
+            yield
+        finally:
+            nnunet_trainer_module.NonDetMultiThreadedAugmenter = original
+
+
 class MedGMAETrainer(nnUNetTrainer):
     """UNETR fine-tuning; concrete trainers are `MedGMAETrainer_<init>_f<pct>` subclasses."""
 
@@ -119,22 +158,32 @@ class MedGMAETrainer(nnUNetTrainer):
         config = plans["configurations"][configuration]
         if settings.input_patch_size:
             config["patch_size"] = [int(s) for s in settings.input_patch_size]
-        if settings.arch_kwargs:
-            config["architecture"]["arch_kwargs"] = dict(settings.arch_kwargs)
         if settings.export_resampling == "torch":
             config.update(TORCH_PROBABILITY_RESAMPLING)
+        config["architecture"] = self.architecture(config["architecture"], settings)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.medgmae = settings
-        self.enable_deep_supervision = False
         self.num_epochs = int(settings.epochs)
         self.num_iterations_per_epoch = int(settings.iterations_per_epoch)
         self.num_val_iterations_per_epoch = max(1, round(self.num_iterations_per_epoch / 5))
         self.initial_lr = float(settings.lr)
-        self.weight_decay = float(settings.weight_decay_decoder)
+        self.use_recipe(settings)
         self.save_every = min(50, max(1, self.num_epochs // 10))
         self._iteration_in_epoch = 0
         self._bar = None
         self.encoder_report = None
+
+    @staticmethod
+    def architecture(plans_architecture: dict, settings: Settings) -> dict:
+        """The plans' architecture block this run trains (and nnU-Net copies into the results folder)."""
+        if not settings.arch_kwargs:
+            return plans_architecture
+        return {**plans_architecture, "arch_kwargs": dict(settings.arch_kwargs)}
+
+    def use_recipe(self, settings: Settings) -> None:
+        """UNETR's: one output (no deep supervision), AdamW's decoder weight decay."""
+        self.enable_deep_supervision = False
+        self.weight_decay = float(settings.weight_decay_decoder)
 
     # ---- settings -------------------------------------------------------------------------------
     @classmethod
@@ -143,14 +192,15 @@ class MedGMAETrainer(nnUNetTrainer):
                              configuration, fold) if nnUNet_results.is_set() else None
         settings = read_record(folder) if folder is not None else None
         if settings is None:
-            if cls.INIT != "scratch":
+            if cls.INIT not in FROM_SCRATCH:
                 # Plain nnUNetv2_train: the checkpoint path exists only in the file medgmae_train writes.
                 # nnU-Net would show an exception as a traceback from deep inside its own code; one
                 # line and the toolkit's user-error status say what to do instead.
                 print(f"{cls.__name__}: a pretrained init needs its checkpoint; start it with "
                       f"medgmae_train DATASET CONFIGURATION --pretrained CKPT", file=sys.stderr)
                 raise SystemExit(EXIT_USER_ERROR)
-            settings = new_settings(plans, configuration, fold, cls.__name__, cls.FRACTION, device.type)
+            settings = new_settings(plans, configuration, fold, cls.__name__, cls.FRACTION, device.type,
+                                    init=cls.INIT)
         if settings.trainer != cls.__name__ or settings.init != cls.INIT or \
                 abs(float(settings.fraction) - cls.FRACTION) > 1e-9:
             raise RuntimeError(f"{folder}/medgmae_finetune.json describes {settings.trainer} "
@@ -183,6 +233,10 @@ class MedGMAETrainer(nnUNetTrainer):
         return getattr(net, "_orig_mod", net)
 
     def initialize(self):
+        seed = int(self.medgmae.seed)  # before the network is built: its new layers' weights
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
         super().initialize()
         if self.medgmae.pretrained_checkpoint:
             # Every rank loads the same file, so ranks agree although DDP wrapped the network already.
@@ -195,6 +249,10 @@ class MedGMAETrainer(nnUNetTrainer):
                     "pos_embed_interpolated": self.encoder_report["pos_embed_interpolated"]}})
 
     # ---- data -----------------------------------------------------------------------------------
+    def get_dataloaders(self):
+        with _SeededAugmenter.settings(int(self.medgmae.seed)):
+            return super().get_dataloaders()
+
     def do_split(self):
         tr_keys, val_keys = super().do_split()
         subset = select_cases(tr_keys, self.FRACTION, self.medgmae.fraction_seed)
@@ -231,7 +289,7 @@ class MedGMAETrainer(nnUNetTrainer):
                              enabled=self.medgmae.progress_bar and self.local_rank == 0, leave=False)
 
     def train_step(self, batch: dict) -> dict:
-        self.lr_scheduler.set_iteration(self.current_epoch * self.num_iterations_per_epoch + self._iteration_in_epoch)
+        self.schedule(self.current_epoch * self.num_iterations_per_epoch + self._iteration_in_epoch)
         self._iteration_in_epoch += 1
         out = self._cpu_bf16_step(batch) if self._cpu_bf16() else super().train_step(batch)
         if self._bar is not None:
@@ -239,12 +297,17 @@ class MedGMAETrainer(nnUNetTrainer):
             self._bar.set_postfix(loss=f"{float(out['loss']):.4f}")
         return out
 
+    def schedule(self, iteration: int) -> None:
+        """Warmup + cosine, set per iteration."""
+        self.lr_scheduler.set_iteration(iteration)
+
     def _cpu_bf16(self) -> bool:
         return self.device.type == "cpu" and bool(self.medgmae.cpu_bf16) and native_cpu_bf16()
 
     def _cpu_bf16_step(self, batch: dict) -> dict:
         """nnU-Net's CPU train_step with the forward and loss under bf16 autocast (backward outside it)."""
-        data, target = batch["data"].to(self.device), batch["target"].to(self.device)
+        data, target = batch["data"].to(self.device), batch["target"]
+        target = [t.to(self.device) for t in target] if isinstance(target, list) else target.to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         with bf16_autocast(self.device, cpu=True):
             loss = self.loss(self.network(data), target)
@@ -274,6 +337,27 @@ class MedGMAETrainer(nnUNetTrainer):
             super().perform_actual_validation(save_probabilities)
 
 
+class NNUNetBaselineTrainer(MedGMAETrainer):
+    """Table 1's anchor: nnU-Net's PlainConvUNet (deep supervision) and its SGD + poly schedule, trained
+    under the MedGMAE run's budget, fraction, patch, seed, precision and validation settings."""
+
+    INIT = "nnunet"
+
+    @staticmethod
+    def architecture(plans_architecture: dict, settings: Settings) -> dict:
+        return plainconv_architecture(settings.arch_kwargs)
+
+    def use_recipe(self, settings: Settings) -> None:
+        """nnU-Net's: deep supervision and its weight decay stay as nnUNetTrainer set them."""
+
+    build_network_architecture = staticmethod(nnUNetTrainer.build_network_architecture)
+    set_deep_supervision_enabled = nnUNetTrainer.set_deep_supervision_enabled
+    configure_optimizers = nnUNetTrainer.configure_optimizers
+
+    def schedule(self, iteration: int) -> None:
+        """nnU-Net's poly schedule steps once per epoch, in on_train_epoch_start."""
+
+
 _CLASSES: dict[str, type] = {}
 
 
@@ -281,9 +365,10 @@ def trainer_class(name: str) -> type:
     """The trainer class for a `MedGMAETrainer_<init>_f<pct>[_<tag>]` name (made once, then cached)."""
     if name not in _CLASSES:
         init, fraction, _ = parse_trainer_name(name)
-        cls = type(name, (MedGMAETrainer,), {"INIT": init, "FRACTION": fraction, "__module__": __name__,
-                                             "__doc__": f"UNETR fine-tuning, init {INIT_DISPLAY[init]}, "
-                                                        f"{fraction * 100:g}% of the training cases."})
+        base = NNUNetBaselineTrainer if init == NNUNetBaselineTrainer.INIT else MedGMAETrainer
+        cls = type(name, (base,), {"INIT": init, "FRACTION": fraction, "__module__": __name__,
+                                   "__doc__": f"Fine-tuning, init {INIT_DISPLAY[init]}, "
+                                              f"{fraction * 100:g}% of the training cases."})
         cls.__qualname__ = name
         _CLASSES[name] = cls
     return _CLASSES[name]
@@ -301,5 +386,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["MedGMAETrainer", "trainer_class", "trainer_name", "parse_trainer_name", "INITS",
+__all__ = ["MedGMAETrainer", "NNUNetBaselineTrainer", "trainer_class", "trainer_name", "parse_trainer_name", "INITS",
            *[n for n in list(globals()) if NAME_PATTERN.match(n)]]
