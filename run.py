@@ -19,6 +19,8 @@ import time
 import venv
 from pathlib import Path
 
+from medgmae_plans import cpu_recipe as recipe  # standard library only
+
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PY = VENV / "bin" / "python"
@@ -64,20 +66,14 @@ def demo_env() -> dict[str, str]:
     return env
 
 
-# The main job's budget on two CPU cores (each step prints its time; measured: docs/results.md).
-# Everything runs on the 3 mm `3d_lowres` configuration (48^3 crops, ViT patch 8), where a CPU
-# trains in minutes what 1.5 mm would take hours for; the budget goes to fine-tuning iterations.
-# Fine-tuning from scratch and from the pretrained encoder share one recipe (what fold 0's
-# validation cases chose, docs/results.md), and Table 1 is scored on the held-out test cases.
-CONFIGURATION = "3d_lowres"
-PHANTOM = ["-n", "20", "--test", "4", "--unlabeled", "8"]
-PRETRAIN = ["--preset", "tiny", "--decoder", "gaussian", "--steps", "1200"]
-# One thread each: the two fine-tuning runs share the two cores side by side, which trains ~2x the
-# iterations of one two-thread run after the other (a tiny-UNETR step is 0.40 s on one thread
-# against 0.26 s on two, bf16). 450 iterations, and the CPU's sliding-window step (1.0) for the
-# final validation and the test cases, keep the job within 15 minutes (docs/results.md).
-FINETUNE = ["--fraction", "0.1", "--epochs", "9", "--iters-per-epoch", "50", "--lr", "3e-3", "--no-mirroring",
-            "--threads", "1"]
+# The main job's budget on two CPU cores (each step prints its time; measured: docs/results.md): the
+# CPU recipe (medgmae_plans/cpu_recipe.py) at fraction 0.1, scored on 4 held-out test cases. Its
+# sliding-window step (the CPU's 1.0) for the final validation and the test cases, and the 450
+# iterations, keep the job within 15 minutes.
+CONFIGURATION = recipe.CONFIGURATION
+PHANTOM = ["-n", str(recipe.PHANTOM_CASES), "--test", "4", "--unlabeled", str(recipe.PHANTOM_UNLABELED)]
+PRETRAIN = ["--preset", recipe.PRESET, "--decoder", "gaussian", "--steps", str(recipe.PRETRAIN_STEPS)]
+FINETUNE = ["--fraction", "0.1", *recipe.finetune_flags(), *recipe.unetr_flags()]
 
 
 Lane = tuple[str, list[list[str]]]  # (tag for its output lines, console commands run one after the other)
@@ -102,7 +98,7 @@ def demo_stages(env: dict[str, str], extra: list[str]) -> list[list[Lane]]:
         [("[medgmae] ", [[str(bin_ / "medgmae_pretrain"), "-d", "Phantom", "--images", "PhantomUnlabeled",
                           "-c", CONFIGURATION, *PRETRAIN, "--out", str(pretrain_folder(env)), "--resume", *quiet],
                          [*train, "--pretrained", str(pretrained), *FINETUNE, "--continue", *quiet]]),
-         ("[scratch] ", [[*train, "--init", "scratch", "--preset", "tiny", *FINETUNE, "--continue", *quiet]])],
+         ("[scratch] ", [[*train, "--init", "scratch", "--preset", recipe.PRESET, *FINETUNE, "--continue", *quiet]])],
         # Dice only: NSD (MONAI's surface Dice) is slow on a CPU; drop --no-nsd for it.
         [("", [[str(bin_ / "medgmae_evaluate"), "Phantom", "--test", "--compare", "--no-nsd", "-np", "2", "-o",
                 str(report), *extra]])],
@@ -110,7 +106,7 @@ def demo_stages(env: dict[str, str], extra: list[str]) -> list[list[Lane]]:
 
 
 def pretrain_folder(env: dict[str, str]) -> Path:
-    return Path(env["nnUNet_results"]) / "MedGMAE_pretrain" / f"gaussian_tiny_p8_{CONFIGURATION}"
+    return Path(env["nnUNet_results"]) / "MedGMAE_pretrain" / f"gaussian_{recipe.PRESET}_p8_{CONFIGURATION}"
 
 
 def finish_report(env: dict[str, str]) -> None:
