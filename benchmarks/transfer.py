@@ -1,89 +1,99 @@
-"""The phantom's Table 1: scratch vs voxel-MAE vs MedGMAE fine-tuning at fractions 0.1 and 1.0 (slow, not in CI).
+"""The phantom's Table 1 as a measured experiment: scratch, voxel-MAE, MedGMAE and nnU-Net's own CNN,
+replicated, scored on held-out test cases, with paired intervals (slow, not in CI).
 
-    python -m benchmarks.transfer [--root DIR] [--pretrain-steps 3600] [--epochs 15] [--iters-per-epoch 10]
-                                  [--fractions 0.1 1.0] [--replicates 3] [--inits scratch voxelmae medgmae]
-                                  [--nsd] [--quick]
+    python -m benchmarks.transfer [--root DIR] [--replicates 3] [--fractions 0.1 1.0] [--test-cases 10]
+                                  [--inits scratch voxelmae medgmae nnunet] [--pretrain-steps N]
+                                  [--epochs N] [--iters-per-epoch N] [--seed 41] [--quick]
 
 It runs the toolkit's console commands as subprocesses, exactly as a user would, in its own nnU-Net
-folders `<root>/nnUNet_{raw,preprocessed,results}`:
-1. `medgmae_make_phantom -n 20 --unlabeled 8`, `medgmae_plan_and_preprocess -d Phantom` and the
-   unlabelled collection `PhantomUnlabeled`;
-2. `medgmae_pretrain --preset tiny` per pretrained init (`--decoder voxel` for voxel-MAE, `gaussian`
-   for MedGMAE, `hierarchical` for MedGMAE*) and per replicate's pretraining seed (`--seed` + k for
-   replicate k; the same steps and seeds for every decoder), with `--resume`;
-3. `medgmae_train Phantom 3d_fullres --patch-size 64 --continue` for each init x fraction x replicate
-   (fold 0): `--replicates` (3) replicates at each fraction below 1, one at 1.0 (the ceiling).
-   Replicate k is the trainer tagged `r<k>` (`medgmae_evaluate`'s replicate convention), fine-tuned
-   from the checkpoint of pretraining seed `--seed` + k; its fine-tuning draws (weights of the new
-   layers, batches, augmentation) are nnU-Net's own, unseeded, so they differ between replicates too;
-4. `medgmae_evaluate Phantom --compare --no-nsd -o <root>/report` (Dice, as in Table 1, mean ± sd over
-   replicates and each pretrained init's paired bootstrap interval against scratch; `--nsd` adds
-   surface Dice, which on these short runs' scattered predictions costs minutes per case).
-Every command reuses what a previous run finished, so after a crash or Ctrl-C the same command line
-resumes. Changing a budget option for runs that exist is refused by the commands themselves (or, for
-pretraining, extends the run); use another `--root` for another budget.
+folders `<root>/nnUNet_{raw,preprocessed,results}`, on the main job's CPU recipe
+(`medgmae_plans/cpu_recipe.py`: `3d_lowres`, 48^3 patches, 9 x 50 fine-tuning iterations):
+1. data: `medgmae_make_phantom -n 20 --test 10 --unlabeled 8`, `medgmae_plan_and_preprocess -d Phantom
+   -c 3d_lowres` and the unlabelled collection `PhantomUnlabeled`;
+2. pretraining: `medgmae_pretrain --preset tiny -c 3d_lowres --steps 1200` per pretrained init
+   (`--decoder voxel` for voxel-MAE, `gaussian` for MedGMAE, `hierarchical` for MedGMAE*) and per
+   replicate k, with seed `--seed` + k (the same steps and seeds for every decoder);
+3. fine-tuning, fold 0: `medgmae_train Phantom 3d_lowres` for each init x fraction x replicate, then
+   `medgmae_evaluate <run> --test` to predict and score the 10 test cases with it. Replicate k is
+   the trainer tagged `r<k>` (medgmae_evaluate's replicate convention) with fine-tuning seed `--seed`
+   + k, fine-tuned from pretraining seed `--seed` + k: the spread over replicates covers both seeds,
+   and every init's replicate k draws the same fine-tuning seed (paired). `--replicates` (3) at each
+   fraction below 1, one at 1.0 (the ceiling). The `nnunet` row is nnU-Net's PlainConvUNet with its
+   SGD recipe (`medgmae_train --init nnunet`), at the same patch, iterations, seed and precision,
+   at the fractions below 1 only (the anchor for the low-label claim);
+4. `medgmae_evaluate Phantom --test --compare --no-nsd -o <root>/report`: Dice on the test cases as in
+   Table 1, mean ± sd over replicates, each init's paired bootstrap interval against scratch (cases
+   resampled, replicates averaged) and in words which intervals exclude 0.
+The validation cases of fold 0 are never used for the table. Pretraining and fine-tuning run two at
+a time, one thread each (the two cores side by side); each step's output goes to
+`<root>/report/logs/<step>.log` and the console shows when each starts and ends. Every command reuses
+what a previous run finished, so after a crash or Ctrl-C the same command line resumes. Changing a
+budget for runs that exist is refused by the commands themselves; use another `--root` for another
+budget.
 
-At the end it prints the Markdown table, the wall time of every step, and the time of MedGMAE's
-pretraining against voxel-MAE's and of pretrained fine-tuning against scratch, with their ratios.
+At the end it prints the table, the wall time of every step and stage, and the time of MedGMAE's
+pretraining against voxel-MAE's and of each init's fine-tuning against scratch, with their ratios.
 `<root>/report/` holds `table1.md` (and the rest of `medgmae_evaluate --compare`'s outputs),
-`transfer.log`, and `transfer.json` (settings, step timings, the table), rewritten after every step.
+`transfer.log`, and `transfer.json` (settings, step and stage timings, the table), rewritten after
+every step.
 
-Budget. Before replicates (one per init and fraction), the defaults ran in 50 min (3009 s) on two
-otherwise idle CPU cores (2026-11-24): data
-169 s (phantom 46 s, preprocessing 100 s + 23 s), pretraining 395 s voxel-MAE and 473 s MedGMAE
-(3600 steps each, the tiny recipe), six fine-tuning runs of 15 x 10 batch-2 iterations at 64^3,
-313-357 s each including nnU-Net's start-up and the validation of fold 0's 4 cases, evaluation 18 s.
-At that budget every mean Dice stays below 2 %: it shows the comparison running end to end, not
-which initialisation transfers better. Raise --epochs for that (each 10 more epochs add about 2.5
-min per run); a loaded machine is 2-10x slower. Three replicates at 0.1 add two pretrainings per
-decoder and six fine-tuning runs to that list: about 2 h at the same budget by those step times, not
-yet measured.
-
-`--quick` (6 training cases, 2 unlabelled, 50 pretraining steps, 1 epoch x 3 iterations, 2 replicates,
-root `./medgmae_benchmarks/transfer_quick`) checks the orchestration in minutes; its table means nothing.
+Budget: see docs/results.md ("The phantom's Table 1") for the measured wall time at the defaults on
+two idle cores; the target is at most 2 hours. `--quick` (6 cases, 2 test cases, 2 unlabelled,
+20 pretraining steps, 1 epoch x 3 iterations, 2 replicates, root
+`./medgmae_benchmarks/transfer_quick`) checks the orchestration in minutes; its table means nothing.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from medgmae_plans.configurations import DEFAULT_CONFIGURATION, PLANS_NAME
-from medgmae_plans.constants import INIT_BY_DECODER
+from medgmae_plans import cpu_recipe as recipe
+from medgmae_plans.configurations import PLANS_NAME
+from medgmae_plans.constants import FROM_SCRATCH, INIT_BY_DECODER
 from medgmae_plans.runtime import UserError, add_common_flags, cli_entry, setup_run_log, write_run_json
 
 from evaluation.folders import REPLICATE_TAG
 
 # Fine-tuning init name (trainer names, evaluate's rows) -> the pretraining decoder that makes it.
 DECODERS = {init: decoder for decoder, init in INIT_BY_DECODER.items()}
-INITS = ("scratch", *DECODERS)
-DEFAULTS = dict(cases=20, unlabeled=8, pretrain_steps=3600, pretrain_warmup=None, epochs=15, iters_per_epoch=10,
-                replicates=3)
-QUICK = dict(cases=6, unlabeled=2, pretrain_steps=50, pretrain_warmup=5, epochs=1, iters_per_epoch=3, replicates=2)
-PRESET = "tiny"
-PATCH_SIZE = 64  # a 64^3 UNETR step is ~3x cheaper than 96^3 on CPU (docs/results.md, docs/commands/medgmae_train.md)
-PLANS, CONFIGURATION = PLANS_NAME, DEFAULT_CONFIGURATION
+INITS = ("scratch", *DECODERS, "nnunet")
+DEFAULTS = dict(cases=recipe.PHANTOM_CASES, test_cases=10, unlabeled=recipe.PHANTOM_UNLABELED,
+                pretrain_steps=recipe.PRETRAIN_STEPS, pretrain_warmup=None, epochs=recipe.EPOCHS,
+                iters_per_epoch=recipe.ITERS_PER_EPOCH, replicates=3)
+QUICK = dict(cases=6, test_cases=2, unlabeled=2, pretrain_steps=20, pretrain_warmup=5, epochs=1, iters_per_epoch=3,
+             replicates=2)
+PRESET, CONFIGURATION, PLANS = recipe.PRESET, recipe.CONFIGURATION, PLANS_NAME
+LANES = 2  # pretraining and fine-tuning runs side by side, one thread each
 
 
 @dataclass
 class Step:
-    """One console command; `done` says whether a previous run already wrote its output (the commands
-    themselves decide what to reuse: finished pretraining and fine-tuning runs are kept as they are)."""
+    """Console commands run one after the other; `done` says whether a previous run already finished
+    the first (the commands themselves decide what to reuse)."""
     name: str
-    argv: list[str]
+    commands: list[list[str]]
     done: Callable[[], bool] = lambda: False
     kind: str = "data"
     init: str | None = None
     replicate: int | None = None
     seconds: float | None = None
     existed: bool = False
+    log: Path | None = field(default=None, repr=False)
+
+    @property
+    def argv(self) -> list[str]:
+        return self.commands[0]
 
 
 def parse_args(argv):
@@ -93,23 +103,26 @@ def parse_args(argv):
                    "or ./medgmae_benchmarks/transfer_quick with --quick)")
     p.add_argument("--quick", action="store_true", help="tiny budget to check the orchestration: "
                    + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in QUICK.items() if v is not None))
-    p.add_argument("--cases", type=int, help=f"labelled phantom cases (default {DEFAULTS['cases']})")
-    p.add_argument("--unlabeled", type=int, help=f"unlabelled phantom images (default {DEFAULTS['unlabeled']})")
+    p.add_argument("--cases", type=int, help=f"labelled phantom training cases, >= 5 (default {DEFAULTS['cases']})")
+    p.add_argument("--test-cases", type=int,
+                   help=f"held-out test cases that score the table, >= 1 (default {DEFAULTS['test_cases']})")
+    p.add_argument("--unlabeled", type=int, help=f"unlabelled phantom images, >= 0 (default {DEFAULTS['unlabeled']})")
     p.add_argument("--pretrain-steps", type=int,
-                   help=f"steps of each pretraining (default {DEFAULTS['pretrain_steps']})")
+                   help=f"steps of each pretraining, >= 1 (default {DEFAULTS['pretrain_steps']})")
     p.add_argument("--pretrain-warmup", type=int, help="pretraining warmup steps (default: the tiny preset's 50)")
-    p.add_argument("--seed", type=int, default=41, help="pretraining seed of replicate 0, the same for every "
-                   "decoder; replicate k's is seed + k (default 41)")
-    p.add_argument("--epochs", type=int, help=f"fine-tuning epochs (default {DEFAULTS['epochs']})")
+    p.add_argument("--seed", type=int, default=41, help="pretraining and fine-tuning seed of replicate 0, the same "
+                   "for every init; replicate k's is seed + k (default 41)")
+    p.add_argument("--epochs", type=int, help=f"fine-tuning epochs, >= 1 (default {DEFAULTS['epochs']})")
     p.add_argument("--iters-per-epoch", type=int,
-                   help=f"fine-tuning iterations per epoch (default {DEFAULTS['iters_per_epoch']})")
-    p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 1.0])
-    p.add_argument("--replicates", type=int, help=f"replicates of every init at each fraction below 1, each a "
-                   f"pretraining seed and a fine-tuning run; 1.0 gets one (default {DEFAULTS['replicates']})")
-    p.add_argument("--inits", nargs="+", default=["scratch", "voxelmae", "medgmae"], choices=INITS)
+                   help=f"fine-tuning iterations per epoch, >= 1 (default {DEFAULTS['iters_per_epoch']})")
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 1.0], help="each in (0, 1] (default 0.1 1.0)")
+    p.add_argument("--replicates", type=int, help=f"replicates of every init at each fraction below 1, >= 1, each a "
+                   f"pretraining and a fine-tuning seed; 1.0 gets one (default {DEFAULTS['replicates']})")
+    p.add_argument("--inits", nargs="+", default=["scratch", "voxelmae", "medgmae", "nnunet"], choices=INITS)
     p.add_argument("--fold", default="0", help="cross-validation fold of every fine-tuning run (default 0)")
     p.add_argument("--nsd", action="store_true", help="also compute surface Dice at 1 mm (slow on poor predictions)")
-    p.add_argument("-np", "--workers", type=int, default=2, help="processes for phantom, preprocessing, evaluation")
+    p.add_argument("-np", "--workers", type=int, default=2,
+                   help="processes for phantom, preprocessing and the final evaluation, >= 1 (default 2)")
     add_common_flags(p)
     args = p.parse_args(argv)
     budget = QUICK if args.quick else DEFAULTS
@@ -119,9 +132,11 @@ def parse_args(argv):
     if args.root is None:
         args.root = Path("medgmae_benchmarks") / ("transfer_quick" if args.quick else "transfer")
     args.root = args.root.resolve()
-    for key in ("cases", "pretrain_steps", "epochs", "iters_per_epoch", "replicates"):
+    for key in ("cases", "test_cases", "pretrain_steps", "epochs", "iters_per_epoch", "replicates", "workers"):
         if getattr(args, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1")
+    if args.unlabeled < 0:
+        raise UserError("--unlabeled must be at least 0")
     if args.cases < 5:
         raise UserError("--cases must be at least 5 (nnU-Net's five folds)")
     if not all(0 < f <= 1 for f in args.fractions):
@@ -182,23 +197,24 @@ def build_steps(args, report: Path) -> list[Step]:
 
     from medgmae_trainers.finetune.run_record import read_record
 
-    root, common = args.root, (["--no-pbar"] if args.no_pbar else []) + (["--verbose"] if args.verbose else [])
+    root, common = args.root, ["--no-pbar"] + (["--verbose"] if args.verbose else [])
     dataset = f"Dataset{DEFAULT_DATASET_ID:03d}_{DATASET_NAME}"
     raw = root / "nnUNet_raw" / dataset
     pre = root / "nnUNet_preprocessed"
-    np_ = ["-np", str(args.workers)]
+    np_, config = ["-np", str(args.workers)], ["-c", CONFIGURATION]
     steps = [
-        Step("phantom", [command("medgmae_make_phantom"), "-n", str(args.cases), "--unlabeled", str(args.unlabeled),
-                         "--preview", str(report / "phantom_preview.png"), *np_, *common],
+        Step("phantom", [[command("medgmae_make_phantom"), "-n", str(args.cases), "--test", str(args.test_cases),
+                          "--unlabeled", str(args.unlabeled), "--preview", str(report / "phantom_preview.png"),
+                          *np_, *common]],
              done=lambda: (raw / "dataset.json").is_file()),
-        Step("preprocess Phantom", [command("medgmae_plan_and_preprocess"), "-d", "Phantom", *np_, *common],
+        Step("preprocess Phantom", [[command("medgmae_plan_and_preprocess"), "-d", "Phantom", *config, *np_, *common]],
              done=lambda: (pre / dataset / f"{PLANS}.json").is_file()),
     ]
     pretrain_args = []
     if args.unlabeled:
         steps.append(Step("preprocess PhantomUnlabeled",
-                          [command("medgmae_plan_and_preprocess"), "--images", str(raw / "imagesUnlabeled"),
-                           "--name", "PhantomUnlabeled", *np_, *common],
+                          [[command("medgmae_plan_and_preprocess"), "--images", str(raw / "imagesUnlabeled"),
+                            "--name", "PhantomUnlabeled", *config, *np_, *common]],
                           done=lambda: (pre / "Collection_PhantomUnlabeled" / f"{PLANS}.json").is_file()))
         pretrain_args = ["--images", "PhantomUnlabeled"]
 
@@ -207,7 +223,7 @@ def build_steps(args, report: Path) -> list[Step]:
     checkpoints = {}
     warmup = ["--warmup", str(args.pretrain_warmup)] if args.pretrain_warmup is not None else []
     for init in args.inits:
-        if init == "scratch":
+        if init in FROM_SCRATCH:
             continue
         decoder = DECODERS[init]
         for replicate in replicates:
@@ -219,39 +235,58 @@ def build_steps(args, report: Path) -> list[Step]:
                 record = _read_json(out / "pretrain.json") or {}
                 return ckpt.is_file() and (record.get("results") or {}).get("step", 0) >= args.pretrain_steps
 
-            steps.append(Step(f"pretrain {decoder} s{seed}", [
-                command("medgmae_pretrain"), "-d", "Phantom", *pretrain_args, "--preset", PRESET, "--decoder",
-                decoder, "--steps", str(args.pretrain_steps), *warmup, "--seed", str(seed), "--out", str(out),
-                "--resume", *common], done=finished, kind="pretrain", init=init, replicate=replicate))
+            steps.append(Step(f"pretrain {decoder} s{seed}", [[
+                command("medgmae_pretrain"), "-d", "Phantom", *pretrain_args, *config, "--preset", PRESET,
+                "--decoder", decoder, "--steps", str(args.pretrain_steps), *warmup, "--seed", str(seed),
+                "--threads", str(recipe.THREADS_PER_RUN), "--out", str(out), "--resume", *common]],
+                done=finished, kind="pretrain", init=init, replicate=replicate))
 
-    budget = ["--patch-size", str(PATCH_SIZE), "--epochs", str(args.epochs), "--iters-per-epoch",
-              str(args.iters_per_epoch), "--fold", str(args.fold)]
+    budget = [*recipe.finetune_flags(args.epochs, args.iters_per_epoch), "--fold", str(args.fold)]
+    runs = []
     for fraction in args.fractions:
         for replicate in replicates_at(fraction, args.replicates):
             for init in args.inits:
-                source = ["--init", "scratch", "--preset", PRESET] if init == "scratch" else \
-                    ["--pretrained", str(checkpoints[init, replicate])]
-                folder = finetune_folder(root, dataset, init, fraction, args.fold, replicate)
-
-                def finished(folder=folder):
-                    record = read_record(folder)
-                    return record is not None and record.status == "finished"
-
-                steps.append(Step(f"finetune {init} f{fraction:g} {REPLICATE_TAG.format(replicate)}", [
-                    command("medgmae_train"), "Phantom", CONFIGURATION, *source, "--fraction", f"{fraction:g}",
-                    "--trainer", trainer_of(init, fraction, replicate), *budget, "--continue", *common],
-                    done=finished, kind="finetune", init=init, replicate=replicate))
+                if init == "nnunet" and fraction >= 1.0:
+                    continue  # the anchor row is for the low-label columns
+                runs.append(finetune_step(args, dataset, init, fraction, replicate, checkpoints.get((init, replicate)),
+                                          budget, common, read_record))
+    # the longest runs first, so that the two lanes end together
+    steps += sorted(runs, key=lambda s: s.init != "nnunet")
 
     nsd = [] if args.nsd else ["--no-nsd"]
-    steps.append(Step("evaluate", [command("medgmae_evaluate"), "Phantom", "--compare", *nsd, "-o", str(report),
-                                   *np_, *common], kind="evaluate"))
+    steps.append(Step("evaluate", [[command("medgmae_evaluate"), "Phantom", "--test", "--compare", *nsd, "-o",
+                                    str(report), *np_, *common]], kind="evaluate"))
     return steps
 
 
+def finetune_step(args, dataset: str, init: str, fraction: float, replicate: int, checkpoint: Path | None,
+                  budget: list[str], common: list[str], read_record) -> Step:
+    """Fine-tune one replicate, then predict and score the test cases with it (the final evaluation
+    reuses those predictions)."""
+    source = ["--pretrained", str(checkpoint)] if checkpoint else ["--init", init] + (
+        ["--preset", PRESET] if init == "scratch" else [])
+    lr = [] if init == "nnunet" else recipe.unetr_flags()
+    trainer = trainer_of(init, fraction, replicate)
+    folder = finetune_folder(args.root, dataset, init, fraction, args.fold, replicate)
+
+    def finished():
+        record = read_record(folder)
+        return record is not None and record.status == "finished"
+
+    nsd = [] if args.nsd else ["--no-nsd"]
+    return Step(f"finetune {init} f{fraction:g} {REPLICATE_TAG.format(replicate)}", [
+        [command("medgmae_train"), "Phantom", CONFIGURATION, *source, "--fraction", f"{fraction:g}",
+         "--trainer", trainer, *budget, *lr, "--seed", str(args.seed + replicate), "--continue", *common],
+        [command("medgmae_evaluate"), str(folder.parent), "--test", *nsd, "-np", "1",
+         "-o", str(args.root / "report" / "runs" / trainer), *common]],
+        done=finished, kind="finetune", init=init, replicate=replicate)
+
+
 def settings_of(args) -> dict:
-    keys = ("root", "quick", "cases", "unlabeled", "pretrain_steps", "pretrain_warmup", "seed", "epochs",
+    keys = ("root", "quick", "cases", "test_cases", "unlabeled", "pretrain_steps", "pretrain_warmup", "seed", "epochs",
             "iters_per_epoch", "fractions", "replicates", "inits", "fold", "nsd", "workers")
-    return {**{k: getattr(args, k) for k in keys}, "preset": PRESET, "patch_size": PATCH_SIZE}
+    return {**{k: getattr(args, k) for k in keys}, "preset": PRESET, "configuration": CONFIGURATION,
+            "unetr_lr": recipe.UNETR_LR, "threads_per_run": recipe.THREADS_PER_RUN, "lanes": LANES}
 
 
 def timings_of(steps: list[Step]) -> list[dict]:
@@ -260,21 +295,29 @@ def timings_of(steps: list[Step]) -> list[dict]:
 
 
 def comparisons(steps: list[Step]) -> list[str]:
-    """Ours against the baseline measured in this run, summed over replicates: MedGMAE vs voxel-MAE
-    pretraining, pretrained vs scratch fine-tuning."""
-    totals: dict[tuple[str, str], float] = {}
+    """Ours against the baseline measured in this run, as seconds per run (the runs were timed side by
+    side, two at a time): MedGMAE vs voxel-MAE pretraining, each init's fine-tuning (training and
+    test-case prediction) vs scratch's. A run reused from a previous benchmark is not a measurement."""
+    times: dict[tuple[str, str], list[float]] = {}
     for s in steps:
         if s.seconds is not None and not s.existed and s.kind in ("pretrain", "finetune"):
-            totals[s.kind, s.init] = totals.get((s.kind, s.init), 0.0) + s.seconds
+            times.setdefault((s.kind, s.init), []).append(s.seconds)
+
+    def per_run(kind: str, init: str) -> tuple[float, int] | None:
+        runs = times.get((kind, init))
+        return (sum(runs) / len(runs), len(runs)) if runs else None
+
     lines = []
-    gauss, voxel = totals.get(("pretrain", "medgmae")), totals.get(("pretrain", "voxelmae"))
+    gauss, voxel = per_run("pretrain", "medgmae"), per_run("pretrain", "voxelmae")
     if gauss and voxel:
-        lines.append(f"pretraining: MedGMAE {gauss:.0f} s, voxel-MAE {voxel:.0f} s, ratio {gauss / voxel:.2f}")
-    scratch = totals.get(("finetune", "scratch"))
-    for (kind, init), seconds in totals.items():
+        lines.append(f"pretraining: MedGMAE {gauss[0]:.0f} s per run ({gauss[1]}), voxel-MAE {voxel[0]:.0f} s "
+                     f"({voxel[1]}), ratio {gauss[0] / voxel[0]:.2f}")
+    scratch = per_run("finetune", "scratch")
+    for kind, init in times:
+        ours = per_run(kind, init)
         if kind == "finetune" and init != "scratch" and scratch:
-            lines.append(f"fine-tuning: {init} {seconds:.0f} s, scratch {scratch:.0f} s, "
-                         f"ratio {seconds / scratch:.2f}")
+            lines.append(f"fine-tuning: {init} {ours[0]:.0f} s per run ({ours[1]}), scratch {scratch[0]:.0f} s "
+                         f"({scratch[1]}), ratio {ours[0] / scratch[0]:.2f}")
     return lines
 
 
@@ -282,45 +325,89 @@ def _show(argv: list[str]) -> str:
     return " ".join([Path(argv[0]).name, *argv[1:]])
 
 
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "_", name)
+
+
+class Runner:
+    """Runs the steps stage by stage (data, pretraining, fine-tuning, evaluation): the steps of a
+    stage `LANES` at a time, each into its own log file; the first failure stops new starts."""
+
+    def __init__(self, steps: list[Step], env: dict[str, str], cwd: Path, logs: Path, log, save):
+        self.steps, self.env, self.cwd, self.logs, self.log, self.save = steps, env, cwd, logs, log, save
+        self.failed: list[Step] = []
+        self.stage_seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        for kind in dict.fromkeys(s.kind for s in self.steps):
+            stage = [s for s in self.steps if s.kind == kind]
+            t0 = time.time()
+            with ThreadPoolExecutor(LANES if kind in ("pretrain", "finetune") else 1) as pool:
+                list(pool.map(self._run_step, stage))
+            self.stage_seconds[kind] = time.time() - t0
+            if self.failed:
+                step = self.failed[0]
+                tail = step.log.read_text(errors="replace").strip().splitlines()[-1:] if step.log else []
+                raise UserError(f"step '{step.name}' failed ({tail[0] if tail else 'no output'}; whole output in "
+                                f"{step.log}); run the same command again to resume")
+            self.log.info(f"stage {kind} done in {self.stage_seconds[kind]:.0f} s")
+
+    def _run_step(self, step: Step) -> None:
+        if self.failed:
+            return
+        i = self.steps.index(step) + 1
+        step.existed = step.done()
+        step.log = self.logs / f"{_slug(step.name)}.log"
+        note = " (its output exists from a previous run)" if step.existed else ""
+        self.log.info(f"[{i}/{len(self.steps)}] {step.name} started{note}; log {step.log}")
+        t0 = time.time()
+        with open(step.log, "a") as out:
+            for argv in step.commands:
+                out.write(f"$ {_show(argv)}\n")
+                out.flush()
+                if subprocess.run(argv, env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT).returncode:
+                    with self._lock:
+                        self.failed.append(step)
+                    break
+        step.seconds = time.time() - t0
+        with self._lock:
+            self.log.info(f"[{i}/{len(self.steps)}] {step.name} {'FAILED' if step in self.failed else 'done'} "
+                          f"in {step.seconds:.0f} s")
+            self.save("running" if not self.failed else f"failed at step {step.name}")
+
+
 def _main(argv) -> int:
     args = parse_args(argv)
     report = args.root / "report"
     report.mkdir(parents=True, exist_ok=True)
     log = setup_run_log(report, "transfer", args.verbose)
-    env = benchmark_env(args.root)
     steps = build_steps(args, report)
     log.info(f"transfer benchmark in {args.root}: {len(steps)} steps, "
              f"settings {json.dumps(settings_of(args), default=str)}")
+    start = time.time()
+    runner = None
 
     def save(status: str, table: str | None = None) -> None:
         write_run_json(report, "transfer", settings_of(args),
                        {"status": status, "timings": timings_of(steps), "comparisons": comparisons(steps),
-                        "total_s": sum(s.seconds or 0.0 for s in steps), "table1_md": table})
+                        "stages_s": runner.stage_seconds if runner else {}, "wall_s": round(time.time() - start, 1),
+                        "table1_md": table})
 
-    for i, step in enumerate(steps, 1):
-        step.existed = step.done()
-        note = " (its output exists from a previous run)" if step.existed else ""
-        log.info(f"[{i}/{len(steps)}] {step.name}{note}")
-        log.info(f"$ {_show(step.argv)}")
-        t0 = time.time()
-        code = subprocess.run(step.argv, env=env, cwd=args.root).returncode
-        step.seconds = time.time() - t0
-        if code:
-            save(f"failed at step {step.name}")
-            raise UserError(f"step '{step.name}' failed with exit code {code} (its output is above); "
-                            "run the same command again to resume")
-        log.info(f"[{i}/{len(steps)}] {step.name} done in {step.seconds:.0f} s")
-        save("running")
-
+    runner = Runner(steps, benchmark_env(args.root), args.root, report / "logs", log, save)
+    runner.run()
     table_path = report / "table1.md"
     table = table_path.read_text() if table_path.is_file() else None
     save("finished", table)
     print("\n" + (table.strip() if table else f"(no {table_path}: no finished fine-tuning run)") + "\n", flush=True)
     width = max(len(s.name) for s in steps)
-    log.info("wall time per step:")
+    log.info("wall time per step (pretraining and fine-tuning two at a time):")
     for s in steps:
         log.info(f"  {s.name:<{width}} {s.seconds:8.0f} s{'  (output existed)' if s.existed else ''}")
-    log.info(f"  {'total':<{width}} {sum(s.seconds for s in steps):8.0f} s")
+    for kind, seconds in runner.stage_seconds.items():
+        log.info(f"  {'stage ' + kind:<{width}} {seconds:8.0f} s")
+    log.info(f"  {'total wall time':<{width}} {time.time() - start:8.0f} s")
     for line in comparisons(steps):
         log.info(line)
     log.info(f"table, log and transfer.json in {report}")

@@ -189,7 +189,7 @@ def evaluate_results(args) -> int:
         results["versus_scratch"] = [v.to_json() for v in versus]
         log.info("\n" + table_markdown(comp))
         if versus:
-            log.info("paired bootstrap, pretrained minus scratch (cases resampled, replicates averaged):\n"
+            log.info("paired bootstrap, each init minus scratch (cases resampled, replicates averaged):\n"
                      + "\n".join(in_words(versus)))
         log.info(f"comparison written to {out_dir}: " + ", ".join(sorted(files)))
     write_run_json(out_dir, "medgmae_evaluate", _settings(args, None), results)
@@ -250,7 +250,7 @@ def write_comparison(comp, versus, out_dir: Path, title: str = "") -> dict[str, 
     note = ("Rows: initialisation; columns: dataset and fraction of the training cases. Mean over organs "
             "and cases, averaged over folds, then over replicates (± the sd over replicates where a cell has "
             "several). **bold**: best, <u>underlined</u>: second.\n")
-    pairs = "\n## Pretrained minus Scratch: paired bootstrap\n\n" + intervals_markdown(versus) if versus else ""
+    pairs = "\n## Each init minus Scratch: paired bootstrap\n\n" + intervals_markdown(versus) if versus else ""
     write_text_atomic(files["table1.md"], heading + note + "\n" + table_markdown(comp, "dice") + pairs + "\n"
                       + table_markdown(comp, "nsd"))
     write_text_atomic(files["table1.csv"], table_csv(comp, "dice"))
