@@ -29,9 +29,10 @@ A voxel-decoder checkpoint has no Gaussians of its own: its ceiling is that of t
 checkpoint of the same call with the same crops and masks (configuration, crop size, patch size and
 mask ratio; the masks are compared), else "-". The footnote names the checkpoint it came from.
 
---snapshot PATH.png draws, for the first crop and the first checkpoint given, the middle axial slice
-of the input, the masked input, the decoder's render and the direct fit's render (both over all
-voxels, as `PretrainModel.reconstruct` does), so organ outlines show or do not.
+--snapshot PATH.png draws, for the first checkpoint given and the crop of most contrast (crop 0 for a
+voxel checkpoint), the middle axial slice of the input, the masked input, the decoder's render and
+the direct fit's render (both over all voxels, as `PretrainModel.reconstruct` does), so organ
+outlines show or do not.
 
 The crops come from the named datasets' preprocessed cases of the checkpoint's configuration, cut with another sampling seed than
 pretraining's 41 and without augmentation. They are not held-out cases: the pretraining pool is all
@@ -165,32 +166,33 @@ def _one(raw: dict, i: int) -> dict:
 
 
 @torch.no_grad()
-def write_snapshot(model, crops: torch.Tensor, fit: dict | None, out_png: Path, title: str) -> None:
-    """Middle slice of crop 0: input, masked input, decoder render, direct fit render (Gaussian decoders).
+def write_snapshot(model, crops: torch.Tensor, fit: dict | None, out_png: Path, title: str) -> int:
+    """Middle slice of one crop: input, masked input, decoder render and (Gaussian decoders) the direct
+    fit's render; returns the crop's index. With a fit the crop is the one of most contrast (largest
+    intensity sd), so organ outlines are there to see or miss; without one, crop 0 (its mask is the
+    first batch's draw).
 
     `plots.plot_snapshot` draws one prediction and a composite; this picture needs two renders side by
-    side, so it shares that module's plotting setup and slice convention instead."""
-    from medgmae_plans.atomic import atomic_path
-    from medgmae_trainers.pretrain.plots import _pyplot
+    side, so it shares that module's panels and saving instead."""
+    from medgmae_trainers.pretrain.plots import _pyplot, grey_slices, save_figure
 
-    x = crops[:1]
-    torch.manual_seed(MASK_SEED)  # crop 0 is the first of the first batch: masked_errors' mask
-    out = model.reconstruct(crops[:BATCH])
-    panels = [("input", x[0, 0]), ("masked input", torch.where(out["voxel_mask"][0], float("nan"), x[0, 0])),
-              ("decoder render", out["pred"][0, 0])]
+    shape = crops.shape[2:]
     if fit is not None:
-        panels.append(("direct fit render", render_raw(model, _one(fit["raw"], 0), x.shape[2:])[0, 0]))
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.3))
-    for ax, (name, vol) in zip(axes, panels):
-        ax.imshow(vol[vol.shape[0] // 2].numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(name, fontsize=9)
-        ax.axis("off")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+        i = int(crops.flatten(1).std(1).argmax())
+        mask, decoder = fit["voxel_mask"][i], render_raw(model, _one(fit["raw0"], i), shape)[0, 0]
+    else:
+        i = 0
+        torch.manual_seed(MASK_SEED)
+        out = model.reconstruct(crops[:BATCH])
+        mask, decoder = out["voxel_mask"][0], out["pred"][0, 0]
+    x = crops[i, 0]
+    panels = [("input", x), ("masked input", torch.where(mask, float("nan"), x)), ("decoder render", decoder)]
+    if fit is not None:
+        panels.append(("direct fit render", render_raw(model, _one(fit["raw"], i), shape)[0, 0]))
+    fig, axes = _pyplot().subplots(1, len(panels), figsize=(3 * len(panels), 3.3))
+    grey_slices(axes, [(name, vol[vol.shape[0] // 2].numpy()) for name, vol in panels])
+    save_figure(fig, out_png, f"{title}, crop {i}")
+    return i
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -205,7 +207,7 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"Adam steps of the direct fit, >= 0; 0: no ceiling column (default {FIT_STEPS})")
     p.add_argument("--fit-lr", type=float, default=FIT_LR,
                    help=f"Adam learning rate of the direct fit on the raw parameters, in (0, 1] (default {FIT_LR:g})")
-    p.add_argument("--snapshot", metavar="PATH.png", help="picture of crop 0 under the first checkpoint")
+    p.add_argument("--snapshot", metavar="PATH.png", help="picture of one crop under the first checkpoint")
     p.add_argument("--threads", type=int, help="torch (and CPU renderer) threads, >= 1 (default torch's)")
     return p
 
@@ -264,8 +266,7 @@ def _main(argv=None) -> int:
             borrow = (mask_key, voxel_masks(model, crops[key])) if args.fit_steps else None
             rows.append((path, meta, ours, base, None, borrow))
         if n == 0 and args.snapshot:
-            write_snapshot(model, crops[key], fit, Path(args.snapshot),
-                           f"{Path(path).parent.name}: crop 0, middle slice")
+            write_snapshot(model, crops[key], fit, Path(args.snapshot), f"{Path(path).parent.name}: middle slice")
     _print_table(rows, ceilings)
     print(f"({time.perf_counter() - t0:.1f} s; direct fit: {args.fit_steps} Adam steps, lr {args.fit_lr:g}"
           + (f"; snapshot {args.snapshot})" if args.snapshot else ")"))

@@ -18,6 +18,23 @@ def _pyplot():
     return plt
 
 
+def grey_slices(axes, panels) -> None:
+    """Each (title, 2-D slice) of `panels` in its axis, grey over [0, 1] (the CT window's range)."""
+    for ax, (name, img) in zip(axes, panels):
+        ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+
+
+def save_figure(fig, out_png: Path, title: str, dpi: int = 100) -> None:
+    """Title, layout, then the PNG written atomically; the figure is closed."""
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    _pyplot().close(fig)
+
+
 def read_metrics(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -57,10 +74,7 @@ def plot_snapshot(image: np.ndarray, voxel_mask: np.ndarray, pred: np.ndarray, o
               ("prediction on masked + visible", sl(composite))]
     ncols = len(panels) + (gaussians is not None)
     fig, axes = plt.subplots(1, ncols, figsize=(3 * ncols, 3.3))
-    for ax, (name, img) in zip(axes, panels):
-        ax.imshow(img, cmap="gray", vmin=0, vmax=1)
-        ax.set_title(name, fontsize=9)
-        ax.axis("off")
+    grey_slices(axes, panels)
     if gaussians is not None:
         ax = axes[-1]
         ax.imshow(sl(image), cmap="gray", vmin=0, vmax=1, alpha=0.5)
@@ -74,8 +88,4 @@ def plot_snapshot(image: np.ndarray, voxel_mask: np.ndarray, pred: np.ndarray, o
         ax.set_ylim(H - 0.5, -0.5)
         ax.set_title(f"Gaussian centres ({int(near.sum())}/{len(mu)} near slice)", fontsize=9)
         ax.axis("off")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out_png, title)
