@@ -37,8 +37,9 @@ pretraining against voxel-MAE's and of each init's fine-tuning against scratch, 
 `transfer.log`, and `transfer.json` (settings, step and stage timings, the table), rewritten after
 every step.
 
-Budget: see docs/results.md ("The phantom's Table 1") for the measured wall time at the defaults on
-two idle cores; the target is at most 2 hours. `--quick` (6 cases, 2 test cases, 2 unlabelled,
+Budget: at the defaults, 6120 s (1 h 42 min) on two idle cores from a fresh clone (2026-12-06; data 139 s,
+pretraining 295 s, fine-tuning and scoring 5621 s, comparison 65 s); the target is at most 2 hours. The
+table, intervals and what they mean: docs/results.md, "The phantom's Table 1". `--quick` (6 cases, 2 test cases, 2 unlabelled,
 20 pretraining steps, 1 epoch x 3 iterations, 2 replicates, root
 `./medgmae_benchmarks/transfer_quick`) checks the orchestration in minutes; its table means nothing.
 """
