@@ -262,3 +262,46 @@ def test_a_cell_averages_folds_then_replicates():
     assert cases == ["x"]  # y and z were not scored by every replicate
     assert matrix.shape == (2, 1) and matrix[:, 0] == pytest.approx([0.2, 0.6])  # x: r0's two folds averaged
     assert np.isnan(Cell(runs=["a"], folds=["0"], replicates=["r0"], dice=[0.5], nsd=[0.5]).sd("dice"))
+
+
+def _cell(per_replicate: dict[str, float], cases: int = 10) -> Cell:
+    """One fold per replicate, every case at the replicate's Dice."""
+    tags = list(per_replicate)
+    return Cell(runs=tags, folds=["0"] * len(tags), replicates=tags, dice=list(per_replicate.values()),
+                nsd=[0.0] * len(tags),
+                case_dice=[{f"c{k}": d for k in range(cases)} for d in per_replicate.values()])
+
+
+def test_a_lead_carried_by_one_replicate_is_said_so():
+    """Cases agree exactly, so the case interval excludes 0 in both comparisons; only the replicate
+    pairs tell a lead of every seed pair from one carried by a single seed pair."""
+    from types import SimpleNamespace
+
+    from evaluation.intervals import in_words, intervals_csv, versus_scratch
+
+    column = (DATASET, 0.1)
+    scratch = {"r0": 0.50, "r1": 0.50, "r2": 0.50}
+    comp = SimpleNamespace(columns=[column], rows=["scratch", "voxelmae", "medgmae"], cells={
+        ("scratch", *column): _cell(scratch),
+        ("voxelmae", *column): _cell({"r0": 0.60, "r1": 0.55, "r2": 0.52}),  # every pair ahead
+        ("medgmae", *column): _cell({"r0": 0.90, "r1": 0.52, "r2": 0.45}),  # r0 carries it, r2 behind
+    })
+    voxel, medgmae = versus_scratch(comp)
+    assert voxel.by_replicate == pytest.approx((0.10, 0.05, 0.02)) and voxel.replicates_agree
+    assert medgmae.by_replicate == pytest.approx((0.40, 0.02, -0.05)) and not medgmae.replicates_agree
+    assert medgmae.interval.excludes_zero and medgmae.interval.difference == pytest.approx(0.37 / 3)
+
+    words = "\n".join(in_words([voxel, medgmae]))
+    assert "replicate by replicate +10.00, +5.00, +2.00): the interval excludes 0, voxel-MAE is better." in words
+    assert "replicate by replicate +40.00, +2.00, -5.00): the interval excludes 0, MedGMAE is better on these " \
+           "cases, but not in every replicate" in words
+    assert words.endswith("Intervals that exclude 0: voxel-MAE at Phantom 10%, MedGMAE at Phantom 10% "
+                          "(not in every replicate).")
+    rows = {r["init"]: r for r in csv.DictReader(intervals_csv([voxel, medgmae]).splitlines())}
+    assert rows["MedGMAE"]["by_replicate_pct"] == "40.00 2.00 -5.00"
+
+    # one replicate each (the 100 % column): nothing to pair, no caveat
+    comp.cells = {k: _cell({"r0": v.dice[0]}) for k, v in comp.cells.items()}
+    single = versus_scratch(comp)[1]
+    assert single.by_replicate == () and single.replicates_agree
+    assert in_words([single])[0].endswith("MedGMAE is better (one replicate: the seeds' spread is not measured).")
