@@ -417,3 +417,27 @@ def test_the_seed_seeds_nnunets_augmentation_workers(monkeypatch):
         val = trainers.nnunet_trainer_module.NonDetMultiThreadedAugmenter(None, None, num_processes=1, seeds=None)
     assert train.seeds == [7000, 7001] and val.seeds == [7100]
     assert trainers.nnunet_trainer_module.NonDetMultiThreadedAugmenter is Recorder  # restored afterwards
+
+
+def test_continue_accepts_the_nnunet_runs_own_plans(nnunet_env):
+    """--continue of an `--init nnunet` run: the results folder's plans.json holds PlainConvUNet's
+    arch_kwargs as JSON (lists), which are the run's own (tuples in memory), so it is not refused as
+    another architecture; a folder of another architecture still is."""
+    from medgmae_plans.runtime import UserError
+    from medgmae_trainers.finetune.cli import check_existing
+    from medgmae_trainers.finetune.plainconv import plainconv_architecture
+    from medgmae_trainers.finetune.run_record import fold_folder, new_settings, write_record
+
+    plans = minimal_preprocessed(nnunet_env["nnUNet_preprocessed"])
+    name = "MedGMAETrainer_nnunet_f10_r0"
+    settings = new_settings(plans, "3d_fullres", 0, name, 0.1, "cpu", init="nnunet", epochs=2, iterations_per_epoch=5)
+    folder = fold_folder(nnunet_env["nnUNet_results"], DATASET, name, "MedGMAEPlans", "3d_fullres", 0)
+    write_record(folder, settings)  # the run to continue
+    written = {"configurations": {"3d_fullres": {"architecture": plainconv_architecture(settings.arch_kwargs)}}}
+    (folder.parent / "plans.json").write_text(json.dumps(written))
+    check_existing(settings, folder, resume=True)
+
+    written["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["n_stages"] = 2
+    (folder.parent / "plans.json").write_text(json.dumps(written))
+    with pytest.raises(UserError, match="another UNETR architecture"):
+        check_existing(settings, folder, resume=True)

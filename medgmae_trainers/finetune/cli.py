@@ -205,7 +205,7 @@ def check_existing(settings: Settings, folder: Path, resume: bool) -> None:
             arch = json.loads(plans_json.read_text())["configurations"][settings.configuration]["architecture"]
         except (ValueError, KeyError):
             return
-        if arch.get("arch_kwargs") != settings.arch_kwargs:
+        if arch.get("arch_kwargs") != json.loads(json.dumps(settings.arch_kwargs)):  # tuples read back as lists
             raise UserError(f"{plans_json}: this trainer's results folder holds another UNETR architecture "
                             f"({arch.get('arch_kwargs')}); use --trainer {settings.trainer}_<tag>")
 
