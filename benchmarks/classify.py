@@ -17,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from medgmae_plans.paths import nnunet_folder
+from medgmae_plans.runtime.paths import nnunet_folder
 
 
 def main(argv=None) -> int:
@@ -43,7 +43,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from medgmae_trainers.classification.data import Geometry, ensure_preprocessed, preprocessed_folder, read_labels
+    from medgmae_trainers.classification.data import Geometry, ensure_preprocessed, preprocessed_folder
+    from preprocessing.layouts.classification import read_labels
     from medgmae_trainers.classification.trainer import TrainSettings, train
     from preprocessing.phantom import generate_dataset
 

@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="finetune_step_") as tmp:
         os.environ["nnUNet_results"] = tmp  # before nnU-Net is imported: it reads its folders once
         from medgmae_plans.datasets import resolve_dataset
-        from medgmae_plans.paths import ensure_nnunet_env
+        from medgmae_plans.runtime.paths import ensure_nnunet_env
         from medgmae_plans.runtime import UserError
 
         folders = ensure_nnunet_env()

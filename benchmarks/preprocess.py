@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     nnunet_cmd = [str(nnunet_cli)] if nnunet_cli.exists() else [
         sys.executable, "-c", "from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints import "
                               "plan_and_preprocess_entry as m; m()"]
-    ours_cmd = [sys.executable, "-m", "medgmae_plans.plan_and_preprocess", "--no-pbar", "--clean"]
+    ours_cmd = [sys.executable, "-m", "preprocessing.plan_and_preprocess", "--no-pbar", "--clean"]
 
     ours = _timed(ours_cmd + ["-d", "990", "-np", np_], _env(raw, ours_pre, results), work / "medgmae.log")
     nnunet = _timed(nnunet_cmd + ["-d", "990", "-np", np_, "-npfp", np_], _env(raw, nnunet_pre, results),

@@ -42,7 +42,7 @@ def synthetic_cases(n: int = 2) -> list:
 def load_cases(datasets: list[str]) -> list:
     if not datasets:
         return synthetic_cases()
-    from medgmae_plans.paths import ensure_nnunet_env
+    from medgmae_plans.runtime.paths import ensure_nnunet_env
     from medgmae_trainers.pretrain.data import pretraining_cases
 
     ensure_nnunet_env()

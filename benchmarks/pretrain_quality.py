@@ -241,7 +241,7 @@ def _main(argv=None) -> int:
     _check(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    from medgmae_plans.paths import ensure_nnunet_env
+    from medgmae_plans.runtime.paths import ensure_nnunet_env
     from medgmae_trainers.pretrain.data import pretraining_cases
 
     ensure_nnunet_env()

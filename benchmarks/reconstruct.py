@@ -42,7 +42,7 @@ def main(argv=None) -> int:
         if not Path(path).is_file():
             raise SystemExit(f"benchmarks.reconstruct: {what} {path} missing (run `python3 run.py demo` and the "
                              f"tiny pretraining first, or pass --{what})")
-    from reconstruction.cli import main as reconstruct
+    from medgmae_trainers.reconstruction.cli import main as reconstruct
 
     args = [a.volume, "--views", str(a.views), "--compare", "--checkpoint", a.checkpoint, "--crop", str(a.crop),
             "--downsample", str(a.downsample), "--iterations", str(a.iterations), "--eval-every", str(a.eval_every),

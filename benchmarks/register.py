@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medgmae_plans.paths import nnunet_folder
+from medgmae_plans.runtime.paths import nnunet_folder
 
 RUNS = (("scratch", "vit", False), ("voxelmorph", "voxelmorph", False), ("medgmae", "vit", True))
 
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help="folder for the runs (default $nnUNet_results/MedGMAE_register/benchmark)")
     args = p.parse_args(argv)
 
-    from medgmae_trainers.registration.dataset import RegistrationDataset
+    from preprocessing.layouts.registration import RegistrationDataset
     from medgmae_trainers.registration.phantom_pairs import build_phantom_pairs
     from medgmae_trainers.registration.trainer import TrainSettings, Volumes, load_trained, train, validate
 

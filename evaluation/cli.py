@@ -12,6 +12,10 @@ checkpoint instead and is scored on them against `labelsTs` (see `test_cases`): 
 """
 from __future__ import annotations
 
+from medgmae_plans.runtime.threads import use_sleeping_waiters
+
+use_sleeping_waiters()  # a console command's first act: before anything loads torch (see threads)
+
 import argparse
 import json
 import math
@@ -19,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from medgmae_plans.atomic import write_text_atomic
+from medgmae_plans.runtime.atomic import write_text_atomic
 from medgmae_plans.runtime import (UserError, add_common_flags, check_range, check_writable, cli_entry, setup_run_log,
                                    write_run_json)
 
@@ -131,7 +135,7 @@ def evaluate_two_folders(args) -> int:
 
 def _resolve_results(items: Sequence[str]) -> list[Path]:
     from medgmae_plans.datasets import resolve_dataset
-    from medgmae_plans.paths import nnunet_folder
+    from medgmae_plans.runtime.paths import nnunet_folder
 
     folders = []
     for item in items:
@@ -148,7 +152,7 @@ def _resolve_results(items: Sequence[str]) -> list[Path]:
 
 
 def evaluate_results(args) -> int:
-    from medgmae_plans.paths import ensure_nnunet_env
+    from medgmae_plans.runtime.paths import ensure_nnunet_env
 
     from .compare import Scored, build_comparison, table_markdown
     from .intervals import in_words, versus_scratch

@@ -44,7 +44,7 @@ def read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
     """A 3D label map as an integer array [D, H, W] (z, y, x) and its geometry."""
     import SimpleITK as sitk
 
-    from medgmae_plans.validate import read_image
+    from preprocessing.validate import read_image
 
     image = read_image(path)
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
@@ -75,7 +75,7 @@ def read_geometry(path: Path) -> Geometry:
 def check_pairs_geometry(pairs: Sequence["CasePair"]) -> None:
     """Every file whole (`check_complete`: a cut prediction would score as background) and every
     prediction on its reference's grid, before any voxel is evaluated."""
-    from medgmae_plans.validate import check_complete
+    from preprocessing.validate import check_complete
 
     for pair in pairs:
         check_complete(pair.ref)

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from medgmae_plans.atomic import atomic_path
+from medgmae_plans.runtime.atomic import atomic_path
 from medgmae_plans.constants import HU_WINDOW
 from medgmae_plans.runtime import UserError
 

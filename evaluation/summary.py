@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from medgmae_plans.atomic import write_json_atomic
+from medgmae_plans.runtime.atomic import write_json_atomic
 from medgmae_plans.runtime import progress
 
 from .folders import CasePair, check_label_values, check_pairs_geometry, check_same_geometry, read_label_map

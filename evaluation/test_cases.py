@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from medgmae_plans.atomic import replaced_directory, write_json_atomic
+from medgmae_plans.runtime.atomic import replaced_directory, write_json_atomic
 from medgmae_plans.runtime import UserError
 
 from .folders import Run
@@ -46,7 +46,7 @@ def test_cases(labels: Path, ending: str) -> list[str]:
 
 def predict_test_cases(run: Run, raw_root: Path, pbar: bool, log) -> Path:
     """The run's predictions of its dataset's test cases (made now unless up to date); their folder."""
-    from medgmae_plans.preprocess import data_signature
+    from preprocessing.preprocess import data_signature
 
     images, _ = test_folders(run, raw_root)
     checkpoint = run.fold_dir / "checkpoint_final.pth"

@@ -1,8 +1,11 @@
-"""Planning side of the MedGMAE toolkit, and the small runtime pieces every command shares.
+"""Planning: the tables every part agrees on, the planner, and the command runtime. Torch-free.
 
-Kept free of heavy imports: `paths`, `atomic` and `runtime` are imported by every CLI before
-nnU-Net is (nnU-Net reads its folder variables at import time).
+    configurations.py  the plans' configurations (3d_fullres, 3d_lowres): one table of geometry
+    constants.py       HU window, normalisation, inits, the fine-tuning record's name, ViT-B sizes
+    datasets.py        dataset ids, names and aliases
+    cpu_recipe.py      the CPU recipe shared by the main job and benchmarks.transfer
+    planner.py         fingerprint and MedGMAEPlanner (nnU-Net's ExperimentPlanner)
+    runtime/           the command runtime (errors, CLI entry, logs, signals, atomic files, nnU-Net folders)
+
+This is the lowest layer: it imports no other package of the toolkit (`lint-imports` checks it).
 """
-from .threads import use_sleeping_waiters
-
-use_sleeping_waiters()  # before any command imports torch: see `threads`

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .paths import nnunet_folder
+from .runtime.paths import nnunet_folder
 from .runtime import UserError
 
 # alias (lower case) -> regular expression searched in the lower-cased name after `DatasetXXX_`.

@@ -21,7 +21,7 @@ those keywords. `arch_kwargs` are the MONAI UNETR settings of the paper's ViT-B 
 of the configuration (8^3 over 48^3 for `3d_lowres`).
 
 Importing this module imports nnunetv2, which reads its folder variables at import time:
-call `medgmae_plans.paths.ensure_nnunet_env()` first.
+call `medgmae_plans.runtime.paths.ensure_nnunet_env()` first.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from nnunetv2.paths import nnUNet_preprocessed
 from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
 from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 
-from .atomic import atomic_path, write_json_atomic
+from .runtime.atomic import atomic_path, write_json_atomic
 from .constants import HU_WINDOW
 from .configurations import DEFAULT_CONFIGURATION, PLANS_NAME, Geometry, geometry
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from medgmae_plans.configurations import DEFAULT_CONFIGURATION, geometry
 from medgmae_plans.datasets import available_datasets, resolve_dataset
-from medgmae_plans.paths import nnunet_folder
+from medgmae_plans.runtime.paths import nnunet_folder
 from medgmae_plans.runtime import UserError
 
 COLLECTION_PREFIX = "Collection_"

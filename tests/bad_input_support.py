@@ -171,7 +171,7 @@ def build_preprocessed(root: Path) -> dict:
         folder.mkdir(parents=True, exist_ok=True)
     if not (folders["nnUNet_raw"] / DATASET).exists():
         build_phantom(root)
-    result = run_module("medgmae_plans.plan_and_preprocess", ["-d", "990", "-np", "1", "--no-pbar"], folders)
+    result = run_module("preprocessing.plan_and_preprocess", ["-d", "990", "-np", "1", "--no-pbar"], folders)
     assert result.returncode == 0, result.stderr
     return folders
 

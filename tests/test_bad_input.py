@@ -68,7 +68,7 @@ def not_writable(monkeypatch):
 # ---------------------------------------------------------------- medgmae_plan_and_preprocess
 
 def plan(capsys, env, *fragments, args=()):
-    from medgmae_plans.plan_and_preprocess import main
+    from preprocessing.plan_and_preprocess import main
 
     return refused(capsys, main, ["-d", "990", "-np", "1", "--no-pbar", *args], *fragments,
                    unchanged=[env["nnUNet_preprocessed"]])
@@ -143,14 +143,14 @@ def test_plan_multi_channel_image(raw, nnunet_env, capsys):
 
 
 def test_plan_unknown_dataset(raw, nnunet_env, capsys):
-    from medgmae_plans.plan_and_preprocess import main
+    from preprocessing.plan_and_preprocess import main
 
     refused(capsys, main, ["-d", "NoSuchData", "--no-pbar"], "no dataset matches 'NoSuchData'",
             unchanged=[nnunet_env["nnUNet_preprocessed"]])
 
 
 def test_plan_ambiguous_dataset_name(raw, nnunet_env, capsys):
-    from medgmae_plans.plan_and_preprocess import main
+    from preprocessing.plan_and_preprocess import main
 
     shutil.copytree(raw, nnunet_env["nnUNet_raw"] / "Dataset991_AbdomenPhantom")
     refused(capsys, main, ["-d", "AbdomenPhantom", "--no-pbar"], "'AbdomenPhantom' is ambiguous",
@@ -162,7 +162,7 @@ def test_plan_processes_out_of_range(raw, nnunet_env, capsys):
 
 
 def test_plan_second_run_on_the_same_dataset(raw, nnunet_env, capsys):
-    from medgmae_plans.plan_and_preprocess import _lock
+    from preprocessing.plan_and_preprocess import _lock
 
     with _lock(raw, DATASET):  # the first run holds it (flock: another open file conflicts, even in-process)
         plan(capsys, nnunet_env, raw, "another run is working on", DATASET)
@@ -177,7 +177,7 @@ def test_plan_unwritable_output(raw, nnunet_env, capsys, not_writable):
 # ---------------------------------------------------------------- collections (--images): other formats
 
 def collection(capsys, env, images, *fragments):
-    from medgmae_plans.plan_and_preprocess import main
+    from preprocessing.plan_and_preprocess import main
 
     return refused(capsys, main, ["--images", images, "--name", "Bad", "-np", "1", "--no-pbar"], *fragments,
                    unchanged=[env["nnUNet_preprocessed"]])
@@ -243,7 +243,7 @@ def test_convert_disk_full_while_writing_a_label(flare22, nnunet_env, capsys, mo
     (it prints "wrote only 0 of N bytes"): the written file is checked, and the device found full."""
     from collections import namedtuple
 
-    from medgmae_plans import atomic
+    from medgmae_plans.runtime import atomic
 
     real_write = sitk.WriteImage
 
@@ -262,7 +262,7 @@ def test_plan_disk_full_is_not_blamed_on_the_image(preprocessed_source, monkeypa
     instead of "<image>: preprocessing failed"."""
     from collections import namedtuple
 
-    from medgmae_plans import atomic, preprocess
+    from medgmae_plans.runtime import atomic, preprocess
     from medgmae_plans.runtime import os_error_line
 
     folder = preprocessed_source["nnUNet_preprocessed"] / DATASET
@@ -361,7 +361,7 @@ def test_pretrain_disk_full_keeps_the_last_good_checkpoint(preprocessed, tmp_pat
     checkpoint still there and loadable; no temporary file left."""
     import torch
 
-    from medgmae_plans import atomic
+    from medgmae_plans.runtime import atomic
     from medgmae_trainers.pretrain.cli import main
 
     out = tmp_path / "run"
@@ -397,7 +397,7 @@ def test_pretrain_killed_mid_save_leaves_nothing_after_the_rerun(preprocessed, t
     out = tmp_path / "run"
     argv = ["-d", "990", "--out", out, "--save-every", "1", "--png-every", "100", *PRETRAIN_SMALL]
     assert main([*map(str, argv), "--steps", "1"]) == 0
-    hook = ("import os, sys, torch; from medgmae_plans import atomic\n"
+    hook = ("import os, sys, torch; from medgmae_plans.runtime import atomic\n"
             "with atomic.atomic_path(sys.argv[1]) as tmp:\n"
             "    torch.save({'half': torch.zeros(1000)}, tmp); os.kill(os.getpid(), 9)\n")
     killed = subprocess.run([sys.executable, "-c", hook, str(out / "checkpoint_latest.pt")])
@@ -573,7 +573,7 @@ def test_evaluate_unwritable_out(ref_pred, tmp_path, capsys, not_writable):
 # ---------------------------------------------------------------- medgmae_reconstruct
 
 def reconstruct(capsys, volume, tmp_path, *fragments, args=()):
-    from reconstruction.cli import main
+    from medgmae_trainers.reconstruction.cli import main
 
     return refused(capsys, main, [volume, "--out", tmp_path / "out", "--iterations", "2", "--no-pbar", *args],
                    *fragments, unchanged=[tmp_path])
@@ -758,9 +758,9 @@ def test_predict_unwritable_output(nnunet_env, tmp_path, capsys, not_writable):
 # ---------------------------------------------------------------- runtime: what every command shares
 
 COMMAND_PARSERS = {
-    "medgmae_make_phantom": "preprocessing.phantom.cli", "medgmae_plan_and_preprocess": "medgmae_plans.plan_and_preprocess",
+    "medgmae_make_phantom": "preprocessing.phantom.cli", "medgmae_plan_and_preprocess": "preprocessing.plan_and_preprocess",
     "medgmae_convert": "preprocessing.convert.cli", "medgmae_pretrain": "medgmae_trainers.pretrain.cli",
-    "medgmae_evaluate": "evaluation.cli", "medgmae_reconstruct": "reconstruction.cli",
+    "medgmae_evaluate": "evaluation.cli", "medgmae_reconstruct": "medgmae_trainers.reconstruction.cli",
     "medgmae_classify": "medgmae_trainers.classification.cli", "medgmae_register": "medgmae_trainers.registration.cli",
     "medgmae_train": "medgmae_trainers.finetune.cli", "medgmae_predict": "medgmae_trainers.finetune.predict_cli"}
 
@@ -812,7 +812,7 @@ def test_image_smaller_than_the_patch_is_padded_with_air(nnunet_env, tmp_path, c
     """A 20^3 image (smaller than the 96^3 patch) is kept: preprocessed as it is, and its pretraining
     crop is the image inside padding that reads as air (0 after the CT window)."""
     from medgmae_plans.constants import window_hu
-    from medgmae_plans.plan_and_preprocess import main
+    from preprocessing.plan_and_preprocess import main
     from preprocessing.collections import collection_data_folder, folder_cases, load_case
     from preprocessing.pretrain_sampling import extract_crop
 

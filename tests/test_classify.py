@@ -17,12 +17,12 @@ from medgmae_plans.constants import NORMALISATION
 from medgmae_plans.runtime import UserError
 from medgmae_trainers.classification import metrics
 from medgmae_trainers.classification.cli import main as classify
-from medgmae_trainers.classification.data import (Geometry, Source, crop_or_pad, fraction_subset, preprocess_image,
-                                                  read_labels)
+from medgmae_trainers.classification.data import Geometry, Source, crop_or_pad, fraction_subset, preprocess_image
 from medgmae_trainers.classification.model import Classifier, build_classifier
 from medgmae_trainers.networks import ViT3D, sincos_pos_embed_3d
 from medgmae_trainers.networks.pos_embed import is_sincos, resize_pos_embed, set_token_grid
-from medgmae_trainers.networks.pretrained import pretrained_vit
+from preprocessing.layouts.classification import read_labels
+from medgmae_trainers.pretrain.pretrained import pretrained_vit
 from medgmae_trainers.pretrain.checkpoint import FORMAT as PRETRAIN_FORMAT
 
 TINY_ENCODER = dict(img_size=16, patch_size=8, in_chans=1, embed_dim=48, depth=2, num_heads=2, mlp_ratio=2.0,
@@ -161,7 +161,7 @@ def test_bootstrap_interval_matches_a_sklearn_loop():
 
 def test_thresholds_come_from_another_set(tmp_path):
     from medgmae_trainers.classification.evaluate import evaluate, write_predictions
-    from medgmae_trainers.classification.data import LabelTable
+    from preprocessing.layouts.classification import LabelTable
 
     y, s = _scores(n=40, k=2, seed=2)
     cases = [f"c{i}" for i in range(40)]

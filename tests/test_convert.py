@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from plan_support import make_phantom
 
-from medgmae_plans.validate import check_dataset
+from preprocessing.validate import check_dataset
 from preprocessing.convert import abdomenatlas, btcv, flare22
 from preprocessing.convert.cli import main
 from preprocessing.labels import AMOS_LABELS

@@ -28,7 +28,7 @@ def phantom_plans(nnunet_env, monkeypatch):
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     monkeypatch.setenv("nnUNet_def_n_proc", "1")
     make_phantom(nnunet_env["nnUNet_raw"], n_train=5, n_test=1)
-    r = run_module("medgmae_plans.plan_and_preprocess", ["-d", "Phantom", "-np", "1", "--no-pbar"], nnunet_env)
+    r = run_module("preprocessing.plan_and_preprocess", ["-d", "Phantom", "-np", "1", "--no-pbar"], nnunet_env)
     assert r.returncode == 0, r.stderr
     return nnunet_env
 

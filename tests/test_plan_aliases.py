@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from medgmae_plans.datasets import resolve_dataset
-from medgmae_plans.plan_and_preprocess import main
+from preprocessing.plan_and_preprocess import main
 from medgmae_plans.runtime import UserError
 
 RAW = ["Dataset218_AMOS2022_postChallenge_task1", "Dataset022_FLARE22", "Dataset990_AbdomenPhantom",

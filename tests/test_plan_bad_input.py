@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from plan_support import make_phantom, run_module
 
 DATASET = "Dataset990_AbdomenPhantom"
-MODULE = "medgmae_plans.plan_and_preprocess"
+MODULE = "preprocessing.plan_and_preprocess"
 
 
 @pytest.fixture

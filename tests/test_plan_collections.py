@@ -46,7 +46,7 @@ def collection(tmp_path_factory):
     for path in sorted((raw / "imagesUnlabeled").glob("*.nii.gz")):
         shutil.copyfile(path, images / path.name)
     write_dicom_series(sitk.ReadImage(str(images / "phantom_unl000_0000.nii.gz")), images / "scanner" / "series1")
-    result = run_module("medgmae_plans.plan_and_preprocess",
+    result = run_module("preprocessing.plan_and_preprocess",
                         ["-d", "Phantom", "--images", images, "--name", "phantom_unl", "-np", "1", "--no-pbar"], env)
     assert result.returncode == 0, result.stderr
     return {"env": env, "raw": raw, "images": images}

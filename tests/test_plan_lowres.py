@@ -21,12 +21,12 @@ def planned(tmp_path_factory):
     root = tmp_path_factory.mktemp("lowres")
     env = nnunet_folders(root)
     raw = make_phantom(env["nnUNet_raw"], n_train=2, box_mm=(200.0, 160.0, 150.0))
-    first = run_module("medgmae_plans.plan_and_preprocess", ["-d", "Phantom", "-np", "1", "--no-pbar"], env)
+    first = run_module("preprocessing.plan_and_preprocess", ["-d", "Phantom", "-np", "1", "--no-pbar"], env)
     assert first.returncode == 0, first.stderr
     out = env["nnUNet_preprocessed"] / DATASET
     fullres = out / "MedGMAEPlans_3d_fullres"
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in fullres.iterdir()}
-    second = run_module("medgmae_plans.plan_and_preprocess",
+    second = run_module("preprocessing.plan_and_preprocess",
                         ["-d", "Phantom", "-c", "3d_fullres", "3d_lowres", "-np", "1", "--no-pbar"], env)
     assert second.returncode == 0, second.stderr
     return {"raw": raw, "out": out, "fullres": fullres, "lowres": out / "MedGMAEPlans_3d_lowres",

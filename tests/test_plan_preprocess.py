@@ -21,7 +21,7 @@ def preprocessed(tmp_path_factory):
     root = tmp_path_factory.mktemp("plan")
     env = nnunet_folders(root)
     raw = make_phantom(env["nnUNet_raw"], n_train=N_TRAIN)
-    result = run_module("medgmae_plans.plan_and_preprocess", ["-d", "Phantom", "-np", "1", "--no-pbar"], env)
+    result = run_module("preprocessing.plan_and_preprocess", ["-d", "Phantom", "-np", "1", "--no-pbar"], env)
     assert result.returncode == 0, result.stderr
     out = env["nnUNet_preprocessed"] / DATASET
     return {"env": env, "raw": raw, "out": out, "data": out / "MedGMAEPlans_3d_fullres",
@@ -145,12 +145,12 @@ def test_rerun_reuses_the_data_until_an_input_changes(preprocessed):
     env, out, data = preprocessed["env"], preprocessed["out"], preprocessed["data"]
     args = ["-d", "Phantom", "-np", "1", "--no-pbar"]
     before = (data / "phantom_000.b2nd").stat().st_mtime_ns
-    assert run_module("medgmae_plans.plan_and_preprocess", args, env).returncode == 0
+    assert run_module("preprocessing.plan_and_preprocess", args, env).returncode == 0
     assert (data / "phantom_000.b2nd").stat().st_mtime_ns == before
     assert json.loads((out / "medgmae_plan_and_preprocess.json").read_text())["results"]["configurations"]["3d_fullres"]["preprocessing"] == "reused"
 
     image = preprocessed["raw"] / "imagesTr" / "phantom_001_0000.nii.gz"
     os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))  # the input changed
-    assert run_module("medgmae_plans.plan_and_preprocess", args, env).returncode == 0
+    assert run_module("preprocessing.plan_and_preprocess", args, env).returncode == 0
     assert (data / "phantom_000.b2nd").stat().st_mtime_ns != before
     assert json.loads((out / "medgmae_plan_and_preprocess.json").read_text())["results"]["configurations"]["3d_fullres"]["preprocessing"] == "done"

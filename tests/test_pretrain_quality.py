@@ -76,7 +76,7 @@ def test_table_gives_the_voxel_model_the_gaussian_ceiling_and_draws_a_snapshot(t
     # The crops are stubbed: this test is about the table, not about reading preprocessed data.
     monkeypatch.setattr(bench, "evaluation_crops", lambda cases, size, n, seed: structured_crops(n))
     monkeypatch.setattr("medgmae_trainers.pretrain.data.pretraining_cases", lambda *a: ([], None))
-    monkeypatch.setattr("medgmae_plans.paths.ensure_nnunet_env", lambda: None)
+    monkeypatch.setattr("medgmae_plans.runtime.paths.ensure_nnunet_env", lambda: None)
     voxel, gauss = _checkpoint(tmp_path, "voxel"), _checkpoint(tmp_path, "gaussian")
     png = tmp_path / "snap.png"
     assert main([str(voxel), str(gauss), "--crops", "2", "--fit-steps", "3", "--snapshot", str(png)]) == 0

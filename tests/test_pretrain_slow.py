@@ -29,7 +29,7 @@ def phantom(tmp_path_factory):
     code = ("from preprocessing.phantom import generate_dataset; "
             f"generate_dataset({env['nnUNet_raw']!r}, n_train=2, seed=3, workers=1, pbar=False)")
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT)
-    subprocess.run([sys.executable, "-m", "medgmae_plans.plan_and_preprocess", "-d", "990", "-np", "1", "--no-pbar"],
+    subprocess.run([sys.executable, "-m", "preprocessing.plan_and_preprocess", "-d", "990", "-np", "1", "--no-pbar"],
                    check=True, env=env, cwd=ROOT)
     return env
 

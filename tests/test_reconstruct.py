@@ -13,12 +13,12 @@ from medgmae_plans.runtime import UserError
 from medgmae_trainers.networks import build_networks, network_config
 from medgmae_trainers.pretrain import checkpoint as ckpt
 from medgmae_trainers.pretrain.model import PretrainModel
-from reconstruction.cli import main as reconstruct
-from reconstruction.fbp import fbp_parallel
-from reconstruction.fit import FitSettings, fit
-from reconstruction.gaussian_field import DensifyConfig, GaussianField
-from reconstruction.initialisers import fbp_init, initialise, load_decoder, medgmae_init
-from reconstruction.projectors import ParallelBeamProjector
+from medgmae_trainers.reconstruction.cli import main as reconstruct
+from medgmae_trainers.reconstruction.fbp import fbp_parallel
+from medgmae_trainers.reconstruction.fit import FitSettings, fit
+from medgmae_trainers.reconstruction.gaussian_field import DensifyConfig, GaussianField
+from medgmae_trainers.reconstruction.initialisers import fbp_init, initialise, load_decoder, medgmae_init
+from medgmae_trainers.reconstruction.projectors import ParallelBeamProjector
 
 from test_reconstruct_projector import ellipsoids
 

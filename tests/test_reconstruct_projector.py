@@ -8,9 +8,9 @@ from scipy.ndimage import gaussian_filter
 from skimage.data import shepp_logan_phantom
 from skimage.transform import iradon, radon, resize
 
-from reconstruction.fbp import fbp_parallel, fdk_cone
-from reconstruction.metrics import psnr
-from reconstruction.projectors import ConeBeamProjector, ParallelBeamProjector
+from medgmae_trainers.reconstruction.fbp import fbp_parallel, fdk_cone
+from medgmae_trainers.reconstruction.metrics import psnr
+from medgmae_trainers.reconstruction.projectors import ConeBeamProjector, ParallelBeamProjector
 
 N = 33  # odd: scikit-image's rotation centre N // 2 is then the geometric centre (N - 1) / 2 we use
 

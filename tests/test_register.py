@@ -9,7 +9,7 @@ import torch
 from medgmae_plans.constants import NORMALISATION
 from medgmae_plans.runtime import UserError
 from medgmae_trainers.networks import ViT3D
-from medgmae_trainers.registration.dataset import ddf_to_itk, itk_to_ddf
+from preprocessing.layouts.registration import ddf_to_itk, itk_to_ddf
 from medgmae_trainers.registration.losses import RegistrationLoss
 from medgmae_trainers.registration.metrics import (dice_per_label, endpoint_error, jacobian_determinant,
                                                    mean_dice, nonpositive_jacobian_percent)
@@ -113,7 +113,7 @@ def _tiny_encoder_ckpt(tmp_path, patch=8):
 
 
 def test_an_encoder_pretrained_on_another_intensity_window_is_refused(tmp_path):
-    """Registration and classification load through networks.pretrained.pretrained_vit, which checks it."""
+    """Registration and classification load through pretrain.pretrained.pretrained_vit, which checks it."""
     path, _ = _tiny_encoder_ckpt(tmp_path)
     ckpt = torch.load(path, weights_only=False)
     ckpt["metadata"]["normalisation"] = {**NORMALISATION, "hu_window": [-1000.0, 1000.0]}

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 import torch
 
 from medgmae_plans.runtime import UserError
-from medgmae_trainers.registration.dataset import RegistrationDataset, resolve
+from preprocessing.layouts.registration import RegistrationDataset, resolve
 from medgmae_trainers.registration.metrics import dice_per_label, jacobian_determinant
 from medgmae_trainers.registration.phantom_pairs import build_phantom_pairs
 from medgmae_trainers.registration.warping import warp_labels

@@ -63,7 +63,8 @@ def test_pretraining_resumes_bit_for_bit_after_sigterm(tmp_path, monkeypatch):
 
 
 def _classification_data(tmp_path):
-    from medgmae_trainers.classification.data import Geometry, LabelTable
+    from medgmae_trainers.classification.data import Geometry
+    from preprocessing.layouts.classification import LabelTable
 
     rng = np.random.default_rng(0)
     folder = tmp_path / "volumes"

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from medgmae_plans.atomic import _umask, atomic_directory, atomic_path, write_json_atomic
-from medgmae_plans.paths import nnunet_folder
+from medgmae_plans.runtime.atomic import _umask, atomic_directory, atomic_path, write_json_atomic
+from medgmae_plans.runtime.paths import nnunet_folder
 from medgmae_plans.runtime import UserError, add_common_flags, cli_entry, write_run_json
 
 

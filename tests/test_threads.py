@@ -38,6 +38,15 @@ def test_wait_policy_is_set_before_torch_is_imported(script):
 
 def test_a_policy_the_user_set_is_kept():
     env = {**os.environ, "OMP_WAIT_POLICY": "ACTIVE"}
-    code = "import os, medgmae_plans; print(os.environ['OMP_WAIT_POLICY'])"
+    code = ("import os; from medgmae_plans.runtime.threads import use_sleeping_waiters; use_sleeping_waiters(); "
+            "print(os.environ['OMP_WAIT_POLICY'])")
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ACTIVE"
+
+
+def test_importing_the_toolkit_changes_no_environment():
+    """The policy is a console command's act, not an import's side effect (a library user keeps their own)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = "import os, medgmae_plans, medgmae_plans.runtime, preprocessing; print(os.environ.get('OMP_WAIT_POLICY'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "None"

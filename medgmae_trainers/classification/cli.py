@@ -1,15 +1,21 @@
 """medgmae_classify {train,predict,evaluate,convert}: multi-label abnormality classification (CT-RATE task)."""
 from __future__ import annotations
 
+from medgmae_plans.runtime.threads import use_sleeping_waiters
+
+use_sleeping_waiters()  # a console command's first act: before anything loads torch (see threads)
+
 import argparse
 from dataclasses import asdict
 from pathlib import Path
 
-from medgmae_plans.paths import nnunet_folder
+from medgmae_plans.runtime.paths import nnunet_folder
 from medgmae_plans.runtime import (UserError, add_common_flags, check_range, check_writable, cli_entry, setup_run_log,
                                    write_run_json)
 
-from .data import LABELS_CSV, Geometry, LabelTable, ensure_preprocessed, preprocessed_folder, read_labels
+from preprocessing.layouts.classification import LABELS_CSV, LabelTable, read_labels
+
+from .data import Geometry, ensure_preprocessed, preprocessed_folder
 
 
 def _geometry_flags(p: argparse.ArgumentParser) -> None:

@@ -1,12 +1,6 @@
-"""Classification data: label tables, image sources, the paper's preprocessing and fast-loading storage.
+"""Classification data: image sources, the paper's preprocessing and fast-loading storage.
 
-A classification dataset is an nnU-Net raw folder with
-
-    classification_labels.csv    case, split (train | valid), one 0/1 column per class
-    classification_sources.csv   optional: case, image, slope, intercept, spacing_x, spacing_y, spacing_z
-                                 (CT-RATE: images stay where they are; HU and spacing from its metadata)
-
-Without a sources file, case `c` is read from `imagesTr/c_0000.nii.gz` or `imagesTs/c_0000.nii.gz`.
+The dataset layout (labels and sources CSVs) is `preprocessing.layouts.classification`.
 
 Preprocessing (paper, section 4.2): reorient to LPS, resample linearly to 1.5 x 1.5 x 3.0 mm
 (x, y, z), clip HU to [-1000, 1000] and scale to [0, 1], centre-crop or pad (with air, 0) to
@@ -28,13 +22,11 @@ from typing import Sequence
 
 import numpy as np
 
-from medgmae_plans.atomic import atomic_path, write_json_atomic
+from medgmae_plans.runtime.atomic import atomic_path, write_json_atomic
 from medgmae_plans.constants import window_hu
 from medgmae_plans.runtime import UserError, progress
+from preprocessing.layouts.classification import SOURCES_CSV, LabelTable
 
-LABELS_CSV = "classification_labels.csv"
-SOURCES_CSV = "classification_sources.csv"
-SPLITS = ("train", "valid")
 AIR_HU = -1000.0
 
 
@@ -59,55 +51,6 @@ class Geometry:
     def from_json(cls, d: dict) -> "Geometry":
         return cls(tuple(float(v) for v in d["spacing_zyx"]), tuple(int(v) for v in d["size_zyx"]),
                    tuple(float(v) for v in d["hu_window"]))
-
-
-@dataclass
-class LabelTable:
-    classes: list[str]
-    cases: list[str]
-    splits: list[str]
-    labels: np.ndarray  # uint8 [N, K]
-
-    def subset(self, split: str) -> "LabelTable":
-        idx = [i for i, s in enumerate(self.splits) if s == split]
-        return LabelTable(self.classes, [self.cases[i] for i in idx], [split] * len(idx), self.labels[idx])
-
-
-def read_labels(path: Path) -> LabelTable:
-    """Read and check a labels CSV: header case, split, classes...; 0/1 values; known splits; unique cases."""
-    path = Path(path)
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-    except OSError as err:
-        raise UserError(f"cannot read labels {path}: {err.strerror or err}") from None
-    if not rows or rows[0][:2] != ["case", "split"] or len(rows[0]) < 3:
-        raise UserError(f"{path}: header must be 'case,split,<class>...' (got {rows[0] if rows else 'nothing'})")
-    classes = rows[0][2:]
-    cases, splits, values = [], [], []
-    for line, row in enumerate(rows[1:], start=2):
-        if len(row) != len(rows[0]):
-            raise UserError(f"{path}: line {line} has {len(row)} fields, the header has {len(rows[0])}")
-        if row[1] not in SPLITS:
-            raise UserError(f"{path}: line {line}: split {row[1]!r} is not one of {SPLITS}")
-        if any(v not in ("0", "1") for v in row[2:]):
-            raise UserError(f"{path}: line {line}: labels must be 0 or 1")
-        cases.append(row[0])
-        splits.append(row[1])
-        values.append([int(v) for v in row[2:]])
-    if len(set(cases)) != len(cases):
-        raise UserError(f"{path}: a case is listed twice")
-    if not cases:
-        raise UserError(f"{path}: no cases")
-    return LabelTable(classes, cases, splits, np.asarray(values, np.uint8).reshape(len(cases), len(classes)))
-
-
-def write_labels(path: Path, table: LabelTable) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["case", "split", *table.classes])
-        for c, s, row in zip(table.cases, table.splits, table.labels):
-            w.writerow([c, s, *map(int, row)])
 
 
 @dataclass(frozen=True)
@@ -171,7 +114,7 @@ def preprocess_image(source: Source, geometry: Geometry) -> tuple[np.ndarray, di
     """Read, convert to HU, reorient, resample, window, crop/pad. Returns float16 [D, H, W] and a record."""
     import SimpleITK as sitk
 
-    from medgmae_plans.validate import check_complete
+    from preprocessing.validate import check_complete
 
     check_complete(source.image)
     try:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medgmae_plans.atomic import atomic_path, write_json_atomic, write_text_atomic
+from medgmae_plans.runtime.atomic import atomic_path, write_json_atomic, write_text_atomic
 from medgmae_plans.runtime import UserError
 
-from .data import LabelTable
+from preprocessing.layouts.classification import LabelTable
 from .metrics import auroc, bootstrap_auroc, macro, threshold_metrics, youden_thresholds
 from .plots import roc_curves_png
 

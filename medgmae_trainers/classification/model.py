@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..networks import ViT3D, network_config
-from ..networks.pretrained import fit_token_grid, pretrained_vit
+from ..pretrain.pretrained import fit_token_grid, pretrained_vit
 
 
 class Classifier(nn.Module):

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from medgmae_plans.atomic import atomic_path
+from medgmae_plans.runtime.atomic import atomic_path
 
 
 def _pyplot():

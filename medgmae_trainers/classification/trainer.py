@@ -21,11 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medgmae_plans.atomic import save_torch_atomic
+from medgmae_plans.runtime.atomic import save_torch_atomic
 from medgmae_plans.runtime import Interrupted, StopSignals, UserError, progress, setup_run_log, write_run_json
 
 from .. import run
-from .data import Geometry, LabelTable, VolumeDataset, fraction_subset
+from preprocessing.layouts.classification import LabelTable
+
+from .data import Geometry, VolumeDataset, fraction_subset
 from .evaluate import evaluate, write_predictions
 from .model import Classifier, build_classifier
 from .plots import training_curves_png

@@ -1,7 +1,7 @@
 """Fine-tuning UNETR with nnU-Net v2 from a pretrained ViT encoder (`medgmae_train`, `medgmae_predict`).
 
 Importing this package imports nothing heavy; `trainers` imports nnunetv2 (set the nnU-Net folders
-first, `medgmae_plans.paths.ensure_nnunet_env`).
+first, `medgmae_plans.runtime.paths.ensure_nnunet_env`).
 """
 import os
 from pathlib import Path

@@ -11,6 +11,10 @@ nnU-Net's own `run_training` trains, checkpoints and validates (and runs DDP for
 """
 from __future__ import annotations
 
+from medgmae_plans.runtime.threads import use_sleeping_waiters
+
+use_sleeping_waiters()  # a console command's first act: before anything loads torch (see threads)
+
 import argparse
 import json
 import os
@@ -243,7 +247,7 @@ def _main(argv: Sequence[str] | None) -> int:
     import torch
 
     from medgmae_plans.datasets import resolve_dataset
-    from medgmae_plans.paths import ensure_nnunet_env
+    from medgmae_plans.runtime.paths import ensure_nnunet_env
 
     folders = ensure_nnunet_env()
     dataset = resolve_dataset(args.dataset)

@@ -4,7 +4,7 @@ A pretraining `checkpoint_final.pt` holds `encoder` (the ViT3D state dict), `mod
 and `decoder.*`) and `metadata` (preset, decoder type, patch and crop size, spacing, normalisation,
 network config). UNETR's encoder is the same ViT3D under the prefix `encoder.`, so the keys load
 one-to-one, through `networks.encoder_state.load_encoder_state` (the loader classification and
-registration use too, through `networks.pretrained`). When the fine-tuning patch gives another
+registration use too, through `pretrain.pretrained`). When the fine-tuning patch gives another
 token grid than the pretraining crop,
 the position embeddings are re-gridded by `networks.pos_embed.resize_pos_embed`: the fixed sin-cos
 table is recomputed on the new grid, a learned table is interpolated trilinearly; the cls row is kept.
@@ -20,8 +20,9 @@ import torch
 from medgmae_plans.constants import INIT_BY_DECODER
 from medgmae_plans.runtime import UserError
 
-from ..networks import PRESETS, network_config, pretrained
-from ..networks.pretrained import PretrainedEncoder, check_geometry, check_normalisation
+from ..networks import PRESETS, network_config
+from ..pretrain import pretrained
+from ..pretrain.pretrained import PretrainedEncoder, check_geometry, check_normalisation
 
 
 def read_pretrained(path) -> PretrainedEncoder:

@@ -16,14 +16,18 @@ also takes the toolkit's aliases. A missing folder, fold or device is one line a
 """
 from __future__ import annotations
 
+from medgmae_plans.runtime.threads import use_sleeping_waiters
+
+use_sleeping_waiters()  # a console command's first act: before anything loads torch (see threads)
+
 import argparse
 import os
 from pathlib import Path
 from typing import Sequence
 
-from medgmae_plans.image_sources import IMAGE_ENDINGS
+from preprocessing.image_sources import IMAGE_ENDINGS
 from medgmae_plans.runtime import UserError, add_common_flags, check_writable, cli_entry
-from medgmae_plans.validate import check_complete
+from preprocessing.validate import check_complete
 
 from . import use_ext_trainers
 from .run_record import Settings
@@ -114,7 +118,7 @@ def _device(name: str | None):
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from medgmae_plans.datasets import resolve_dataset
-    from medgmae_plans.paths import ensure_nnunet_env
+    from medgmae_plans.runtime.paths import ensure_nnunet_env
 
     results = ensure_nnunet_env()["nnUNet_results"]
     if not Path(args.i).is_dir():

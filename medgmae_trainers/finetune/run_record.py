@@ -24,13 +24,13 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from medgmae_plans.atomic import write_json_atomic
+from medgmae_plans.runtime.atomic import write_json_atomic
 from medgmae_plans.configurations import DEFAULT_CONFIGURATION, PLANS_NAME
 from medgmae_plans.constants import FINETUNE_RECORD, INIT_DISPLAY
 from medgmae_plans.runtime import UserError
 
 from ..networks.presets import UNETR_FEATURE_SIZE
-from ..networks.pretrained import PretrainedEncoder
+from ..pretrain.pretrained import PretrainedEncoder
 from .encoder_loading import preset_encoder, unetr_arch_kwargs
 from .fractions import FRACTION_SEED
 from .plainconv import NNUNET_LR, plainconv_arch_kwargs

@@ -51,7 +51,7 @@ from nnunetv2.paths import nnUNet_results
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-from medgmae_plans.atomic import atomic_path
+from medgmae_plans.runtime.atomic import atomic_path
 from medgmae_plans.constants import FROM_SCRATCH, INIT_DISPLAY, INITS
 from medgmae_plans.runtime import EXIT_USER_ERROR, progress
 

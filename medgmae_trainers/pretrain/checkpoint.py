@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from medgmae_plans.atomic import save_torch_atomic
+from medgmae_plans.runtime.atomic import save_torch_atomic
 from medgmae_plans.runtime import UserError
 
 from .. import run

@@ -5,6 +5,10 @@
 """
 from __future__ import annotations
 
+from medgmae_plans.runtime.threads import use_sleeping_waiters
+
+use_sleeping_waiters()  # a console command's first act: before anything loads torch (see threads)
+
 import argparse
 import os
 from dataclasses import replace
@@ -79,7 +83,7 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UserError("give at least one -d DATASET or --images COLLECTION to pretrain on")
     import torch
 
-    from medgmae_plans.paths import ensure_nnunet_env
+    from medgmae_plans.runtime.paths import ensure_nnunet_env
 
     from .data import pretraining_cases
 

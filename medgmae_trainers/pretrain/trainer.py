@@ -70,7 +70,7 @@ class PretrainSettings:
     render_backend: str = "auto"
     # One torch thread: the tiny model's operators are too small to split (two threads gained 10% on
     # idle cores) and a second thread waits on the first whenever another job holds a core (1.0 s
-    # against 0.08 s a step beside a 2-thread job; medgmae_plans.threads). Feeding a GPU needs one.
+    # against 0.08 s a step beside a 2-thread job; medgmae_plans.runtime.threads). Feeding a GPU needs one.
     threads: int | None = 1
     pbar: bool = True
     datasets: list = field(default_factory=list)

@@ -5,10 +5,14 @@ themselves warped by known deformations, made in $nnUNet_raw/Registration_Phanto
 """
 from __future__ import annotations
 
+from medgmae_plans.runtime.threads import use_sleeping_waiters
+
+use_sleeping_waiters()  # a console command's first act: before anything loads torch (see threads)
+
 import argparse
 from pathlib import Path
 
-from medgmae_plans.paths import nnunet_folder
+from medgmae_plans.runtime.paths import nnunet_folder
 from medgmae_plans.runtime import (UserError, add_common_flags, check_range, check_writable, cli_entry, setup_run_log,
                                    write_run_json)
 
@@ -78,7 +82,7 @@ def _device(text: str) -> str:
 
 def dataset_folder(text: str, pbar: bool = True) -> Path:
     """Resolve -d; the phantom pairs are built (with the defaults) on first use, an existing one is used as is."""
-    from .dataset import DESCRIPTION, PREFIX, resolve
+    from preprocessing.layouts.registration import DESCRIPTION, PREFIX, resolve
 
     raw = nnunet_folder("nnUNet_raw")
     if (str(text).lower() in ("phantom", "registration_phantom") and not Path(text).exists()
@@ -90,7 +94,7 @@ def dataset_folder(text: str, pbar: bool = True) -> Path:
 
 
 def _train(args) -> int:
-    from .dataset import RegistrationDataset
+    from preprocessing.layouts.registration import RegistrationDataset
     from .trainer import TrainSettings, train
 
     if args.network == "vit" and (args.pretrained is None) == (args.init is None):
@@ -135,7 +139,7 @@ def _train(args) -> int:
 def _predict(args) -> int:
     import torch
 
-    from .dataset import RegistrationDataset
+    from preprocessing.layouts.registration import RegistrationDataset
     from .predict import predict
 
     ds = RegistrationDataset(dataset_folder(args.dataset, not args.no_pbar))
@@ -167,7 +171,7 @@ def _r(v):
 
 
 def _convert(args) -> int:
-    from .dataset import PREFIX
+    from preprocessing.layouts.registration import PREFIX
 
     name = {"oasis": "OASIS", "ixi": "IXI"}[args.which]
     target = args.out or nnunet_folder("nnUNet_raw") / (PREFIX + name)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medgmae_plans.atomic import write_json_atomic, write_text_atomic
+from medgmae_plans.runtime.atomic import write_json_atomic, write_text_atomic
 from medgmae_plans.runtime import UserError
 
-from .dataset import Pair, RegistrationDataset, itk_to_ddf
+from preprocessing.layouts.registration import Pair, RegistrationDataset, itk_to_ddf
 from .inference import score_pair
 from .trainer import summarise
 

@@ -41,7 +41,7 @@ from monai.networks.blocks import DVF2DDF, UnetrBasicBlock, UnetrPrUpBlock, Unet
 from medgmae_plans.runtime import UserError
 
 from ..networks import ViT3D, network_config
-from ..networks.pretrained import fit_token_grid, pretrained_vit
+from ..pretrain.pretrained import fit_token_grid, pretrained_vit
 from .warping import warp_image
 
 NETWORKS = ("vit", "voxelmorph")

@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medgmae_plans.atomic import atomic_directory, write_json_atomic, write_text_atomic
+from medgmae_plans.runtime.atomic import atomic_directory, write_json_atomic, write_text_atomic
 from medgmae_plans.constants import HU_WINDOW
 from medgmae_plans.runtime import UserError, progress
-from medgmae_plans.validate import write_image
+from preprocessing.validate import write_image
 
-from .dataset import DESCRIPTION, FORMAT, PREFIX, ddf_to_itk
+from preprocessing.layouts.registration import DESCRIPTION, FORMAT, PREFIX, ddf_to_itk
 from .metrics import jacobian_determinant
 from .warping import random_smooth_ddf, warp_image, warp_labels
 

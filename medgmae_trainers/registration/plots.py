@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medgmae_plans.atomic import atomic_path
+from medgmae_plans.runtime.atomic import atomic_path
 
 
 def _plt():

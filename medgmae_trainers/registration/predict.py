@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from medgmae_plans.atomic import atomic_path
+from medgmae_plans.runtime.atomic import atomic_path
 from medgmae_plans.runtime import UserError, progress, write_run_json
-from medgmae_plans.validate import write_image
+from preprocessing.validate import write_image
 
-from .dataset import RegistrationDataset, ddf_to_itk
+from preprocessing.layouts.registration import RegistrationDataset, ddf_to_itk
 from .inference import apply, register
 from .plots import pair_png
 from .trainer import load_trained

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medgmae_plans.atomic import save_torch_atomic
+from medgmae_plans.runtime.atomic import save_torch_atomic
 from medgmae_plans.runtime import Interrupted, StopSignals, UserError, progress, setup_run_log, write_run_json
 
 from .. import run
-from .dataset import Pair, RegistrationDataset
+from preprocessing.layouts.registration import Pair, RegistrationDataset
 from .inference import register, score_pair
 from .losses import RegistrationLoss
 from .network import build_model

@@ -13,7 +13,7 @@ every resumable run needs, in this order:
     save_torch_atomic({"format": FORMAT, **training_state(...), "rng": capture_rng(), ...}, latest)
 
 `StopSignals`, `Interrupted` and the exit code live in `medgmae_plans.runtime` beside `cli_entry`,
-which maps `Interrupted` to its code for every command; atomic writing is `medgmae_plans.atomic`.
+which maps `Interrupted` to its code for every command; atomic writing is `medgmae_plans.runtime.atomic`.
 """
 from .checkpoint import FINAL, LATEST, load_checkpoint, restore_training, training_state
 from .metrics import MetricsLog

@@ -1,6 +1,6 @@
 """Reading checkpoints back, and the part of a resumable checkpoint that every loop saves alike.
 
-Writing is `medgmae_plans.atomic.save_torch_atomic` (a temporary name, then a rename), so a run
+Writing is `medgmae_plans.runtime.atomic.save_torch_atomic` (a temporary name, then a rename), so a run
 killed while saving still has its previous checkpoint. Every checkpoint carries a `format` tag
 ("medgmae-<task>/<version>"), and `load_checkpoint` is the one reader: it refuses anything else.
 """

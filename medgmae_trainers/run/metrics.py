@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from medgmae_plans.atomic import write_text_atomic
+from medgmae_plans.runtime.atomic import write_text_atomic
 
 
 class MetricsLog:

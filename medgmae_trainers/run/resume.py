@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medgmae_plans.atomic import remove_leftovers
+from medgmae_plans.runtime.atomic import remove_leftovers
 from medgmae_plans.runtime import UserError
 
 from .checkpoint import load_checkpoint

@@ -5,11 +5,15 @@ with `conversion.json` and `conversion.log` inside saying what was found.
 """
 from __future__ import annotations
 
+from medgmae_plans.runtime.threads import use_sleeping_waiters
+
+use_sleeping_waiters()  # a console command's first act: before anything loads torch (see threads)
+
 import argparse
 from pathlib import Path
 from typing import Sequence
 
-from medgmae_plans.paths import nnunet_folder
+from medgmae_plans.runtime.paths import nnunet_folder
 from medgmae_plans.runtime import UserError, add_common_flags, check_range, check_writable, cli_entry, progress
 
 from . import abdomenatlas, amos, btcv, flare22, segthor

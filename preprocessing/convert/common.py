@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from medgmae_plans.atomic import replaced_directory, write_json_atomic, write_text_atomic
+from medgmae_plans.runtime.atomic import replaced_directory, write_json_atomic, write_text_atomic
 from medgmae_plans.datasets import available_datasets
-from medgmae_plans.paths import dataset_folder_name
+from medgmae_plans.runtime.paths import dataset_folder_name
 from medgmae_plans.runtime import UserError
-from medgmae_plans.validate import _same_geometry, check_complete, label_values, read_image, run_jobs, write_image
+from preprocessing.validate import _same_geometry, check_complete, label_values, read_image, run_jobs, write_image
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,11 @@ import ast
 import csv
 from pathlib import Path
 
-from medgmae_plans.atomic import atomic_directory, write_json_atomic, write_text_atomic
-from medgmae_plans.paths import dataset_folder_name
+from medgmae_plans.runtime.atomic import atomic_directory, write_json_atomic, write_text_atomic
+from medgmae_plans.runtime.paths import dataset_folder_name
 from medgmae_plans.runtime import UserError
 
-from medgmae_trainers.classification.data import LABELS_CSV, SOURCES_CSV, LabelTable, write_labels
+from ..layouts.classification import LABELS_CSV, SOURCES_CSV, LabelTable, write_labels
 
 DATASET_NAME = "CTRATE"
 DEFAULT_DATASET_ID = 992

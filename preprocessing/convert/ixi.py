@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from medgmae_plans.runtime import UserError
-from medgmae_plans.validate import write_image
+from preprocessing.validate import write_image
 
 from .registration_common import check_target, write_dataset
 

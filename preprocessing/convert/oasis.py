@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 from medgmae_plans.runtime import UserError
-from medgmae_plans.validate import read_image
+from preprocessing.validate import read_image
 
 from .registration_common import check_target, write_dataset
 

@@ -1,13 +1,13 @@
 """What the OASIS and IXI converters share: writing the registration layout
-(`medgmae_trainers.registration.dataset`) atomically."""
+(`preprocessing.layouts.registration`) atomically."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from medgmae_plans.atomic import atomic_directory, write_json_atomic, write_text_atomic
+from medgmae_plans.runtime.atomic import atomic_directory, write_json_atomic, write_text_atomic
 from medgmae_plans.runtime import UserError
 
-from medgmae_trainers.registration.dataset import DESCRIPTION, FORMAT
+from ..layouts.registration import DESCRIPTION, FORMAT
 
 
 def check_target(target: Path, overwrite: bool) -> None:

@@ -1,10 +1,14 @@
 """medgmae_make_phantom: write the synthetic abdominal CT phantom as an nnU-Net raw dataset."""
 from __future__ import annotations
 
+from medgmae_plans.runtime.threads import use_sleeping_waiters
+
+use_sleeping_waiters()  # a console command's first act: before anything loads torch (see threads)
+
 import argparse
 from pathlib import Path
 
-from medgmae_plans.paths import nnunet_folder
+from medgmae_plans.runtime.paths import nnunet_folder
 from medgmae_plans.runtime import UserError, add_common_flags, check_range, cli_entry
 
 from .dataset import DEFAULT_DATASET_ID, FINDINGS_DATASET_ID

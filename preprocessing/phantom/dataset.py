@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medgmae_plans.atomic import atomic_directory, write_json_atomic, write_text_atomic
-from medgmae_plans.paths import dataset_folder_name
+from medgmae_plans.runtime.atomic import atomic_directory, write_json_atomic, write_text_atomic
+from medgmae_plans.runtime.paths import dataset_folder_name
 from medgmae_plans.runtime import UserError, check_writable, progress
-from medgmae_plans.validate import check_complete, write_image
+from preprocessing.validate import check_complete, write_image
 
 from ..labels import AMOS_LABELS
 from .anatomy import CaseSpec, expected_labels, sample_case

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medgmae_plans.atomic import atomic_path
+from medgmae_plans.runtime.atomic import atomic_path
 
 from ..labels import AMOS_LABELS
 

@@ -9,9 +9,10 @@ job, and a fine-tuning iteration took 2.8x its network step because the spinning
 nnU-Net's augmentation workers. Waiters that sleep at once (`OMP_WAIT_POLICY=PASSIVE`) give the core
 away instead: the same iteration costs 1.1x its step.
 
-The policy must be in the environment before torch loads its OpenMP library, so the package sets
-it when it is imported (every command imports `medgmae_plans` before torch); a value the user set
-is kept. Child processes (data workers, nnU-Net's augmentation) inherit it.
+The policy must be in the environment before torch loads its OpenMP library, so every console
+command calls `use_sleeping_waiters()` as its first act, before any import that loads torch (and so
+do `benchmarks` and `run.py`'s children, through the environment); importing a module never sets it.
+A value the user set is kept. Child processes (data workers, nnU-Net's augmentation) inherit it.
 """
 from __future__ import annotations
 

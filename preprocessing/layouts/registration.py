@@ -142,7 +142,7 @@ class RegistrationDataset:
         """(array [z, y, x] or [z, y, x, 3], SimpleITK image for the geometry), checked against the grid."""
         import SimpleITK as sitk
 
-        from medgmae_plans.validate import read_image
+        from preprocessing.validate import read_image
 
         img = read_image(path)
         arr = sitk.GetArrayFromImage(img)

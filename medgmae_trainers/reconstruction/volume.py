@@ -33,7 +33,7 @@ def load_volume(path: str | Path, spacing: float = PRETRAIN_SPACING) -> tuple[np
         return _load_preprocessed(path)
     import SimpleITK as sitk
 
-    from medgmae_plans.validate import check_ct_image, read_image
+    from preprocessing.validate import check_ct_image, read_image
 
     image = read_image(path)
     # preprocessing's check: 3D, one component, and NaN counted on the stored values (SimpleITK

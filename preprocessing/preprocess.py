@@ -28,9 +28,9 @@ from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPre
 from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from .atomic import atomic_path, disk_full_error, replaced_directory, write_json_atomic
+from medgmae_plans.runtime.atomic import atomic_path, disk_full_error, replaced_directory, write_json_atomic
 from .image_sources import ImageSource, load_ct
-from .runtime import UserError, os_error_line
+from medgmae_plans.runtime import UserError, os_error_line
 from .validate import run_jobs
 
 

@@ -16,6 +16,10 @@ Each <init>/ folder appears only when its fit has finished (built under a tempor
 """
 from __future__ import annotations
 
+from medgmae_plans.runtime.threads import use_sleeping_waiters
+
+use_sleeping_waiters()  # a console command's first act: before anything loads torch (see threads)
+
 import argparse
 import math
 import time
@@ -25,11 +29,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from medgmae_plans.atomic import atomic_directory, save_torch_atomic, write_json_atomic, write_text_atomic
+from medgmae_plans.runtime.atomic import atomic_directory, save_torch_atomic, write_json_atomic, write_text_atomic
 from medgmae_plans.runtime import (UserError, add_common_flags, check_range, check_writable, cli_entry, setup_run_log,
                                    write_run_json)
-from medgmae_plans.validate import write_image
-from medgmae_trainers.networks.pretrained import check_normalisation
+from preprocessing.validate import write_image
+from ..pretrain.pretrained import check_normalisation
 
 from .fbp import analytic_reconstruction
 from .fit import FitSettings, fit
@@ -150,7 +154,7 @@ def run_init(init: str, checkpoint, ctx: dict, args, out: Path, log) -> dict:
 def _write_nifti(vol: np.ndarray, spacing, path: Path) -> None:
     import SimpleITK as sitk
 
-    from medgmae_plans.atomic import atomic_path
+    from medgmae_plans.runtime.atomic import atomic_path
 
     img = sitk.GetImageFromArray(vol.astype(np.float32))
     img.SetSpacing(tuple(float(s) for s in reversed(spacing)))

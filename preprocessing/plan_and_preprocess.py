@@ -19,6 +19,10 @@ Each run writes `medgmae_plan_and_preprocess.log` and `.json` beside its outputs
 """
 from __future__ import annotations
 
+from medgmae_plans.runtime.threads import use_sleeping_waiters
+
+use_sleeping_waiters()  # a console command's first act: before anything loads torch (see threads)
+
 import argparse
 import contextlib
 import json
@@ -28,11 +32,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .atomic import remove_leftovers, write_json_atomic
-from .configurations import CONFIGURATIONS, DEFAULT_CONFIGURATION, PLANS_NAME, geometry
-from .datasets import dataset_id, resolve_dataset
-from .paths import ensure_nnunet_env, nnunet_folder
-from .runtime import (UserError, add_common_flags, check_writable, cli_entry, exclusive_lock, progress, setup_run_log,
+from medgmae_plans.runtime.atomic import remove_leftovers, write_json_atomic
+from medgmae_plans.configurations import CONFIGURATIONS, DEFAULT_CONFIGURATION, PLANS_NAME, geometry
+from medgmae_plans.datasets import dataset_id, resolve_dataset
+from medgmae_plans.runtime.paths import ensure_nnunet_env, nnunet_folder
+from medgmae_plans.runtime import (UserError, add_common_flags, check_writable, cli_entry, exclusive_lock, progress, setup_run_log,
                       write_run_json)
 
 RUN_NAME = "medgmae_plan_and_preprocess"
@@ -127,7 +131,7 @@ def plan_and_preprocess_dataset(name: str, args) -> dict:
     if args.verify:
         _verify_with_nnunet(raw_folder, args)
 
-    from .planner import MedGMAEPlanner
+    from medgmae_plans.planner import MedGMAEPlanner
     from .preprocess import CaseJob, copy_ground_truth
 
     step = time.perf_counter()
@@ -187,7 +191,7 @@ def preprocess_collection(images: Path, name: str, args) -> dict:
     headers = run_jobs([(s,) for s in sources], source_geometry, args.num_processes,
                        _bar(not args.no_pbar, f"Checking {name}"))
 
-    from .planner import build_plans, save_plans_file
+    from medgmae_plans.planner import build_plans, save_plans_file
     from .preprocess import CaseJob
 
     collection = COLLECTION_PREFIX + name

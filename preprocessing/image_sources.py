@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .runtime import UserError
+from medgmae_plans.runtime import UserError
 from .validate import check_ct_image, read_image
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")

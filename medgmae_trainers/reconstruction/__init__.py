@@ -9,9 +9,6 @@
     fit.py            the fitting loop and its records (PSNR/SSIM curves, iterations to thresholds)
     plots.py          curve and slice PNGs
     cli.py            the `medgmae_reconstruct` command
+
+Importing this package imports nothing: `medgmae_reconstruct` sets OpenMP's wait policy before torch loads.
 """
-import medgmae_plans  # noqa: F401  (first: it sets OpenMP's wait policy before torch loads)
-
-from .projectors import ConeBeamProjector, ParallelBeamProjector, make_projector
-
-__all__ = ["ParallelBeamProjector", "ConeBeamProjector", "make_projector"]

@@ -20,10 +20,10 @@ from typing import Sequence
 from medgmae_plans.constants import INIT_BY_DECODER, NORMALISATION
 from medgmae_plans.runtime import UserError
 
-from ..pretrain.checkpoint import encoder_state, load_checkpoint
-from .encoder_state import EncoderStateMismatch, load_encoder_state
-from .pos_embed import set_token_grid
-from .vit import ViT3D
+from .checkpoint import encoder_state, load_checkpoint
+from ..networks.encoder_state import EncoderStateMismatch, load_encoder_state
+from ..networks.pos_embed import set_token_grid
+from ..networks.vit import ViT3D
 
 
 @dataclass

@@ -24,8 +24,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import disk_full_error
-from .runtime import UserError
+from medgmae_plans.runtime.atomic import disk_full_error
+from medgmae_plans.runtime import UserError
 
 SPACING_RTOL = 1e-3
 ORIGIN_ATOL_MM = 0.05
