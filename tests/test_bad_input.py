@@ -55,7 +55,7 @@ def preprocessed(nnunet_env, preprocessed_source):
 def not_writable(monkeypatch):
     """Make `runtime.check_writable` see the given folder as not writable (tests run as root, for whom
     every folder is writable, so a chmod would prove nothing)."""
-    from medgmae_plans import runtime
+    from medgmae_plans.runtime import command as runtime
 
     def make(folder):
         real = os.access

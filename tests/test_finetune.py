@@ -365,6 +365,24 @@ def _from_settings(nnunet_env, name: str, **given):
                                torch.device("cpu"))
 
 
+def test_building_a_trainer_leaves_the_callers_plans_unchanged(nnunet_env):
+    """The run's patch, network and resampling go into the trainer's own copy of the plans."""
+    import copy
+
+    from medgmae_trainers.finetune.run_record import fold_folder, new_settings, write_record
+    from medgmae_trainers.finetune.trainers import trainer_class
+
+    name = "MedGMAETrainer_scratch_f10"
+    plans = {**minimal_preprocessed(nnunet_env["nnUNet_preprocessed"]), "continue_training": False}
+    settings = new_settings(plans, "3d_fullres", 0, name, 0.1, "cpu", init="scratch", epochs=1,
+                            iterations_per_epoch=1, patch_size=32)
+    write_record(fold_folder(nnunet_env["nnUNet_results"], DATASET, name, "MedGMAEPlans", "3d_fullres", 0), settings)
+    before = copy.deepcopy(plans)
+    trainer = trainer_class(name)(plans, "3d_fullres", 0, labels_json(), torch.device("cpu"))
+    assert plans == before
+    assert list(trainer.configuration_manager.patch_size) == [32, 32, 32]
+
+
 def test_nnunet_init_trains_nnunets_plainconvunet_with_its_own_recipe(nnunet_env):
     """`--init nnunet`: PlainConvUNet as nnU-Net plans it for the patch, deep supervision, SGD at
     nnU-Net's lr with its poly schedule; the bf16 CPU step trains it; the predictor's build (no deep
@@ -405,18 +423,36 @@ def test_the_seed_draws_the_new_weights(nnunet_env):
 def test_the_seed_seeds_nnunets_augmentation_workers(monkeypatch):
     """nnU-Net builds its augmenters with seeds=None (workers seeded from the OS); a run's get the
     run's seed, disjoint between the training and the validation augmenter."""
-    from medgmae_trainers.finetune import trainers
+    from medgmae_trainers.finetune import nnunet_hooks
 
     class Recorder:
         def __init__(self, data_loader, transform, num_processes, seeds=None, **kwargs):
             self.seeds = seeds
 
-    monkeypatch.setattr(trainers.nnunet_trainer_module, "NonDetMultiThreadedAugmenter", Recorder)
-    with trainers._SeededAugmenter.settings(7):
-        train = trainers.nnunet_trainer_module.NonDetMultiThreadedAugmenter(None, None, num_processes=2, seeds=None)
-        val = trainers.nnunet_trainer_module.NonDetMultiThreadedAugmenter(None, None, num_processes=1, seeds=None)
+    monkeypatch.setattr(nnunet_hooks.TRAINER_MODULE, "NonDetMultiThreadedAugmenter", Recorder)
+    with nnunet_hooks.seeded_augmenter(7):
+        train = nnunet_hooks.TRAINER_MODULE.NonDetMultiThreadedAugmenter(None, None, num_processes=2, seeds=None)
+        val = nnunet_hooks.TRAINER_MODULE.NonDetMultiThreadedAugmenter(None, None, num_processes=1, seeds=None)
     assert train.seeds == [7000, 7001] and val.seeds == [7100]
-    assert trainers.nnunet_trainer_module.NonDetMultiThreadedAugmenter is Recorder  # restored afterwards
+    assert nnunet_hooks.TRAINER_MODULE.NonDetMultiThreadedAugmenter is Recorder  # restored afterwards
+
+
+def test_the_validation_predictor_hook_sets_its_arguments_and_always_restores(monkeypatch):
+    """Inside the block nnU-Net's validation builds its predictor with our step and mirroring; after
+    it, also when the validation raised, the trainer module holds nnU-Net's own class again."""
+    from medgmae_trainers.finetune import nnunet_hooks
+
+    class Recorder:
+        def __init__(self, tile_step_size=0.5, use_mirroring=True, **kwargs):
+            self.step, self.mirroring = tile_step_size, use_mirroring
+
+    monkeypatch.setattr(nnunet_hooks.TRAINER_MODULE, "nnUNetPredictor", Recorder)
+    with pytest.raises(RuntimeError, match="validation failed"):
+        with nnunet_hooks.validation_predictor(1.0, False):
+            made = nnunet_hooks.TRAINER_MODULE.nnUNetPredictor(tile_step_size=0.5, use_mirroring=True)
+            raise RuntimeError("validation failed")
+    assert (made.step, made.mirroring) == (1.0, False)
+    assert nnunet_hooks.TRAINER_MODULE.nnUNetPredictor is Recorder
 
 
 def test_continue_accepts_the_nnunet_runs_own_plans(nnunet_env):

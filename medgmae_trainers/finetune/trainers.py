@@ -39,7 +39,7 @@ validation settings as the UNETR runs.
 """
 from __future__ import annotations
 
-import contextlib
+import copy
 import random
 import re
 import sys
@@ -56,13 +56,13 @@ from medgmae_plans.constants import FROM_SCRATCH, INIT_DISPLAY, INITS
 from medgmae_plans.runtime import EXIT_USER_ERROR, progress
 
 from ..run import bf16_autocast, native_cpu_bf16
+from . import nnunet_hooks
 from .encoder_loading import load_encoder, read_pretrained
 from .fractions import fraction_tag, select_cases, tag_fraction
 from .optim import WarmupCosine, param_groups
 from .plainconv import plainconv_architecture
 from .run_record import Settings, fold_folder, new_settings, read_record, write_record
 
-nnunet_trainer_module = sys.modules[nnUNetTrainer.__module__]  # where validation looks up nnUNetPredictor
 
 # nnU-Net's own torch resampling (its `nnUNetPlannerResEncL_torchres` plans use it) for turning the
 # predicted class probabilities back into the original geometry. The default (scikit-image, per
@@ -93,59 +93,6 @@ def parse_trainer_name(name: str) -> tuple[str, float, str | None]:
     return match.group(1), tag_fraction(match.group(2)), match.group(3)
 
 
-class _ValidationPredictor:
-    """Swaps the predictor class nnU-Net's validation instantiates, to set step size and mirroring.
-
-    `nnUNetTrainer.perform_actual_validation` builds `nnUNetPredictor(tile_step_size=0.5,
-    use_mirroring=True, ...)` inline; rather than copying that long method, the module's name is
-    pointed at a subclass for the duration of the call. `nnUNetv2_predict` is not affected.
-    """
-
-    @staticmethod
-    @contextlib.contextmanager
-    def settings(step_size: float, mirroring: bool):
-        original = nnunet_trainer_module.nnUNetPredictor
-
-        class Predictor(original):
-            def __init__(self, *args, **kwargs):
-                kwargs.update(tile_step_size=step_size, use_mirroring=mirroring)
-                super().__init__(*args, **kwargs)
-
-        nnunet_trainer_module.nnUNetPredictor = Predictor
-        try:
-            yield
-        finally:
-            nnunet_trainer_module.nnUNetPredictor = original
-
-
-class _SeededAugmenter:
-    """Gives the augmentation processes nnU-Net starts in `get_dataloaders` seeds of the run's own.
-
-    `nnUNetTrainer.get_dataloaders` builds `NonDetMultiThreadedAugmenter(..., seeds=None)` inline (each
-    worker then seeds numpy from the OS); as for the validation predictor, the module's name is pointed
-    at a subclass for the duration of the call. Training and validation loaders get disjoint seeds.
-    """
-
-    @staticmethod
-    @contextlib.contextmanager
-    def settings(seed: int):
-        original = nnunet_trainer_module.NonDetMultiThreadedAugmenter
-        made = []
-
-        class Augmenter(original):
-            def __init__(self, *args, num_processes: int, **kwargs):
-                first = 1000 * seed + 100 * len(made)
-                made.append(self)
-                super().__init__(*args, num_processes=num_processes, **{
-                    **kwargs, "seeds": [first + i for i in range(num_processes)]})
-
-        nnunet_trainer_module.NonDetMultiThreadedAugmenter = Augmenter
-        try:
-            yield
-        finally:
-            nnunet_trainer_module.NonDetMultiThreadedAugmenter = original
-
-
 class MedGMAETrainer(nnUNetTrainer):
     """UNETR fine-tuning; concrete trainers are `MedGMAETrainer_<init>_f<pct>` subclasses."""
 
@@ -155,6 +102,7 @@ class MedGMAETrainer(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         settings = self._find_settings(plans, configuration, fold, device)
+        plans = copy.deepcopy(plans)  # the run's patch and network go into our copy, never the caller's dict
         config = plans["configurations"][configuration]
         if settings.input_patch_size:
             config["patch_size"] = [int(s) for s in settings.input_patch_size]
@@ -250,7 +198,7 @@ class MedGMAETrainer(nnUNetTrainer):
 
     # ---- data -----------------------------------------------------------------------------------
     def get_dataloaders(self):
-        with _SeededAugmenter.settings(int(self.medgmae.seed)):
+        with nnunet_hooks.seeded_augmenter(int(self.medgmae.seed)):
             return super().get_dataloaders()
 
     def do_split(self):
@@ -333,7 +281,7 @@ class MedGMAETrainer(nnUNetTrainer):
         s = self.medgmae
         self.print_to_log_file(f"final validation: sliding-window step {s.val_step_size}, "
                                f"mirroring {'on' if s.val_mirroring else 'off'}")
-        with _ValidationPredictor.settings(float(s.val_step_size), bool(s.val_mirroring)):
+        with nnunet_hooks.validation_predictor(float(s.val_step_size), bool(s.val_mirroring)):
             super().perform_actual_validation(save_probabilities)
 
 

@@ -1,0 +1,61 @@
+"""The one place where the toolkit replaces a name inside nnU-Net, and only for the duration of a call.
+
+`nnUNetTrainer` builds two objects inline, with arguments we must set differently:
+
+- `perform_actual_validation` makes `nnUNetPredictor(tile_step_size=0.5, use_mirroring=True, ...)`;
+  the CPU's final validation needs step 1 and no mirroring (`run_record.VALIDATION_BY_DEVICE`).
+- `get_dataloaders` makes `NonDetMultiThreadedAugmenter(..., seeds=None)`, whose workers then seed
+  numpy from the OS; a replicate must get the same augmentation from the same `--seed`.
+
+Copying those long methods would fork nnU-Net's code; instead, `replaced` points the trainer module's
+name at a subclass while the call runs and puts the original back afterwards, also when the call
+raises. Nothing else is touched: `nnUNetv2_predict` and other trainers see nnU-Net's own classes.
+Both hooks are tested in tests/test_finetune.py (the subclass' arguments, and the restore).
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Iterator
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+TRAINER_MODULE = sys.modules[nnUNetTrainer.__module__]  # where nnUNetTrainer looks the two names up
+
+
+@contextlib.contextmanager
+def replaced(name: str, replacement: type) -> Iterator[None]:
+    """`TRAINER_MODULE.<name>` is `replacement` inside the block, the original again after it."""
+    original = getattr(TRAINER_MODULE, name)
+    setattr(TRAINER_MODULE, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(TRAINER_MODULE, name, original)
+
+
+def validation_predictor(step_size: float, mirroring: bool):
+    """The final validation's predictor with our sliding-window step and mirroring."""
+    original = TRAINER_MODULE.nnUNetPredictor
+
+    class Predictor(original):
+        def __init__(self, *args, **kwargs):
+            kwargs.update(tile_step_size=step_size, use_mirroring=mirroring)
+            super().__init__(*args, **kwargs)
+
+    return replaced("nnUNetPredictor", Predictor)
+
+
+def seeded_augmenter(seed: int):
+    """Augmentation processes seeded from the run's seed; training and validation loaders get disjoint seeds."""
+    original = TRAINER_MODULE.NonDetMultiThreadedAugmenter
+    made = []
+
+    class Augmenter(original):
+        def __init__(self, *args, num_processes: int, **kwargs):
+            first = 1000 * seed + 100 * len(made)
+            made.append(self)
+            super().__init__(*args, num_processes=num_processes, **{
+                **kwargs, "seeds": [first + i for i in range(num_processes)]})
+
+    return replaced("NonDetMultiThreadedAugmenter", Augmenter)
