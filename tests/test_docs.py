@@ -194,3 +194,23 @@ def test_link_check_fails_on_missing_target(tmp_path, monkeypatch):
                     "[ok](other.md#the-main-job-python3-runpy-demo) [no heading](other.md#the-main-job)\n")
     assert broken_links(page) == ["page.md links to docs/gone.md#part, which does not exist",
                                   "page.md links to other.md#the-main-job: other.md has no heading with that anchor"]
+
+
+OUTSIDE = re.compile(r"\.\./(?:\.\./)*shared/")
+
+
+def outside_references(text: str) -> list[str]:
+    """Paths that leave the repository (a clone has no `../shared/`): the lines that name one."""
+    return [line.strip() for line in text.splitlines() if OUTSIDE.search(line)]
+
+
+def test_no_document_points_outside_the_repository():
+    packages = [d for d in ROOT.iterdir() if (d / "__init__.py").exists()] + [ROOT / "tests"]
+    pages = markdown_pages() + [ROOT / "run.py"] + [py for d in packages for py in d.rglob("*.py")]
+    found = {str(p.relative_to(ROOT)): outside_references(p.read_text()) for p in pages if p.name != "test_docs.py"}
+    assert not {page: lines for page, lines in found.items() if lines}
+
+
+def test_outside_check_finds_a_reference_to_shared():
+    assert outside_references("The paper is `../shared/paper/MedGMAE.txt`.") == ["The paper is `../shared/paper/MedGMAE.txt`."]
+    assert outside_references("see [design](../design.md) and docs/../README.md") == []
