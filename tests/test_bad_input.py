@@ -262,7 +262,8 @@ def test_plan_disk_full_is_not_blamed_on_the_image(preprocessed_source, monkeypa
     instead of "<image>: preprocessing failed"."""
     from collections import namedtuple
 
-    from medgmae_plans.runtime import atomic, preprocess
+    from medgmae_plans.runtime import atomic
+    from preprocessing import preprocess
     from medgmae_plans.runtime import os_error_line
 
     folder = preprocessed_source["nnUNet_preprocessed"] / DATASET
