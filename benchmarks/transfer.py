@@ -16,8 +16,10 @@ folders `<root>/nnUNet_{raw,preprocessed,results}`, on the main job's CPU recipe
 3. fine-tuning, fold 0: `medgmae_train Phantom 3d_lowres` for each init x fraction x replicate, then
    `medgmae_evaluate <run> --test` to predict and score the 10 test cases with it. Replicate k is
    the trainer tagged `r<k>` (medgmae_evaluate's replicate convention) with fine-tuning seed `--seed`
-   + k, fine-tuned from pretraining seed `--seed` + k: the spread over replicates covers both seeds,
-   and every init's replicate k draws the same fine-tuning seed (paired). `--replicates` (3) at each
+   + k, fine-tuned from pretraining seed `--seed` + k, on labelled subset k (`--fraction-seed`
+   nnU-Net's 12345 + k): the spread over replicates covers both seeds and which cases were labelled,
+   and every init's replicate k draws the same seeds and cases (paired); every UNETR init runs under
+   the same optimiser (`finetune/optim.py`). `--replicates` (3) at each
    fraction below 1, one at 1.0 (the ceiling). The `nnunet` row is nnU-Net's PlainConvUNet with its
    SGD recipe (`medgmae_train --init nnunet`), at the same patch, iterations, seed and precision,
    at the fractions below 1 only (the anchor for the low-label claim);
@@ -65,6 +67,7 @@ from medgmae_plans.constants import FROM_SCRATCH, INIT_BY_DECODER
 from medgmae_plans.runtime import UserError, add_common_flags, cli_entry, setup_run_log, write_run_json
 
 from evaluation.folders import REPLICATE_TAG
+from medgmae_trainers.finetune.fractions import FRACTION_SEED
 
 # Fine-tuning init name (trainer names, evaluate's rows) -> the pretraining decoder that makes it.
 DECODERS = {init: decoder for decoder, init in INIT_BY_DECODER.items()}
@@ -277,7 +280,8 @@ def finetune_step(args, dataset: str, init: str, fraction: float, replicate: int
     nsd = [] if args.nsd else ["--no-nsd"]
     return Step(f"finetune {init} f{fraction:g} {REPLICATE_TAG.format(replicate)}", [
         [command("medgmae_train"), "Phantom", CONFIGURATION, *source, "--fraction", f"{fraction:g}",
-         "--trainer", trainer, *budget, *lr, "--seed", str(args.seed + replicate), "--continue", *common],
+         "--trainer", trainer, *budget, *lr, "--seed", str(args.seed + replicate),
+         "--fraction-seed", str(FRACTION_SEED + replicate), "--continue", *common],
         [command("medgmae_evaluate"), str(folder.parent), "--test", *nsd, "-np", "1",
          "-o", str(args.root / "report" / "runs" / trainer), *common]],
         done=finished, kind="finetune", init=init, replicate=replicate)

@@ -154,7 +154,7 @@ def test_voxel_mae_checkpoint_with_another_patch_window_or_geometry_is_refused(t
 # ---- optimiser -------------------------------------------------------------------------------
 def test_layer_decay_and_weight_decay_groups():
     net = _unetr()
-    groups = param_groups(net, pretrained=True, layer_decay=0.5, wd_encoder=0.01, wd_decoder=0.05)
+    groups = param_groups(net, layer_decay=0.5, wd_encoder=0.01, wd_decoder=0.05)
     by_name = {n: g for g in groups for n in g["names"]}
     assert by_name["encoder.blocks.2.attn.qkv.weight"]["lr_scale"] == 0.5
     assert by_name["encoder.blocks.0.attn.qkv.weight"]["lr_scale"] == 0.125
@@ -165,8 +165,27 @@ def test_layer_decay_and_weight_decay_groups():
     assert by_name["encoder.cls_token"]["weight_decay"] == 0.0 and by_name["encoder.norm.bias"]["weight_decay"] == 0
     assert groups[0]["part"] == "decoder"
     assert "encoder.pos_embed" not in by_name  # fixed sin-cos, not trained
-    scratch = param_groups(net, pretrained=False, layer_decay=0.5, wd_encoder=0.01, wd_decoder=0.05)
-    assert {g["lr_scale"] for g in scratch} == {1.0} and {g["weight_decay"] for g in scratch} == {0.0, 0.05}
+
+
+def test_every_init_gets_the_same_optimiser(nnunet_env, tmp_path):
+    """Scratch and pretrained runs differ in their start weights only: the same defaults (the paper's
+    AdamW, weight decay 0.05, no layer decay) and the same groups for the same network."""
+    from medgmae_trainers.finetune.run_record import Settings
+
+    d = Settings()
+    assert (d.layer_decay, d.weight_decay_encoder, d.weight_decay_decoder) == (1.0, 0.05, 0.05)
+    net = _unetr()
+    groups = param_groups(net, layer_decay=d.layer_decay, wd_encoder=d.weight_decay_encoder,
+                          wd_decoder=d.weight_decay_decoder)
+    assert {g["lr_scale"] for g in groups} == {1.0} and {g["weight_decay"] for g in groups} == {0.0, 0.05}
+    fake_checkpoint(tmp_path / "c.pt", crop=32)
+    pretrained, _ = _trainer(nnunet_env, "MedGMAETrainer_medgmae_f10", {"pretrained_checkpoint": str(tmp_path / "c.pt")})
+    scratch, _ = _trainer(nnunet_env, "MedGMAETrainer_scratch_f10", {"seed": 1})
+    rules = []
+    for trainer in (scratch, pretrained):
+        trainer.initialize()
+        rules.append({(g["lr_scale"], g["weight_decay"]) for g in trainer.optimizer.param_groups})
+    assert rules[0] == rules[1] == {(1.0, 0.0), (1.0, 0.05)}
 
 
 def test_warmup_then_cosine():

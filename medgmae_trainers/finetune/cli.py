@@ -78,7 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
                                            f">= 0; replicates differ by it (default {d.seed})")
     p.add_argument("--lr", type=float, help=f"peak AdamW learning rate of the decoder, > 0 (default {d.lr:g})")
     p.add_argument("--layer-decay", type=float,
-                   help=f"layer-wise lr decay of a pretrained encoder, in (0, 1] (default {d.layer_decay:g})")
+                   help=f"layer-wise lr decay of the encoder, in (0, 1], applied alike to every init so that inits "
+                        f"differ only in their start weights (default {d.layer_decay:g}: none, the paper's AdamW)")
+    p.add_argument("--fraction-seed", type=int, metavar="N",
+                   help=f"seed of the shuffle that picks the fraction's labelled cases, >= 0; replicates that "
+                        f"should also differ in which cases were labelled change it (default {d.fraction_seed}, "
+                        f"nnU-Net's split seed)")
     tiny = ", ".join(f"{k} preset {v}" for k, v in UNETR_FEATURE_SIZE.items())
     p.add_argument("--feature-size", type=int, help=f"UNETR decoder width, >= 1 (default: the plans' 16; {tiny})")
     p.add_argument("--no-mirroring", action="store_true",
@@ -167,7 +172,7 @@ def make_settings(args, plans: dict) -> Settings:
         plans, args.configuration, fold, name, fraction, args.device, pretrained=pre, preset=args.preset,
         patch=args.patch, patch_size=args.patch_size, feature_size=args.feature_size, init=init,
         seed=args.seed, epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, lr=args.lr,
-        layer_decay=args.layer_decay, val_step_size=args.val_step_size,
+        layer_decay=args.layer_decay, fraction_seed=args.fraction_seed, val_step_size=args.val_step_size,
         val_mirroring=None if args.val_mirroring is None else args.val_mirroring == "on",
         export_resampling=args.export_resampling, progress_bar=False if args.no_pbar else None,
         mirroring=False if args.no_mirroring else None, cpu_bf16=False if args.fp32 else None)
@@ -181,6 +186,7 @@ def check_numbers(args) -> None:
                         ("--threads", args.threads)):
         check_range(flag, value, 1)
     check_range("--seed", args.seed, 0)
+    check_range("--fraction-seed", args.fraction_seed, 0)
     check_range("--lr", args.lr, 0, low_open=True)
     check_range("--layer-decay", args.layer_decay, 0, 1, low_open=True)
     check_range("--val-step-size", args.val_step_size, 0, 1, low_open=True)

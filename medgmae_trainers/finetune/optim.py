@@ -1,16 +1,17 @@
-"""Optimiser and schedule for fine-tuning UNETR: AdamW, layer-wise lr decay, warmup then cosine.
+"""Optimiser and schedule for fine-tuning UNETR: AdamW, optional layer-wise lr decay, warmup then cosine.
 
 Why not nnU-Net's SGD (lr 1e-2, momentum 0.99, poly decay): it is tuned for convolutional U-Nets
 trained from scratch; ViTs train poorly with SGD and a pretrained ViT is easily destroyed by large
-early updates. Following ViT fine-tuning practice (BEiT/MAE fine-tuning, UNETR's AdamW):
+early updates. Following the paper (AdamW, weight decay 0.05) and UNETR's AdamW:
 
-- AdamW, betas (0.9, 0.999), peak lr `lr` (3e-4) for the randomly initialised convolutional decoder;
-- pretrained runs: layer-wise lr decay for the encoder: block i (1-based) gets
-  `lr * decay^(depth + 1 - i)`, the patch embedding, cls token and position embedding
-  `lr * decay^(depth + 1)`, the final encoder norm `lr`. Low layers hold generic features and move
-  least; weight decay on the pretrained encoder is lower (0.01) than on the decoder (0.05), because
-  decay pulls pretrained weights towards zero, away from what pretraining learned;
-- scratch runs: one lr and weight decay 0.05 everywhere (nothing to preserve);
+- AdamW, betas (0.9, 0.999), peak lr `lr` (3e-4);
+- **one optimiser for every init**: scratch, voxel-MAE and MedGMAE encoders get the same groups, so a
+  comparison of inits compares start weights and nothing else. The defaults (run_record.Settings)
+  are the paper's: weight decay 0.05 everywhere and no layer decay;
+- layer-wise lr decay is a stated choice (`--layer-decay`, BEiT/MAE fine-tuning practice), applied to
+  the encoder whatever its init: block i (1-based) gets `lr * decay^(depth + 1 - i)`, the patch
+  embedding, cls token and position embedding `lr * decay^(depth + 1)`, the final encoder norm `lr`;
+  likewise the encoder's weight decay (`weight_decay_encoder`) may differ from the decoder's;
 - no weight decay on biases, norms, the cls token and position embeddings (MAE's rule);
 - schedule per iteration: linear warmup over `warmup_fraction` (5%) of all iterations, then cosine
   to zero. A per-epoch schedule (nnU-Net's) would make warmup meaningless in short runs.
@@ -38,9 +39,9 @@ def layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
-def param_groups(network: torch.nn.Module, *, pretrained: bool, layer_decay: float, wd_encoder: float,
-                 wd_decoder: float) -> list[dict]:
-    """AdamW groups; each carries `lr_scale` (relative to the peak lr). The decoder's group comes first."""
+def param_groups(network: torch.nn.Module, *, layer_decay: float, wd_encoder: float, wd_decoder: float) -> list[dict]:
+    """AdamW groups, the same rule for every init; each carries `lr_scale` (relative to the peak lr).
+    The decoder's group comes first."""
     net = _unwrap(network)
     depth = len(net.encoder.blocks)
     groups: dict[tuple, dict] = {}
@@ -48,9 +49,9 @@ def param_groups(network: torch.nn.Module, *, pretrained: bool, layer_decay: flo
         if not param.requires_grad:
             continue
         is_encoder = name.startswith("encoder.")
-        lid = layer_id(name, depth) if pretrained else depth + 1
-        scale = layer_decay ** (depth + 1 - lid) if pretrained else 1.0
-        wd = 0.0 if no_decay(name, param) else (wd_encoder if (pretrained and is_encoder) else wd_decoder)
+        lid = layer_id(name, depth)
+        scale = layer_decay ** (depth + 1 - lid)
+        wd = 0.0 if no_decay(name, param) else (wd_encoder if is_encoder else wd_decoder)
         key = (not is_encoder, lid, wd)
         group = groups.setdefault(key, {"params": [], "names": [], "lr_scale": scale, "weight_decay": wd,
                                         "part": "encoder" if is_encoder else "decoder", "layer": lid})

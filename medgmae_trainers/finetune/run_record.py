@@ -71,8 +71,8 @@ class Settings:
     epochs: int = 1000
     iterations_per_epoch: int = 250
     lr: float = 3e-4
-    layer_decay: float = 0.75
-    weight_decay_encoder: float = 0.01
+    layer_decay: float = 1.0               # the same for every init (optim.py); 1.0: none, the paper's AdamW
+    weight_decay_encoder: float = 0.05
     weight_decay_decoder: float = 0.05
     warmup_fraction: float = 0.05
     mirroring: bool = True                 # nnU-Net's mirroring on all axes, in training and at inference

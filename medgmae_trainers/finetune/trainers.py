@@ -222,8 +222,8 @@ class MedGMAETrainer(nnUNetTrainer):
     # ---- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self):
         s = self.medgmae
-        groups = param_groups(self.network, pretrained=bool(s.pretrained_checkpoint), layer_decay=s.layer_decay,
-                              wd_encoder=s.weight_decay_encoder, wd_decoder=s.weight_decay_decoder)
+        groups = param_groups(self.network, layer_decay=s.layer_decay, wd_encoder=s.weight_decay_encoder,
+                              wd_decoder=s.weight_decay_decoder)  # one rule for every init (optim.py)
         optimizer = torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.999))
         total = self.num_epochs * self.num_iterations_per_epoch
         scheduler = WarmupCosine(optimizer, s.lr, total, round(s.warmup_fraction * total),
