@@ -68,6 +68,9 @@ class PretrainSettings:
     png_every: int = 250
     log_every: int = 10
     render_backend: str = "auto"
+    # bf16 autocast of the forward and loss on a CPU with native bf16 (always on CUDA), as fine-tuning's
+    # step: measured faster with the same loss curve (benchmarks.pretrain_bf16, docs/results.md); --fp32.
+    cpu_bf16: bool = True
     # One torch thread: the tiny model's operators are too small to split (two threads gained 10% on
     # idle cores) and a second thread waits on the first whenever another job holds a core (1.0 s
     # against 0.08 s a step beside a 2-thread job; medgmae_plans.runtime.threads). Feeding a GPU needs one.
@@ -254,7 +257,7 @@ def train_step(ddp, model: PretrainModel, imgs: torch.Tensor, optimizer, schedul
                info: DistInfo, step: int, sig: StopSignals) -> tuple[float, float, int]:
     """One optimiser step on every rank: (mean loss, max gradient norm, the signal any rank got, or 0)."""
     ddp.train()
-    with bf16_autocast(info.device):
+    with bf16_autocast(info.device, cpu=s.cpu_bf16):
         outputs = ddp(imgs)
     loss = outputs["loss"]
     optimizer.zero_grad(set_to_none=True)
