@@ -156,13 +156,18 @@ def test_registration_resumes_bit_for_bit(nnunet_env, tmp_path, monkeypatch, how
 
 # --- a non-finite loss or gradient: one line naming the step and lr, exit 2, no final checkpoint ----------
 
-def _poison(model: torch.nn.Module, what: str) -> None:
-    """Make the next training step's loss NaN (NaN inputs), or its gradient infinite with a finite loss."""
-    if what == "loss":
-        model.register_forward_pre_hook(lambda module, args: tuple(a * float("nan") for a in args))
-    else:
-        first = next(p for p in model.parameters() if p.requires_grad)
-        first.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+def _poisoned(build, what: str):
+    """`build` (a loop's model builder), wrapped so that the model's first training step has a NaN loss
+    (NaN inputs), or an infinite gradient under a finite loss."""
+    def wrapped(*args, **kwargs):
+        model, info = build(*args, **kwargs)
+        if what == "loss":
+            model.register_forward_pre_hook(lambda module, inputs: tuple(a * float("nan") for a in inputs))
+        else:
+            first = next(p for p in model.parameters() if p.requires_grad)
+            first.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+        return model, info
+    return wrapped
 
 
 def _exits_2_in_one_line(train, capsys, message: str):
@@ -176,13 +181,7 @@ def _exits_2_in_one_line(train, capsys, message: str):
 def test_classification_stops_on_a_non_finite_step(tmp_path, monkeypatch, capsys, what):
     from medgmae_trainers.classification import trainer
 
-    def poisoned(*args, **kwargs):
-        model, info = build(*args, **kwargs)
-        _poison(model, what)
-        return model, info
-
-    build = trainer.build_classifier
-    monkeypatch.setattr(trainer, "build_classifier", poisoned)
+    monkeypatch.setattr(trainer, "build_classifier", _poisoned(trainer.build_classifier, what))
     s, table, folder = _classification_settings(tmp_path, tmp_path / "run")
     _exits_2_in_one_line(lambda: trainer.train(s, table, folder), capsys, f"non-finite {what} at step 1 (epoch 1)")
     assert not (tmp_path / "run" / run.FINAL).exists() and not (tmp_path / "run" / run.LATEST).exists()
@@ -192,13 +191,7 @@ def test_classification_stops_on_a_non_finite_step(tmp_path, monkeypatch, capsys
 def test_registration_stops_on_a_non_finite_step(nnunet_env, tmp_path, monkeypatch, capsys, what):
     from medgmae_trainers.registration import trainer
 
-    def poisoned(*args, **kwargs):
-        model, info = build(*args, **kwargs)
-        _poison(model, what)
-        return model, info
-
-    build = trainer.build_model
-    monkeypatch.setattr(trainer, "build_model", poisoned)
+    monkeypatch.setattr(trainer, "build_model", _poisoned(trainer.build_model, what))
     s = _registration_settings(nnunet_env, tmp_path / "run")
     _exits_2_in_one_line(lambda: trainer.train(s), capsys, f"non-finite {what} at step 1 (pair ")
     assert not (tmp_path / "run" / run.FINAL).exists() and not (tmp_path / "run" / run.LATEST).exists()
@@ -316,3 +309,38 @@ def test_rng_state_includes_every_cuda_device_when_cuda_exists(monkeypatch):
     restored.clear()
     run.restore_rng({**state, "cuda": device_states[1]})
     assert restored == [(device_states[1], "cuda")]
+
+
+# --- the --device flag -----------------------------------------------------------------------------------
+
+def test_one_reading_of_the_device_flag(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert run.resolve_device("auto") == run.resolve_device(None) == torch.device("cpu")
+    assert run.resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(UserError, match="^--device cuda: no CUDA device is available$"):
+        run.resolve_device("cuda")
+    with pytest.raises(UserError, match="^-device cuda:1: no CUDA device"):  # the flag as the command spells it
+        run.resolve_device("cuda:1", "-device")
+    with pytest.raises(UserError, match="^--device 'gpu': not a torch device"):
+        run.resolve_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert run.resolve_device("auto") == torch.device("cuda") and run.resolve_device("cuda:1") == torch.device("cuda:1")
+
+
+# --- the commands' defaults are the settings' ------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["classification", "registration"])
+def test_train_flags_default_to_the_settings_fields(command):
+    import dataclasses
+    import importlib
+
+    cli = importlib.import_module(f"medgmae_trainers.{command}.cli")
+    settings = importlib.import_module(f"medgmae_trainers.{command}.trainer").TrainSettings
+    args = vars(cli.build_parser().parse_args(["train", "x", "--init", "scratch"] if command == "classification"
+                                             else ["train", "--init", "scratch"]))
+    flag_of = {"n_boot": "bootstrap"}  # fields whose flag is named otherwise
+    # device: the commands pick cuda when there is one ("auto"); the dataclass, for library callers, cpu
+    checked = [f for f in dataclasses.fields(settings) if f.default is not dataclasses.MISSING
+               and f.name not in ("device", "out", "pbar", "pretrained")]
+    assert checked and all(args[flag_of.get(f.name, f.name)] == f.default for f in checked), \
+        {f.name: (args.get(flag_of.get(f.name, f.name)), f.default) for f in checked}

@@ -130,8 +130,7 @@ def pretrain(settings: PretrainSettings, cases: Sequence[PretrainCase], metadata
     s = settings.resolved().check()
     if s.threads:
         torch.set_num_threads(s.threads)
-    if s.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is visible to torch")
+    run.resolve_device(s.device)  # a GPU that is not there: one line, before anything starts
     info = setup_distributed(s.device)
     try:
         return _pretrain(s, cases, metadata or {}, info)

@@ -27,7 +27,7 @@ from .. import run
 from .dataset import Pair, RegistrationDataset
 from .inference import register, score_pair
 from .losses import RegistrationLoss
-from .network import build_model
+from .network import NETWORKS, build_model
 
 FORMAT = "medgmae-register/1"
 WHAT = "registration checkpoint"
@@ -37,7 +37,7 @@ LATEST, FINAL = run.LATEST, run.FINAL
 @dataclass
 class TrainSettings:
     dataset: str
-    network: str = "vit"  # vit | voxelmorph
+    network: str = NETWORKS[0]  # vit (TransMorph-style with the ViT3D encoder) | voxelmorph
     pretrained: str | None = None  # None = scratch
     preset: str = "tiny"
     patch: int | None = None

@@ -18,6 +18,7 @@ which maps `Interrupted` to its code for every command; atomic writing is `medgm
 """
 from .checkpoint import FINAL, LATEST, load_checkpoint, restore_training, training_state
 from .metrics import MetricsLog
+from .device import resolve_device
 from .optim import NO_DECAY, lr_lambda, no_decay, param_groups, polynomial_decay
 from .precision import bf16_autocast, native_cpu_bf16
 from .resume import RUN_ONLY, check_settings, resume_state
@@ -26,4 +27,5 @@ from .session import RunFolder, check_finite
 
 __all__ = ["FINAL", "LATEST", "MetricsLog", "NO_DECAY", "RUN_ONLY", "RunFolder", "bf16_autocast", "capture_rng",
            "check_finite", "check_settings", "load_checkpoint", "lr_lambda", "native_cpu_bf16", "no_decay",
-           "param_groups", "polynomial_decay", "restore_rng", "restore_training", "resume_state", "training_state"]
+           "param_groups", "polynomial_decay", "resolve_device", "restore_rng", "restore_training", "resume_state",
+           "training_state"]
