@@ -91,7 +91,7 @@ def train_one_epoch(model: Classifier, ds: VolumeDataset, opt, sched, device: to
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         run.check_finite(f"step {sched.last_epoch + 1} (epoch {epoch + 1})", sched.get_last_lr()[0],
-                         run_dir.latest, loss.item(), grad_norm.item())
+                         run_dir.latest, loss.item(), grad_norm.item(), "--warmup-epochs")
         opt.step()
         sched.step()
         losses.append(loss.item())

@@ -249,7 +249,8 @@ def train_step(ddp, model: PretrainModel, imgs: torch.Tensor, optimizer, schedul
     stats = all_reduce(torch.tensor([loss.item() / info.world_size, float(sig.signum)]), info)
     gmax = all_reduce(grad_norm.detach().float().reshape(1).cpu(), info, op=torch.distributed.ReduceOp.MAX)
     mean_loss, max_norm = stats[0].item(), gmax.item()
-    run.check_finite(f"step {step + 1}", scheduler.get_last_lr()[0], Path(s.out) / run.LATEST, mean_loss, max_norm)
+    run.check_finite(f"step {step + 1}", scheduler.get_last_lr()[0], Path(s.out) / run.LATEST, mean_loss, max_norm,
+                     "--warmup")
     optimizer.step()
     scheduler.step()
     return mean_loss, max_norm, int(stats[1].item())

@@ -25,16 +25,19 @@ from .resume import check_settings, resume_state
 from .rng import capture_rng, restore_rng
 
 
-def check_finite(where: str, lr: float, latest: Path, loss: float, grad_norm: float | None = None) -> None:
+def check_finite(where: str, lr: float, latest: Path, loss: float, grad_norm: float | None = None,
+                 warmup_flag: str | None = None) -> None:
     """Refuse a step whose loss or gradient norm is NaN or infinite, before the optimiser takes it.
 
     The `UserError` (exit 2) names `where` ("step 12", "step 7 (epoch 2)") and the learning rate; the
-    run stops without saving, so its last checkpoint is the last good one.
+    run stops without saving, so its last checkpoint is the last good one. The advice names the
+    loop's `warmup_flag` where it has one.
     """
     bad = "loss" if not math.isfinite(loss) else "gradient norm" if not math.isfinite(grad_norm or 0.0) else None
     if bad:
         raise UserError(f"non-finite {bad} at {where} (lr {lr:.2e}); stopped without saving; the last good "
-                        f"checkpoint is {latest} (if any). Try a lower --lr or a longer --warmup")
+                        f"checkpoint is {latest} (if any). Try a lower --lr"
+                        + (f" or a longer {warmup_flag}" if warmup_flag else ""))
 
 
 class RunFolder:
