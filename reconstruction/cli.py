@@ -30,7 +30,7 @@ from medgmae_plans.runtime import (UserError, add_common_flags, check_range, che
                                    write_run_json)
 from medgmae_plans.validate import write_image
 from medgmae_trainers.networks.pretrained import check_normalisation
-from medgmae_trainers.run import resolve_device
+from medgmae_trainers.run import DEVICE_HELP, resolve_device
 
 from .fbp import analytic_reconstruction
 from .fit import FitSettings, fit
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random views per iteration, >= 1 (default: all for parallel, 8 for cone)")
     p.add_argument("--source-distance", type=float, default=None, help="cone beam: source to axis, voxels, > 0")
     p.add_argument("--stop-at-targets", action="store_true", help="stop once PSNR 35 dB and SSIM 0.90 are reached")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads, >= 1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder (default ./reconstruct_<volume name>)")

@@ -25,6 +25,7 @@ def _geometry_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from ..networks.presets import PRESETS
+    from ..run import DEVICE_HELP
     from .trainer import TrainSettings as D  # the run defaults live there; the flags restate none of them
 
     p = argparse.ArgumentParser(prog="medgmae_classify", description=__doc__)
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--flip", type=float, default=D.flip,
                    help=f"left-right flip probability in training, in [0, 1] (default {D.flip:g})")
     t.add_argument("--seed", type=int, default=D.seed, help=f"random seed (default {D.seed})")
-    t.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto: cuda when available (default auto)")
+    t.add_argument("--device", default="auto", help=DEVICE_HELP)
     t.add_argument("--workers", type=int, default=D.workers,
                    help=f"DataLoader worker processes, >= 0 (default {D.workers})")
     t.add_argument("--val-every", type=int, default=D.val_every,
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", type=Path, required=True, help="training run folder or its checkpoint_final.pt")
     pr.add_argument("--split", default="valid", choices=[*SPLITS, "all"])
     pr.add_argument("--out", type=Path, help="CSV (default <model>/<split>/predictions.csv)")
-    pr.add_argument("--device", default="auto")
+    pr.add_argument("--device", default="auto", help=DEVICE_HELP)
     pr.add_argument("-np", "--preprocess-workers", type=int, default=1, help="processes for preprocessing, >= 1")
     add_common_flags(pr)
 

@@ -17,6 +17,7 @@ CONVERTED = {"oasis": "OASIS", "ixi": "IXI"}  # `convert WHICH` -> the dataset i
 
 def build_parser() -> argparse.ArgumentParser:
     from ..networks.presets import PRESETS
+    from ..run import DEVICE_HELP
     from .dataset import EVAL_SPLITS
     from .network import NETWORKS
     from .trainer import TrainSettings as D  # the run defaults live there; the flags restate none of them
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ncc-kernel", type=int, default=D.ncc_kernel,
                    help=f"local NCC window edge, odd, >= 1 (default {D.ncc_kernel})")
     t.add_argument("--seed", type=int, default=D.seed, help=f"random seed (default {D.seed})")
-    t.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto: cuda when available (default auto)")
+    t.add_argument("--device", default="auto", help=DEVICE_HELP)
     t.add_argument("--val-every", type=int, default=D.val_every,
                    help=f"validate every N steps, >= 0 (0: only at the end; default {D.val_every})")
     t.add_argument("--save-every", type=int, default=D.save_every, help=f">= 1 (default {D.save_every})")
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("-d", "--dataset", default="Phantom")
     pr.add_argument("--split", default="test", choices=EVAL_SPLITS)
     pr.add_argument("--out", type=Path, help="folder (default <model>/<split>)")
-    pr.add_argument("--device", default="auto")
+    pr.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_common_flags(pr)
 
     e = sub.add_parser("evaluate", help="Dice per structure, mean Dice, %% det(J)<=0, endpoint error")

@@ -17,15 +17,15 @@ every resumable run needs, in this order (`session.RunFolder` holds the folder's
 which maps `Interrupted` to its code for every command; atomic writing is `medgmae_plans.atomic`.
 """
 from .checkpoint import FINAL, LATEST, load_checkpoint, restore_training, training_state
+from .device import DEVICE_HELP, resolve_device
 from .metrics import MetricsLog
-from .device import resolve_device
 from .optim import NO_DECAY, lr_lambda, no_decay, param_groups, polynomial_decay
 from .precision import bf16_autocast, native_cpu_bf16
 from .resume import RUN_ONLY, check_settings, resume_state
 from .rng import capture_rng, restore_rng
 from .session import RunFolder, check_finite
 
-__all__ = ["FINAL", "LATEST", "MetricsLog", "NO_DECAY", "RUN_ONLY", "RunFolder", "bf16_autocast", "capture_rng",
-           "check_finite", "check_settings", "load_checkpoint", "lr_lambda", "native_cpu_bf16", "no_decay",
-           "param_groups", "polynomial_decay", "resolve_device", "restore_rng", "restore_training", "resume_state",
-           "training_state"]
+__all__ = ["DEVICE_HELP", "FINAL", "LATEST", "MetricsLog", "NO_DECAY", "RUN_ONLY", "RunFolder", "bf16_autocast",
+           "capture_rng", "check_finite", "check_settings", "load_checkpoint", "lr_lambda", "native_cpu_bf16",
+           "no_decay", "param_groups", "polynomial_decay", "resolve_device", "restore_rng", "restore_training",
+           "resume_state", "training_state"]

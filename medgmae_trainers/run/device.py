@@ -10,6 +10,10 @@ _CHECKED = {"cuda": ("CUDA", lambda: torch.cuda.is_available()),
             "mps": ("Apple MPS", lambda: torch.backends.mps.is_available())}
 
 
+# The --help of a command's --device flag (default "auto"), as `resolve_device` reads it.
+DEVICE_HELP = "cpu, cuda, cuda:N, or auto: cuda when available (default auto)"
+
+
 def resolve_device(name: str | None, flag: str = "--device") -> torch.device:
     """`name` as a torch device: "auto" or None is cuda when a GPU is visible, else cpu.
 
