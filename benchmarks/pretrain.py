@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from medgmae_trainers.networks import DECODER_TYPES, build_networks, network_config
+from medgmae_trainers.networks import DECODER_TYPES, PRESETS, build_networks, network_config
 from medgmae_trainers.pretrain.checkpoint import load_checkpoint
 from medgmae_trainers.pretrain.model import PretrainModel
 from medgmae_trainers.pretrain.trainer import param_groups
@@ -100,7 +100,7 @@ def crops_per_second(cases, args) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="tiny", choices=("tiny", "base", "paper"))
+    p.add_argument("--preset", default="tiny", choices=list(PRESETS))
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("-d", "--dataset", action="append", default=[], help="preprocessed dataset for real crops")
     p.add_argument("--batch-size", type=int, default=2)

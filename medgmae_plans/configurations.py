@@ -47,6 +47,14 @@ CONFIGURATIONS = {
 }
 DEFAULT_CONFIGURATION = "3d_fullres"
 
+# The ViT patches UNETR decodes (`medgmae_trainers.unetr`: MONAI's four up-steps for 16, three for 12
+# and 8), so the ones pretraining and fine-tuning offer: an encoder is pretrained to be fine-tuned.
+SUPPORTED_PATCHES = (8, 12, 16)
+# ViT-B, the paper's fine-tuning encoder, in ViT3D's keywords: the `base` preset's encoder
+# (`medgmae_trainers.networks.presets`), ViT3D's and UNETR's defaults, and the UNETR the plans name
+# (`planner.UNETR_ARCH_KWARGS`, in MONAI's keywords).
+VIT_B = {"embed_dim": 768, "depth": 12, "num_heads": 12, "mlp_ratio": 4.0}
+
 
 def geometry(name: str) -> Geometry:
     """The configuration called `name`; a `UserError` listing the known ones otherwise."""

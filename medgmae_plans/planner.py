@@ -38,7 +38,7 @@ from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 
 from .runtime.atomic import atomic_path, write_json_atomic
 from .constants import HU_WINDOW
-from .configurations import DEFAULT_CONFIGURATION, PLANS_NAME, Geometry, geometry
+from .configurations import DEFAULT_CONFIGURATION, PLANS_NAME, VIT_B, Geometry, geometry
 
 BATCH_SIZE = 2
 
@@ -53,8 +53,10 @@ WINDOW_INTENSITY_PROPERTIES = {
     "max": HU_WINDOW[1],
 }
 
-# The paper's ViT-B UNETR; `unetr_architecture` puts in the configuration's patch and token patch.
-UNETR_ARCH_KWARGS = {"hidden_size": 768, "mlp_dim": 3072, "num_layers": 12, "num_heads": 12, "feature_size": 16,
+# The paper's ViT-B UNETR (`configurations.VIT_B` in MONAI's keywords); `unetr_architecture` puts in the
+# configuration's patch and token patch.
+UNETR_ARCH_KWARGS = {"hidden_size": VIT_B["embed_dim"], "mlp_dim": int(VIT_B["embed_dim"] * VIT_B["mlp_ratio"]),
+                     "num_layers": VIT_B["depth"], "num_heads": VIT_B["num_heads"], "feature_size": 16,
                      "norm_name": "instance", "dropout_rate": 0.0}
 
 

@@ -37,9 +37,10 @@ import torch
 import torch.nn as nn
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 
+from medgmae_plans.configurations import SUPPORTED_PATCHES, VIT_B
+
 from .networks import ViT3D
 
-SUPPORTED_PATCHES = (8, 12, 16)
 LAST_UP_STEP = {8: 2, 12: 3}  # patches without the 8g skip: stride of the up-step onto the image features
 
 
@@ -64,7 +65,8 @@ class UNETR(nn.Module):
     """
 
     def __init__(self, in_channels: int, num_classes: int, img_size: int = 96, patch_size: int = 16,
-                 hidden_size: int = 768, num_layers: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
+                 hidden_size: int = VIT_B["embed_dim"], num_layers: int = VIT_B["depth"],
+                 num_heads: int = VIT_B["num_heads"], mlp_ratio: float = VIT_B["mlp_ratio"],
                  feature_size: int = 16, norm_name: str | tuple = "instance", drop_path_rate: float = 0.0):
         super().__init__()
         if patch_size not in SUPPORTED_PATCHES:
@@ -116,9 +118,10 @@ class UNETR(nn.Module):
 
 
 def build_unetr(input_channels: int, num_classes: int, img_size: Sequence[int] | int = (96, 96, 96),
-                patch_size: int = 16, hidden_size: int = 768, mlp_dim: int = 3072, num_layers: int = 12,
-                num_heads: int = 12, feature_size: int = 16, norm_name: str = "instance", dropout_rate: float = 0.0,
-                drop_path_rate: float = 0.0, deep_supervision: bool = False) -> UNETR:
+                patch_size: int = 16, hidden_size: int = VIT_B["embed_dim"],
+                mlp_dim: int = int(VIT_B["embed_dim"] * VIT_B["mlp_ratio"]), num_layers: int = VIT_B["depth"],
+                num_heads: int = VIT_B["num_heads"], feature_size: int = 16, norm_name: str = "instance",
+                dropout_rate: float = 0.0, drop_path_rate: float = 0.0, deep_supervision: bool = False) -> UNETR:
     """nnU-Net's network entry: the plans' MONAI UNETR keywords -> `UNETR` (no deep supervision).
 
     `mlp_dim` must be a multiple of `hidden_size` (ViT3D takes an MLP ratio). `dropout_rate` must be 0:

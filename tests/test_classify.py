@@ -333,9 +333,9 @@ def test_train_predict_evaluate_and_exact_resume(findings_env, monkeypatch, tmp_
     (folder,) = pre.iterdir()
     assert np.load(next(folder.glob("*.npy")), mmap_mode="r").shape == (16, 32, 32)
     # Interrupted (Ctrl-C) right after epoch 1 was saved, then resumed: the uninterrupted run's weights.
-    from medgmae_trainers.classification import trainer
+    from medgmae_trainers.run import session
 
-    real_save = trainer.save_torch_atomic
+    real_save = session.save_torch_atomic  # the run core writes checkpoint_latest.pt
 
     def save_then_interrupt(obj, path):
         real_save(obj, path)
@@ -343,7 +343,7 @@ def test_train_predict_evaluate_and_exact_resume(findings_env, monkeypatch, tmp_
             raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(trainer, "save_torch_atomic", save_then_interrupt)
+        m.setattr(session, "save_torch_atomic", save_then_interrupt)
         assert _train(env, monkeypatch, tmp_path / "resumed", "--epochs", "2") == 130
     assert _train(env, monkeypatch, tmp_path / "resumed", "--epochs", "2") == 2  # refuses to overwrite
     assert _train(env, monkeypatch, tmp_path / "resumed", "--epochs", "3", "--resume") == 2  # other settings

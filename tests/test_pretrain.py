@@ -14,7 +14,7 @@ from medgmae_trainers.networks import build_networks, network_config
 from medgmae_trainers.pretrain import trainer as trainer_mod
 from medgmae_trainers.pretrain.model import PretrainModel, masked_mse, visible_mean_mse
 from medgmae_trainers.pretrain.trainer import PretrainSettings, lr_lambda, pretrain
-from medgmae_plans.runtime import UserError
+from medgmae_plans.runtime import Interrupted, UserError
 from preprocessing.pretrain_sampling import (CropChunks, SamplingConfig, crop_centres, extract_crop,
                                              in_memory_case, iterate_batches)
 
@@ -213,7 +213,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, decoder, how)
 
     monkeypatch.setattr(trainer_mod, "iterate_batches", interrupted)
     if how == "signal":
-        with pytest.raises(trainer_mod.Interrupted) as stop:
+        with pytest.raises(Interrupted) as stop:
             pretrain(settings(tmp_path / "resumed", decoder=decoder, save_every=3), cases())
         assert stop.value.code == 128 + signal.SIGTERM
         assert torch.load(tmp_path / "resumed" / "checkpoint_latest.pt", weights_only=False)["step"] == 5

@@ -30,36 +30,56 @@ def _same_weights(a_path, b_path):
         assert torch.equal(a[key], b[key]), key
 
 
-def _sigterm_at(calls: int, real):
-    """`real`, wrapped so that its `calls`-th call sends this process SIGTERM first (as a scheduler would)."""
+def _stop_at(calls: int, real, how: str):
+    """`real`, wrapped so that its `calls`-th call stops the run first: `signal` sends this process
+    SIGTERM (as a scheduler would: the loop finishes that step, saves and raises `Interrupted`),
+    `crash` dies there without saving (as SIGKILL would: the latest checkpoint is the last periodic one)."""
     count = {"n": 0}
 
     def wrapped(*args, **kwargs):
         count["n"] += 1
         if count["n"] == calls:
+            if how == "crash":
+                raise RuntimeError("killed")
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
     return wrapped
 
 
-# --- the three loops: stopped by SIGTERM, resumed, the same as never stopped --------------------------
+def _stopped(how: str, train, match: str = ""):
+    """Run `train` (wrapped by `_stop_at`) to its stop: SIGTERM exits 128 + 15, a crash is the crash."""
+    if how == "crash":
+        with pytest.raises(RuntimeError, match="killed"):
+            train()
+        return
+    with pytest.raises(Interrupted, match=match) as stop:
+        train()
+    assert stop.value.code == 128 + signal.SIGTERM
 
-def test_pretraining_resumes_bit_for_bit_after_sigterm(tmp_path, monkeypatch):
+
+def _resumed_as_straight(straight, resumed, key: str, rows: list[int]):
+    """The resumed run ends with the uninterrupted run's weights, and its metrics hold each row once."""
+    _same_weights(straight / run.FINAL, resumed / run.FINAL)
+    assert [json.loads(line)[key] for line in (resumed / "metrics.jsonl").read_text().splitlines()] == rows
+
+
+# --- the three loops: stopped by SIGTERM or a crash, resumed, the same as never stopped -----------------
+
+@pytest.mark.parametrize("how, calls, saved_at", [("signal", 2, 2), ("crash", 3, 2)])
+def test_pretraining_resumes_bit_for_bit(tmp_path, monkeypatch, how, calls, saved_at):
     from medgmae_trainers.pretrain import trainer
 
     kw = dict(decoder="voxel", steps=4, save_every=2, log_every=1)
     trainer.pretrain(pretrain_settings(tmp_path / "straight", **kw), pretrain_cases())
-    with monkeypatch.context() as m:
-        m.setattr(trainer, "train_step", _sigterm_at(2, trainer.train_step))  # during step 2: saved after it
-        with pytest.raises(Interrupted) as stop:
-            trainer.pretrain(pretrain_settings(tmp_path / "resumed", **kw), pretrain_cases())
-    assert stop.value.code == 128 + signal.SIGTERM
     resumed = tmp_path / "resumed"
+    with monkeypatch.context() as m:  # a signal in step 2 saves after it; a crash in step 3 leaves step 2's
+        m.setattr(trainer, "train_step", _stop_at(calls, trainer.train_step, how))
+        _stopped(how, lambda: trainer.pretrain(pretrain_settings(resumed, **kw), pretrain_cases()),
+                 "at step 2; continue from step 2")
     latest = torch.load(resumed / run.LATEST, weights_only=False)
-    assert latest["step"] == 2 and set(latest["rng"][0]) >= {"torch", "numpy", "python"}
+    assert latest["step"] == saved_at and set(latest["rng"][0]) >= {"torch", "numpy", "python"}
     trainer.pretrain(pretrain_settings(resumed, resume=True, **kw), pretrain_cases())
-    _same_weights(tmp_path / "straight" / run.FINAL, resumed / run.FINAL)
-    assert [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    _resumed_as_straight(tmp_path / "straight", resumed, "step", [1, 2, 3, 4])
 
 
 def _classification_data(tmp_path):
@@ -68,7 +88,7 @@ def _classification_data(tmp_path):
 
     rng = np.random.default_rng(0)
     folder = tmp_path / "volumes"
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     cases = [f"case_{i}" for i in range(4)]
     for case in cases:
         np.save(folder / f"{case}.npy", rng.random((16, 16, 16)).astype(np.float16))
@@ -77,53 +97,105 @@ def _classification_data(tmp_path):
     return table, folder, geometry
 
 
-def test_classification_resumes_bit_for_bit_after_sigterm(tmp_path, monkeypatch):
+def _classification_settings(tmp_path, out, **kw):
+    from medgmae_trainers.classification import trainer
+
+    table, folder, geometry = _classification_data(tmp_path)  # the same volumes for every run
+    ckpt = tmp_path / "pretrained.pt"
+    if not ckpt.exists():
+        _pretrain_checkpoint(ckpt)
+    # flip draws from torch's RNG, so only a restored RNG repeats epoch 2's flips
+    return trainer.TrainSettings(dataset="toy", pretrained=str(ckpt), epochs=2, batch_size=2, flip=0.5,
+                                 geometry=geometry, out=str(out), pbar=False, **kw), table, folder
+
+
+@pytest.mark.parametrize("how", ["signal", "crash"])
+def test_classification_resumes_bit_for_bit(tmp_path, monkeypatch, how):
     from medgmae_trainers.classification import data, trainer
 
-    table, folder, geometry = _classification_data(tmp_path)
-    ckpt = _pretrain_checkpoint(tmp_path / "pretrained.pt")
-
-    def settings(out):  # flip draws from torch's RNG, so only a restored RNG repeats epoch 2's flips
-        return trainer.TrainSettings(dataset="toy", pretrained=str(ckpt), epochs=2, batch_size=2, flip=0.5,
-                                     geometry=geometry, out=str(out), pbar=False)
-
-    trainer.train(settings(tmp_path / "straight"), table, folder)
-    with monkeypatch.context() as m:  # SIGTERM while epoch 2 loads its first case: stops after that batch
-        m.setattr(data, "load_volume", _sigterm_at(5, data.load_volume))
-        with pytest.raises(Interrupted, match="in epoch 2; continue from epoch 1") as stop:
-            trainer.train(settings(tmp_path / "resumed"), table, folder)
-    assert stop.value.code == 128 + signal.SIGTERM
-    resumed = tmp_path / "resumed"
-    assert torch.load(resumed / run.LATEST, weights_only=False)["epoch"] == 1
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    trainer.train(*_classification_settings(tmp_path, straight))
+    s, table, folder = _classification_settings(tmp_path, resumed)
+    with monkeypatch.context() as m:  # while epoch 2 loads its first case: a signal stops after that batch
+        m.setattr(data, "load_volume", _stop_at(5, data.load_volume, how))
+        _stopped(how, lambda: trainer.train(s, table, folder), "in epoch 2; continue from epoch 1")
+    assert torch.load(resumed / run.LATEST, weights_only=False)["epoch"] == 1  # either way: epoch 2 is redone
     with pytest.raises(UserError, match=r"\['epochs'\]"):  # another length is another run
-        trainer.train(trainer.TrainSettings(**{**asdict(settings(resumed)), "epochs": 3}), table, folder, resume=True)
-    trainer.train(settings(resumed), table, folder, resume=True)
-    _same_weights(tmp_path / "straight" / run.FINAL, resumed / run.FINAL)
-    assert [json.loads(line)["epoch"] for line in (resumed / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+        trainer.train(trainer.TrainSettings(**{**asdict(s), "epochs": 3}), table, folder, resume=True)
+    trainer.train(s, table, folder, resume=True)
+    _resumed_as_straight(straight, resumed, "epoch", [1, 2])
 
 
-def test_registration_exits_143_on_sigterm_and_resumes_bit_for_bit(nnunet_env, tmp_path, monkeypatch):
-    from medgmae_trainers.registration import losses
-    from medgmae_trainers.registration.cli import main as register
+def _registration_settings(nnunet_env, out, **kw):
+    from medgmae_trainers.registration import trainer
     from medgmae_trainers.registration.phantom_pairs import build_phantom_pairs
 
     root = build_phantom_pairs(nnunet_env["nnUNet_raw"], pbar=False, log=lambda *a: None, **TINY)
-    args = ["train", "-d", str(root), "--network", "voxelmorph", "--ncc-kernel", "5", "--lr", "1e-3", "--no-pbar",
-            "--steps", "3", "--val-every", "0", "--save-every", "3"]
-    assert register([*args, "--out", str(tmp_path / "straight")]) == 0
-    with monkeypatch.context() as m:
-        m.setattr(losses.RegistrationLoss, "forward", _sigterm_at(2, losses.RegistrationLoss.forward))
-        assert register([*args, "--out", str(tmp_path / "resumed")]) == 128 + signal.SIGTERM
-    latest = tmp_path / "resumed" / run.LATEST
+    return trainer.TrainSettings(dataset=str(root), network="voxelmorph", ncc_kernel=5, lr=1e-3, steps=4,
+                                 val_every=0, save_every=2, out=str(out), pbar=False, **kw)
+
+
+@pytest.mark.parametrize("how, saved_at", [("signal", 3), ("crash", 2)])
+def test_registration_resumes_bit_for_bit(nnunet_env, tmp_path, monkeypatch, how, saved_at):
+    from medgmae_trainers.registration import losses, trainer
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    trainer.train(_registration_settings(nnunet_env, straight))
+    with monkeypatch.context() as m:  # in step 3: a signal saves after it, a crash leaves step 2's checkpoint
+        m.setattr(losses.RegistrationLoss, "forward", _stop_at(3, losses.RegistrationLoss.forward, how))
+        _stopped(how, lambda: trainer.train(_registration_settings(nnunet_env, resumed)),
+                 "at step 3; continue from step 3")
+    latest = resumed / run.LATEST
     state = torch.load(latest, weights_only=False)
-    assert state["step"] == 2 and "rng" in state
-    # Checkpoints written before the RNG was saved (the old format) still resume, and exactly.
-    del state["rng"]
-    torch.save(state, latest)
-    assert register([*args, "--out", str(tmp_path / "resumed"), "--resume"]) == 0
-    _same_weights(tmp_path / "straight" / run.FINAL, tmp_path / "resumed" / run.FINAL)
-    rows = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
-    assert rows == [1, 2, 3]
+    assert state["step"] == saved_at and "rng" in state
+    if how == "crash":  # checkpoints written before the RNG was saved (the old format) resume too, and exactly
+        del state["rng"]
+        torch.save(state, latest)
+    trainer.train(_registration_settings(nnunet_env, resumed), resume=True)
+    _resumed_as_straight(straight, resumed, "step", [1, 2, 3, 4])
+
+
+# --- a non-finite loss or gradient: one line naming the step and lr, exit 2, no final checkpoint ----------
+
+def _poisoned(build, what: str):
+    """`build` (a loop's model builder), wrapped so that the model's first training step has a NaN loss
+    (NaN inputs), or an infinite gradient under a finite loss."""
+    def wrapped(*args, **kwargs):
+        model, info = build(*args, **kwargs)
+        if what == "loss":
+            model.register_forward_pre_hook(lambda module, inputs: tuple(a * float("nan") for a in inputs))
+        else:
+            first = next(p for p in model.parameters() if p.requires_grad)
+            first.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+        return model, info
+    return wrapped
+
+
+def _exits_2_in_one_line(train, capsys, message: str):
+    assert cli_entry(lambda argv: train())([]) == 2
+    err = capsys.readouterr().err  # the run's log above it, then the error: one line, no traceback
+    assert message in err.strip().splitlines()[-1] and "(lr " in err.strip().splitlines()[-1]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("what", ["loss", "gradient norm"])
+def test_classification_stops_on_a_non_finite_step(tmp_path, monkeypatch, capsys, what):
+    from medgmae_trainers.classification import trainer
+
+    monkeypatch.setattr(trainer, "build_classifier", _poisoned(trainer.build_classifier, what))
+    s, table, folder = _classification_settings(tmp_path, tmp_path / "run")
+    _exits_2_in_one_line(lambda: trainer.train(s, table, folder), capsys, f"non-finite {what} at step 1 (epoch 1)")
+    assert not (tmp_path / "run" / run.FINAL).exists() and not (tmp_path / "run" / run.LATEST).exists()
+
+
+@pytest.mark.parametrize("what", ["loss", "gradient norm"])
+def test_registration_stops_on_a_non_finite_step(nnunet_env, tmp_path, monkeypatch, capsys, what):
+    from medgmae_trainers.registration import trainer
+
+    monkeypatch.setattr(trainer, "build_model", _poisoned(trainer.build_model, what))
+    s = _registration_settings(nnunet_env, tmp_path / "run")
+    _exits_2_in_one_line(lambda: trainer.train(s), capsys, f"non-finite {what} at step 1 (pair ")
+    assert not (tmp_path / "run" / run.FINAL).exists() and not (tmp_path / "run" / run.LATEST).exists()
 
 
 def test_every_command_exits_128_plus_the_signal():
@@ -238,3 +310,38 @@ def test_rng_state_includes_every_cuda_device_when_cuda_exists(monkeypatch):
     restored.clear()
     run.restore_rng({**state, "cuda": device_states[1]})
     assert restored == [(device_states[1], "cuda")]
+
+
+# --- the --device flag -----------------------------------------------------------------------------------
+
+def test_one_reading_of_the_device_flag(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert run.resolve_device("auto") == run.resolve_device(None) == torch.device("cpu")
+    assert run.resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(UserError, match="^--device cuda: no CUDA device is available$"):
+        run.resolve_device("cuda")
+    with pytest.raises(UserError, match="^-device cuda:1: no CUDA device"):  # the flag as the command spells it
+        run.resolve_device("cuda:1", "-device")
+    with pytest.raises(UserError, match="^--device 'gpu': not a torch device"):
+        run.resolve_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert run.resolve_device("auto") == torch.device("cuda") and run.resolve_device("cuda:1") == torch.device("cuda:1")
+
+
+# --- the commands' defaults are the settings' ------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["classification", "registration"])
+def test_train_flags_default_to_the_settings_fields(command):
+    import dataclasses
+    import importlib
+
+    cli = importlib.import_module(f"medgmae_trainers.{command}.cli")
+    settings = importlib.import_module(f"medgmae_trainers.{command}.trainer").TrainSettings
+    args = vars(cli.build_parser().parse_args(["train", "x", "--init", "scratch"] if command == "classification"
+                                             else ["train", "--init", "scratch"]))
+    flag_of = {"n_boot": "bootstrap"}  # fields whose flag is named otherwise
+    # device: the commands pick cuda when there is one ("auto"); the dataclass, for library callers, cpu
+    checked = [f for f in dataclasses.fields(settings) if f.default is not dataclasses.MISSING
+               and f.name not in ("device", "out", "pbar", "pretrained")]
+    assert checked and all(args[flag_of.get(f.name, f.name)] == f.default for f in checked), \
+        {f.name: (args.get(flag_of.get(f.name, f.name)), f.default) for f in checked}

@@ -13,7 +13,7 @@ from medgmae_plans.runtime.paths import nnunet_folder
 from medgmae_plans.runtime import (UserError, add_common_flags, check_range, check_writable, cli_entry, setup_run_log,
                                    write_run_json)
 
-from preprocessing.layouts.classification import LABELS_CSV, LabelTable, read_labels
+from preprocessing.layouts.classification import LABELS_CSV, SPLITS, LabelTable, read_labels
 
 from .data import Geometry, ensure_preprocessed, preprocessed_folder
 
@@ -30,6 +30,10 @@ def _geometry_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..networks.presets import PRESETS
+    from ..run import DEVICE_HELP
+    from .trainer import TrainSettings as D  # the run defaults live there; the flags restate none of them
+
     p = argparse.ArgumentParser(prog="medgmae_classify", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -38,19 +42,25 @@ def build_parser() -> argparse.ArgumentParser:
     init = t.add_mutually_exclusive_group(required=True)
     init.add_argument("--pretrained", type=Path, help="pretraining checkpoint_final.pt")
     init.add_argument("--init", choices=["scratch"], help="random initialisation")
-    t.add_argument("--preset", default="tiny", choices=["tiny", "base", "paper"], help="encoder for --init scratch")
-    t.add_argument("--fraction", type=float, default=1.0, help="share of training cases, in (0, 1] (nested, seeded)")
-    t.add_argument("--epochs", type=int, default=100, help=">= 1")
-    t.add_argument("--batch-size", type=int, default=2, help=">= 1")
-    t.add_argument("--lr", type=float, default=3e-4, help="> 0")
-    t.add_argument("--weight-decay", type=float, default=0.05, help=">= 0")
-    t.add_argument("--warmup-epochs", type=float, default=5.0, help=">= 0")
-    t.add_argument("--flip", type=float, default=0.5, help="left-right flip probability in training, in [0, 1]")
-    t.add_argument("--seed", type=int, default=41)
-    t.add_argument("--device", default="auto", help="cpu, cuda, or auto")
-    t.add_argument("--workers", type=int, default=0, help="DataLoader worker processes, >= 0")
-    t.add_argument("--val-every", type=int, default=1, help="validate every N epochs, N >= 1")
-    t.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the final evaluation, >= 1")
+    t.add_argument("--preset", default=D.preset, choices=list(PRESETS),
+                   help=f"encoder for --init scratch (default {D.preset})")
+    t.add_argument("--fraction", type=float, default=D.fraction,
+                   help=f"share of training cases, in (0, 1] (nested, seeded; default {D.fraction:g})")
+    t.add_argument("--epochs", type=int, default=D.epochs, help=f">= 1 (default {D.epochs})")
+    t.add_argument("--batch-size", type=int, default=D.batch_size, help=f">= 1 (default {D.batch_size})")
+    t.add_argument("--lr", type=float, default=D.lr, help=f"> 0 (default {D.lr:g})")
+    t.add_argument("--weight-decay", type=float, default=D.weight_decay, help=f">= 0 (default {D.weight_decay:g})")
+    t.add_argument("--warmup-epochs", type=float, default=D.warmup_epochs, help=f">= 0 (default {D.warmup_epochs:g})")
+    t.add_argument("--flip", type=float, default=D.flip,
+                   help=f"left-right flip probability in training, in [0, 1] (default {D.flip:g})")
+    t.add_argument("--seed", type=int, default=D.seed, help=f"random seed (default {D.seed})")
+    t.add_argument("--device", default="auto", help=DEVICE_HELP)
+    t.add_argument("--workers", type=int, default=D.workers,
+                   help=f"DataLoader worker processes, >= 0 (default {D.workers})")
+    t.add_argument("--val-every", type=int, default=D.val_every,
+                   help=f"validate every N epochs, N >= 1 (default {D.val_every})")
+    t.add_argument("--bootstrap", type=int, default=D.n_boot,
+                   help=f"bootstrap resamples for the final evaluation, >= 1 (default {D.n_boot})")
     t.add_argument("--out", type=Path, help="run folder (default $nnUNet_results/MedGMAE_classify/<dataset>/<run>)")
     t.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint_latest.pt")
     _geometry_flags(t)
@@ -59,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="write per-case probabilities as CSV")
     pr.add_argument("dataset")
     pr.add_argument("--model", type=Path, required=True, help="training run folder or its checkpoint_final.pt")
-    pr.add_argument("--split", default="valid", choices=["train", "valid", "all"])
+    pr.add_argument("--split", default="valid", choices=[*SPLITS, "all"])
     pr.add_argument("--out", type=Path, help="CSV (default <model>/<split>/predictions.csv)")
-    pr.add_argument("--device", default="auto")
+    pr.add_argument("--device", default="auto", help=DEVICE_HELP)
     pr.add_argument("-np", "--preprocess-workers", type=int, default=1, help="processes for preprocessing, >= 1")
     add_common_flags(pr)
 
@@ -95,16 +105,6 @@ def _dataset(text: str) -> tuple[str, Path, LabelTable]:
     return name, raw / name, read_labels(labels)
 
 
-def _device(text: str):
-    import torch
-
-    if text == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if text.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available")
-    return text
-
-
 def _preprocess(name: str, raw: Path, table: LabelTable, geometry: Geometry, workers: int, pbar: bool, log) -> Path:
     folder = preprocessed_folder(nnunet_folder("nnUNet_preprocessed"), name, geometry)
     return ensure_preprocessed(raw, folder, table, geometry, workers=workers, pbar=pbar, log=log)
@@ -128,6 +128,7 @@ def _check_train_ranges(args) -> None:
 
 
 def _train(args) -> int:
+    from ..run import resolve_device
     from .trainer import TrainSettings, train
 
     _check_train_ranges(args)
@@ -141,7 +142,8 @@ def _train(args) -> int:
     s = TrainSettings(dataset=name, pretrained=str(args.pretrained.resolve()) if args.pretrained else None,
                       preset=args.preset, fraction=args.fraction, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, flip=args.flip,
-                      seed=args.seed, device=_device(args.device), workers=args.workers, val_every=args.val_every,
+                      seed=args.seed, device=str(resolve_device(args.device)), workers=args.workers,
+                      val_every=args.val_every,
                       n_boot=args.bootstrap, geometry=geometry.to_json(), out=str(out), pbar=not args.no_pbar)
     results = train(s, table, folder, resume=args.resume)
     print(f"{out}: valid macro AUROC {results.get('val_macro_auroc')} (95% CI {results.get('val_macro_ci')})")
@@ -149,14 +151,13 @@ def _train(args) -> int:
 
 
 def _predict(args) -> int:
-    import torch
-
+    from ..run import resolve_device
     from .evaluate import write_predictions
     from .trainer import load_trained, predict_probs
 
     check_range("-np", args.preprocess_workers, 1)
     name, raw, table = _dataset(args.dataset)
-    device = torch.device(_device(args.device))
+    device = resolve_device(args.device)
     model, ckpt = load_trained(args.model, device)
     if ckpt["classes"] != table.classes:
         raise UserError(f"{args.model}: trained on classes {ckpt['classes']}, {name} has {table.classes}")

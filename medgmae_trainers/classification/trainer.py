@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from medgmae_plans.runtime.atomic import save_torch_atomic
-from medgmae_plans.runtime import Interrupted, StopSignals, UserError, progress, setup_run_log, write_run_json
+from medgmae_plans.runtime import StopSignals, UserError, progress, setup_run_log, write_run_json
 
 from .. import run
 from preprocessing.layouts.classification import LabelTable
@@ -74,8 +74,11 @@ def predict_probs(model: Classifier, folder: Path, cases, num_classes: int, devi
 
 
 def train_one_epoch(model: Classifier, ds: VolumeDataset, opt, sched, device: torch.device, epoch: int,
-                    s: TrainSettings, stop: StopSignals) -> list[float]:
-    """One pass over the training cases in the epoch's own order; returns the batches' losses."""
+                    s: TrainSettings, stop: StopSignals, run_dir: run.RunFolder) -> list[float]:
+    """One pass over the training cases in the epoch's own order; returns the batches' losses.
+
+    A non-finite loss or gradient stops the run (`run.check_finite`, exit 2, nothing saved); a signal
+    stops it after the batch (`Interrupted`)."""
     model.train()
     gen = torch.Generator().manual_seed(s.seed * 100003 + epoch)  # the case order is a function of the epoch
     loader = torch.utils.data.DataLoader(ds, batch_size=s.batch_size, shuffle=True, generator=gen,
@@ -86,17 +89,16 @@ def train_one_epoch(model: Classifier, ds: VolumeDataset, opt, sched, device: to
         with run.bf16_autocast(device):
             logits = model(x)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y)  # one sigmoid a finding
-        if not torch.isfinite(loss):
-            raise UserError(f"non-finite loss at epoch {epoch + 1}; lower --lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        run.check_finite(f"step {sched.last_epoch + 1} (epoch {epoch + 1})", sched.get_last_lr()[0],
+                         run_dir.latest, loss.item(), grad_norm.item(), "--warmup-epochs")
         opt.step()
         sched.step()
         losses.append(loss.item())
         if stop.signum:  # mid-epoch: a resumed run redoes this epoch from the checkpoint of the one before
-            saved = f"continue from epoch {epoch} with --resume" if epoch else "no epoch had finished, none saved"
-            raise Interrupted(f"interrupted by signal {stop.signum} in epoch {epoch + 1}; {saved}", stop.signum)
+            raise run_dir.interrupted(stop.signum, f"in epoch {epoch + 1}", saved_at=epoch or None)
     return losses
 
 
@@ -114,10 +116,9 @@ def train(s: TrainSettings, table: LabelTable, folder: Path, resume: bool = Fals
     idx = {c: i for i, c in enumerate(train_table.cases)}
     train_labels = train_table.labels[[idx[c] for c in train_cases]]
 
-    latest = out / LATEST
-    state = run.resume_state(latest, resume, FORMAT, WHAT)
-    if resume and state is None:
-        raise UserError(f"--resume: {latest} does not exist")
+    run_dir = run.RunFolder(out, FORMAT, WHAT, resume, log, key="epoch")
+    if resume and run_dir.state is None:
+        raise UserError(f"--resume: {run_dir.latest} does not exist")
     torch.manual_seed(s.seed)
     np.random.seed(s.seed)
     random.seed(s.seed)
@@ -129,13 +130,9 @@ def train(s: TrainSettings, table: LabelTable, folder: Path, resume: bool = Fals
     opt = torch.optim.AdamW(run.param_groups(model, s.weight_decay), lr=s.lr, betas=(0.9, 0.999))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, run.lr_lambda(warmup, steps_per_epoch * s.epochs))
     start_epoch, history = 0, []
-    if state:
-        run.check_settings(latest, state["settings"], asdict(s))
-        run.restore_training(state, model, opt, sched)
-        run.restore_rng(state["rng"])
-        start_epoch, history = state["epoch"], state["history"]
-        log.info(f"resumed from {latest} at epoch {start_epoch}")
-    metrics = run.MetricsLog(out / "metrics.jsonl", start_epoch, key="epoch")
+    if run_dir.state:
+        start_epoch, history = run_dir.restore(model, opt, sched, asdict(s)), run_dir.state["history"]
+    metrics = run_dir.metrics(start_epoch)
     log.info(f"{info['init']} encoder {info['encoder_config']}, token grid {info['token_grid']}; "
              f"{len(train_cases)}/{len(train_table.cases)} training cases (fraction {s.fraction}), "
              f"{len(valid_table.cases)} validation cases, {len(table.classes)} classes")
@@ -144,7 +141,7 @@ def train(s: TrainSettings, table: LabelTable, folder: Path, resume: bool = Fals
     t0 = time.time()
     with StopSignals() as stop:
         for epoch in range(start_epoch, s.epochs):
-            losses = train_one_epoch(model, ds, opt, sched, device, epoch, s, stop)
+            losses = train_one_epoch(model, ds, opt, sched, device, epoch, s, stop, run_dir)
             record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0],
                       "seconds": round(time.time() - t0, 1)}
             if valid_table.cases and ((epoch + 1) % s.val_every == 0 or epoch + 1 == s.epochs):
@@ -155,10 +152,9 @@ def train(s: TrainSettings, table: LabelTable, folder: Path, resume: bool = Fals
             history.append(record)
             metrics.append(record)
             log.info(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
-            save_torch_atomic({"format": FORMAT, **run.training_state(model, opt, sched), "epoch": epoch + 1,
-                               "history": history, "rng": run.capture_rng(), "settings": asdict(s)}, latest)
+            run_dir.save_latest(model, opt, sched, settings=asdict(s), epoch=epoch + 1, history=history)
 
-    final = out / FINAL
+    final = run_dir.final
     save_torch_atomic({"format": FORMAT, "model": model.state_dict(), "classes": table.classes,
                        "geometry": geometry.to_json(), "encoder_config": info["encoder_config"],
                        "token_grid": info["token_grid"], "init": info["init"], "dataset": s.dataset,

@@ -22,12 +22,13 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from medgmae_plans.configurations import CONFIGURATIONS
+from medgmae_plans.configurations import CONFIGURATIONS, SUPPORTED_PATCHES
 from medgmae_plans.constants import FROM_SCRATCH
 from medgmae_plans.runtime import UserError, add_common_flags, check_range, check_writable, cli_entry, setup_run_log
 from preprocessing.collections import check_cases, folder_cases
 
-from ..networks.presets import UNETR_FEATURE_SIZE
+from ..networks.presets import PRESETS, UNETR_FEATURE_SIZE
+from ..run import resolve_device
 from . import EXT_TRAINER_DIR, use_ext_trainers
 from .encoder_loading import check_fits, read_pretrained
 from .fractions import fold_training_cases, num_selected, parse_fraction
@@ -60,10 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="no checkpoint: scratch is UNETR randomly initialised; nnunet is nnU-Net's own "
                            "PlainConvUNet and SGD recipe (lr default "
                            f"{NNUNET_LR:g}) at the same patch and budget, the baseline a user would pick instead")
-    p.add_argument("--preset", choices=("tiny", "base", "paper"),
+    p.add_argument("--preset", choices=list(PRESETS),
                    help=f"encoder sizes; scratch: default {d.preset} (what the plans say); with --pretrained it "
                         f"must match the checkpoint's")
-    p.add_argument("--patch", type=int, choices=(8, 12, 16),
+    p.add_argument("--patch", type=int, choices=SUPPORTED_PATCHES,
                    help="ViT patch size (default: the checkpoint's, or the preset's)")
     p.add_argument("--patch-size", type=int, metavar="N",
                    help="cubic fine-tuning patch in voxels, >= 16 and a multiple of the ViT patch (default: the "
@@ -258,9 +259,7 @@ def _main(argv: Sequence[str] | None) -> int:
     folders = ensure_nnunet_env()
     dataset = resolve_dataset(args.dataset)
     plans = _plans(folders, dataset, args.configuration)
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available")
+    args.device = resolve_device(args.device).type  # cpu or cuda (the flag's choices)
     if args.num_gpus > 1 and args.device != "cuda":
         raise UserError("--num-gpus > 1 needs --device cuda (nnU-Net's DDP is NCCL only)")
     _environment(args.device, args.threads)

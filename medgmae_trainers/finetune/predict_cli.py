@@ -98,21 +98,16 @@ def _folds(given: list[str] | None, model: Path, checkpoint: str) -> list:
     return folds
 
 
-def _device(name: str | None):
+def _predict_device(name: str | None):
+    """The -device flag's device, with nnUNetv2_predict's thread settings: all cores for CPU
+    inference, one thread feeding a GPU."""
     import torch
 
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("-device cuda: no CUDA device is available")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("-device mps: no Apple MPS device is available")
-    # nnUNetv2_predict's thread settings: all cores for CPU inference, one thread feeding a GPU
-    if name == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
-    else:
-        torch.set_num_threads(1)
-    return torch.device(name)
+    from ..run import resolve_device
+
+    device = resolve_device(name, "-device")
+    torch.set_num_threads((os.cpu_count() or 1) if device.type == "cpu" else 1)
+    return device
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -143,7 +138,7 @@ def _main(argv: Sequence[str] | None) -> int:
         trained = sorted(p.name for p in (results / dataset).iterdir() if p.is_dir() and "__" in p.name)
         raise UserError(f"{model}: no such results folder; {dataset} has {', '.join(trained) or 'none'}")
     folds = _folds(args.f, model, args.chk)
-    device = _device(args.device)
+    device = _predict_device(args.device)
 
     predict_folder(model, folds, Path(args.i), Path(args.o), step_size=args.step_size,
                    mirroring=not args.disable_tta, device=device, on_device=not args.not_on_device,

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch.nn as nn
 
+from medgmae_plans.configurations import VIT_B
+
 from .gaussian_decoder import GaussianDecoder, HierarchicalGaussianDecoder
 from .vit import ViT3D
 from .voxel_decoder import VoxelDecoder
@@ -39,8 +41,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                           render_cutoff=RENDER_CUTOFF),
     },
     "base": {
-        "encoder": dict(img_size=96, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
-                        drop_path_rate=0.1),
+        "encoder": dict(img_size=96, patch_size=16, **VIT_B, drop_path_rate=0.1),
         "decoder": dict(dim=384, depth=4, num_heads=12, mlp_ratio=4.0, drop_path_rate=0.0),
         "gaussians": dict(num_gaussians=512, max_scale=0.5, multiplicities=(2, 4), delta_scales=(0.02, 0.05),
                           render_cutoff=RENDER_CUTOFF),

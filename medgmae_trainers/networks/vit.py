@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from medgmae_plans.configurations import VIT_B
+
 from .masking import random_masking
 
 
@@ -140,8 +142,9 @@ class ViT3D(nn.Module):
         embed_dim, depth, num_heads, mlp_ratio, drop_path_rate: the usual ViT sizes.
     """
 
-    def __init__(self, img_size: int = 96, patch_size: int = 16, in_chans: int = 1, embed_dim: int = 768,
-                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0):
+    def __init__(self, img_size: int = 96, patch_size: int = 16, in_chans: int = 1,
+                 embed_dim: int = VIT_B["embed_dim"], depth: int = VIT_B["depth"], num_heads: int = VIT_B["num_heads"],
+                 mlp_ratio: float = VIT_B["mlp_ratio"], drop_path_rate: float = 0.0):
         super().__init__()
         self.config = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
                            depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate)

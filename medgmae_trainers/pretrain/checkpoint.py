@@ -6,7 +6,8 @@ checkpoint_latest.pt (for --resume)          checkpoint_final.pt (for fine-tunin
     world_size, settings
 `model` is the whole PretrainModel (keys `encoder.*`, `decoder.*`). `metadata` is what fine-tuning
 reads: preset, decoder type, patch size, crop size, spacing, normalisation, step, network config.
-Reading, the training state and the RNG states are the shared run core's (`medgmae_trainers.run`).
+The latest one is written by the run core (`run.RunFolder.save_latest`, which the loop gives the
+metadata, step, per-rank RNG and world size), as are reading, the training state and the RNG states.
 """
 from __future__ import annotations
 
@@ -22,14 +23,6 @@ from ..run import FINAL, LATEST  # noqa: F401  (the file names, as this module h
 FORMAT = "medgmae-pretrain/1"
 WHAT = "pretraining checkpoint"
 ENCODER_PREFIX = "encoder."  # PretrainModel's encoder keys: "encoder." + ViT3D's own
-
-
-def save_latest(path: Path, *, model, optimizer, scheduler, step: int, metadata: dict, rng_states: list,
-                settings: dict) -> None:
-    save_torch_atomic({
-        "format": FORMAT, "metadata": {**metadata, "step": step}, **run.training_state(model, optimizer, scheduler),
-        "step": step, "rng": rng_states, "world_size": len(rng_states), "settings": settings,
-    }, path)
 
 
 def save_final(path: Path, *, model, step: int, metadata: dict) -> None:

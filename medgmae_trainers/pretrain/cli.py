@@ -17,9 +17,11 @@ from typing import Sequence
 
 from medgmae_plans.runtime import UserError, add_common_flags, check_writable, cli_entry, write_run_json
 
-from medgmae_plans.configurations import CONFIGURATIONS, geometry
+from medgmae_plans.configurations import CONFIGURATIONS, SUPPORTED_PATCHES, geometry
+from renderer_cupy import BACKENDS
 
 from ..networks import DECODER_TYPES, PRESETS
+from ..run import resolve_device
 from .trainer import RECIPES, PretrainSettings, pretrain
 
 DEFAULTS = PretrainSettings(out="")  # the run defaults live there; the flags below default to None ("not given")
@@ -49,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-scale", type=float,
                    help="largest Gaussian sigma as a fraction of the crop, in (0, 1] (preset default: tiny 0.15, "
                         "else 0.5)")
-    p.add_argument("--patch", type=int, choices=(8, 12, 16), help="ViT patch size (default: the configuration's)")
+    p.add_argument("--patch", type=int, choices=SUPPORTED_PATCHES, help="ViT patch size (default: the configuration's)")
     p.add_argument("--crop-size", type=int,
                    help="cubic crop edge in voxels, a positive multiple of the ViT patch (default: the configuration's)")
     p.add_argument("--mask-ratio", type=float, help=f"fraction of patches masked, in (0, 1) exclusive (default {d.mask_ratio:g})")
@@ -72,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png-every", type=int, help=f"steps between snapshot PNGs, >= 1 (default {d.png_every})")
     p.add_argument("--log-every", type=int, help=f"steps between metrics.jsonl rows, >= 1 (default {d.log_every})")
     p.add_argument("--threads", type=int, help=f"torch CPU threads per process, >= 1 (default {d.threads})")
-    p.add_argument("--render-backend", choices=("auto", "cupy", "cpu", "torch"),
+    p.add_argument("--render-backend", choices=BACKENDS,
                    help=f"Gaussian renderer (default {d.render_backend})")
     p.add_argument("--fp32", action="store_true",
                    help="float32 throughout; default: bf16 autocast of the forward pass on CUDA and on a CPU with "
@@ -84,8 +86,6 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if not args.dataset and not args.images:
         raise UserError("give at least one -d DATASET or --images COLLECTION to pretrain on")
-    import torch
-
     from medgmae_plans.runtime.paths import ensure_nnunet_env
 
     from .data import pretraining_cases
@@ -107,7 +107,7 @@ def _main(argv: Sequence[str] | None) -> int:
         given["pbar"] = False
     if args.resume:
         given["resume"] = True
-    settings = replace(DEFAULTS, **given, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+    settings = replace(DEFAULTS, **given, device=resolve_device(args.device).type,
                        datasets=metadata.get("datasets", []), images=metadata.get("image_collections", []))
     settings.out = str(out)
     results = pretrain(settings, cases, metadata)  # a signal: `Interrupted`, exit 128 + signum (cli_entry)

@@ -7,7 +7,6 @@ data stream of `preprocessing.pretrain_sampling`, sharded by rank); rank 0 write
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 from contextlib import closing
@@ -19,7 +18,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from medgmae_plans.configurations import DEFAULT_CONFIGURATION, geometry
-from medgmae_plans.runtime import Interrupted, StopSignals, UserError, check_range, progress
+from medgmae_plans.runtime import StopSignals, UserError, check_range, progress
 from preprocessing.pretrain_sampling import CropChunks, PretrainCase, SamplingConfig, centre_crop, iterate_batches
 
 from .. import run
@@ -134,8 +133,7 @@ def pretrain(settings: PretrainSettings, cases: Sequence[PretrainCase], metadata
     s = settings.resolved().check()
     if s.threads:
         torch.set_num_threads(s.threads)
-    if s.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is visible to torch")
+    run.resolve_device(s.device)  # a GPU that is not there: one line, before anything starts
     info = setup_distributed(s.device)
     try:
         return _pretrain(s, cases, metadata or {}, info)
@@ -147,8 +145,8 @@ def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dic
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     log = make_logger(out, info)
-    latest, final = out / ckpt.LATEST, out / ckpt.FINAL
-    state = run.resume_state(latest, s.resume, ckpt.FORMAT, ckpt.WHAT)
+    run_dir = run.RunFolder(out, ckpt.FORMAT, ckpt.WHAT, s.resume, log)
+    latest, final = run_dir.latest, run_dir.final
 
     torch.manual_seed(s.seed)  # identical initial weights on every rank
     model, meta = build_model(s, metadata, info.device)
@@ -156,11 +154,15 @@ def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dic
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(s.warmup, s.steps))
     torch.manual_seed(s.seed + 1000 * info.rank)  # masks and drop-path differ per rank
     step = 0
-    if state:
-        step = resume(state, latest, s, meta, model, optimizer, scheduler, info, log)
+    if run_dir.state:
+        # The settings and the model's description together say what the run is: the metadata holds
+        # what the settings leave to the preset (patch and crop size, the network) and the data's part.
+        step = run_dir.restore(model, optimizer, scheduler, {**asdict(s), **meta},
+                              saved={**run_dir.state["settings"], **run_dir.state["metadata"]},
+                              rank=info.rank, world_size=info.world_size)
     elif s.resume:
         log.info(f"--resume: no {latest}, starting from step 0")
-    metrics = run.MetricsLog(out / "metrics.jsonl", step) if info.is_main else None
+    metrics = run_dir.metrics(step) if info.is_main else None
     if step >= s.steps and final.exists():
         # A rerun of a finished run (e.g. the main job a second time): keep what is there.
         log.info(f"already finished at step {step}; {final} is up to date")
@@ -183,9 +185,9 @@ def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dic
 
     def save_latest():
         rng = gather_objects(run.capture_rng(), info)
-        if info.is_main:
-            ckpt.save_latest(latest, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
-                             metadata=meta, rng_states=rng, settings=asdict(s))
+        if info.is_main:  # the RNG of every rank, so that each continues its own streams
+            run_dir.save_latest(model, optimizer, scheduler, settings=asdict(s), rng=rng,
+                               metadata={**meta, "step": step}, step=step, world_size=len(rng))
             plot_loss_curve(metrics.path, out / "loss_curve.png", f"{s.decoder} / {s.preset}")
 
     bar = progress(total=s.steps, initial=step, enabled=s.pbar and info.is_main, desc="pretrain")
@@ -208,8 +210,7 @@ def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dic
                 save_latest()
             if signum:
                 save_latest()
-                raise Interrupted(f"interrupted by signal {signum} at step {step}; saved {latest}; "
-                                  "continue with the same command and --resume", signum)
+                raise run_dir.interrupted(signum, f"at step {step}", saved_at=step)
     bar.close()
     save_latest()
     if info.is_main:
@@ -237,22 +238,6 @@ def build_model(s: PretrainSettings, metadata: dict, device) -> tuple[PretrainMo
     return model, meta
 
 
-def resume(state: dict, latest: Path, s: PretrainSettings, meta: dict, model, optimizer, scheduler,
-           info: DistInfo, log) -> int:
-    """Continue from `state` (checkpoint_latest.pt); returns its step."""
-    # The settings and the model's description together say what the run is: the metadata holds
-    # what the settings leave to the preset (patch and crop size, the network) and the data's part.
-    run.check_settings(latest, {**state["settings"], **state["metadata"]}, {**asdict(s), **meta})
-    run.restore_training(state, model, optimizer, scheduler)
-    if state["world_size"] == info.world_size:
-        run.restore_rng(state["rng"][info.rank])
-    else:
-        log.warning(f"resuming with {info.world_size} processes, saved with {state['world_size']}: "
-                    "fresh RNG streams, so the run continues but is not bit-identical")
-    log.info(f"resumed from {latest} at step {state['step']}")
-    return int(state["step"])
-
-
 def train_step(ddp, model: PretrainModel, imgs: torch.Tensor, optimizer, scheduler, s: PretrainSettings,
                info: DistInfo, step: int, sig: StopSignals) -> tuple[float, float, int]:
     """One optimiser step on every rank: (mean loss, max gradient norm, the signal any rank got, or 0)."""
@@ -267,11 +252,8 @@ def train_step(ddp, model: PretrainModel, imgs: torch.Tensor, optimizer, schedul
     stats = all_reduce(torch.tensor([loss.item() / info.world_size, float(sig.signum)]), info)
     gmax = all_reduce(grad_norm.detach().float().reshape(1).cpu(), info, op=torch.distributed.ReduceOp.MAX)
     mean_loss, max_norm = stats[0].item(), gmax.item()
-    if not (math.isfinite(mean_loss) and math.isfinite(max_norm)):
-        what = "loss" if not math.isfinite(mean_loss) else "gradient norm"
-        raise UserError(f"non-finite {what} at step {step + 1} (lr {scheduler.get_last_lr()[0]:.2e}); "
-                        f"stopped without saving; the last good checkpoint is {Path(s.out) / ckpt.LATEST} "
-                        "(if any). Try a lower --lr or a longer --warmup")
+    run.check_finite(f"step {step + 1}", scheduler.get_last_lr()[0], Path(s.out) / run.LATEST, mean_loss, max_norm,
+                     "--warmup")
     optimizer.step()
     scheduler.step()
     return mean_loss, max_norm, int(stats[1].item())

@@ -33,7 +33,9 @@ from medgmae_plans.runtime.atomic import atomic_directory, save_torch_atomic, wr
 from medgmae_plans.runtime import (UserError, add_common_flags, check_range, check_writable, cli_entry, setup_run_log,
                                    write_run_json)
 from preprocessing.validate import write_image
+
 from ..pretrain.pretrained import check_normalisation
+from ..run import DEVICE_HELP, resolve_device
 
 from .fbp import analytic_reconstruction
 from .fit import FitSettings, fit
@@ -41,7 +43,7 @@ from .gaussian_field import DensifyConfig, LearningRates
 from .initialisers import INITS, initialise, load_decoder
 from .metrics import SSIM_IMPLEMENTATION, psnr, ssim
 from .plots import plot_curves, plot_slices
-from .projectors import make_projector
+from .projectors import GEOMETRIES, make_projector
 from .volume import PRETRAIN_SPACING, center_crop, load_volume, simulate_projections
 
 NAME = "reconstruct"
@@ -52,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("volume", help="CT image in HU (NIfTI/MHA/NRRD) or a preprocessed case (<case>.b2nd)")
     p.add_argument("--views", type=int, default=80, help="number of evenly spaced projection views, >= 1")
-    p.add_argument("--geometry", choices=("parallel", "cone"), default="parallel")
+    p.add_argument("--geometry", choices=list(GEOMETRIES), default="parallel")
     p.add_argument("--init", choices=INITS, default="fbp")
     p.add_argument("--compare", action="store_true", help="run fbp, medgmae (and medgmae-star with --checkpoint-star)")
     p.add_argument("--checkpoint", help="pretraining checkpoint_final.pt: Gaussian decoder for medgmae "
@@ -74,22 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random views per iteration, >= 1 (default: all for parallel, 8 for cone)")
     p.add_argument("--source-distance", type=float, default=None, help="cone beam: source to axis, voxels, > 0")
     p.add_argument("--stop-at-targets", action="store_true", help="stop once PSNR 35 dB and SSIM 0.90 are reached")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads, >= 1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder (default ./reconstruct_<volume name>)")
     return add_common_flags(p)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r}: not a torch device") from None
 
 
 def _stem(path: Path) -> str:
@@ -201,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--snapshots {args.snapshots!r}: expected comma-separated iterations") from None
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     volume_path = Path(args.volume)
     out = check_writable(Path(args.out or f"reconstruct_{_stem(volume_path)}"))
     inits = [("fbp", None), ("medgmae", args.checkpoint)] if args.compare else [(args.init, args.checkpoint)]

@@ -225,10 +225,11 @@ class ConeBeamProjector:
         return grad
 
 
+GEOMETRIES = {"parallel": ParallelBeamProjector, "cone": ConeBeamProjector}  # what `--geometry` offers
+
+
 def make_projector(geometry: str, shape: Sequence[int], num_views: int, device="cpu", **kwargs):
-    """`"parallel"` or `"cone"` projector for volumes of `shape`."""
-    if geometry == "parallel":
-        return ParallelBeamProjector(shape, num_views, device=device, **kwargs)
-    if geometry == "cone":
-        return ConeBeamProjector(shape, num_views, device=device, **kwargs)
-    raise ValueError(f"unknown geometry {geometry!r}; expected 'parallel' or 'cone'")
+    """The projector of `geometry` (one of `GEOMETRIES`) for volumes of `shape`."""
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"unknown geometry {geometry!r}; expected one of {tuple(GEOMETRIES)}")
+    return GEOMETRIES[geometry](shape, num_views, device=device, **kwargs)

@@ -16,33 +16,47 @@ from medgmae_plans.runtime.paths import nnunet_folder
 from medgmae_plans.runtime import (UserError, add_common_flags, check_range, check_writable, cli_entry, setup_run_log,
                                    write_run_json)
 
+CONVERTED = {"oasis": "OASIS", "ixi": "IXI"}  # `convert WHICH` -> the dataset it makes, Registration_<NAME>
+
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..networks.presets import PRESETS
+    from ..run import DEVICE_HELP
+    from preprocessing.layouts.registration import EVAL_SPLITS
+    from .network import NETWORKS
+    from .trainer import TrainSettings as D  # the run defaults live there; the flags restate none of them
+
     p = argparse.ArgumentParser(prog="medgmae_register", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a registration network on a dataset's training pairs")
     t.add_argument("-d", "--dataset", default="Phantom", help="registration dataset: folder or name in $nnUNet_raw "
                    "(Phantom, OASIS, IXI; default Phantom)")
-    t.add_argument("--network", default="vit", choices=["vit", "voxelmorph"],
+    t.add_argument("--network", default=D.network, choices=NETWORKS,
                    help="vit: TransMorph-style with the ViT3D encoder; voxelmorph: MONAI's VoxelMorph baseline")
     t.add_argument("--pretrained", type=Path, help="pretraining checkpoint_final.pt for the ViT encoder")
     t.add_argument("--init", choices=["scratch"], help="random initialisation of the ViT encoder")
-    t.add_argument("--preset", default="tiny", choices=["tiny", "base", "paper"], help="encoder for --init scratch")
+    t.add_argument("--preset", default=D.preset, choices=list(PRESETS),
+                   help=f"encoder for --init scratch (default {D.preset})")
     t.add_argument("--patch", type=int,
                    help="encoder patch for --init scratch, a power of two >= 4 (default: the preset's)")
-    t.add_argument("--feature-size", type=int, default=16, help="decoder width at full resolution, >= 1 (TransMorph: 16)")
+    t.add_argument("--feature-size", type=int, default=D.feature_size,
+                   help=f"decoder width at full resolution, >= 1 (default {D.feature_size}, TransMorph's)")
     t.add_argument("--diffeomorphic", action="store_true", help="integrate a velocity field (MONAI DVF2DDF, 7 steps)")
-    t.add_argument("--steps", type=int, default=1000, help=">= 1")
-    t.add_argument("--lr", type=float, default=1e-4, help="> 0")
-    t.add_argument("--w-ncc", type=float, default=1.0, help="NCC weight, >= 0")
-    t.add_argument("--w-diff", type=float, default=1.0, help="diffusion regulariser weight, >= 0")
-    t.add_argument("--w-dice", type=float, default=1.0, help="Dice weight, >= 0 (used when the dataset has labels)")
-    t.add_argument("--ncc-kernel", type=int, default=9, help="local NCC window edge, odd, >= 1")
-    t.add_argument("--seed", type=int, default=41)
-    t.add_argument("--device", default="auto", help="cpu, cuda, or auto")
-    t.add_argument("--val-every", type=int, default=100, help="validate every N steps, >= 0 (0: only at the end)")
-    t.add_argument("--save-every", type=int, default=50, help=">= 1")
+    t.add_argument("--steps", type=int, default=D.steps, help=f">= 1 (default {D.steps})")
+    t.add_argument("--lr", type=float, default=D.lr, help=f"> 0 (default {D.lr:g})")
+    t.add_argument("--w-ncc", type=float, default=D.w_ncc, help=f"NCC weight, >= 0 (default {D.w_ncc:g})")
+    t.add_argument("--w-diff", type=float, default=D.w_diff,
+                   help=f"diffusion regulariser weight, >= 0 (default {D.w_diff:g})")
+    t.add_argument("--w-dice", type=float, default=D.w_dice,
+                   help=f"Dice weight, >= 0 (used when the dataset has labels; default {D.w_dice:g})")
+    t.add_argument("--ncc-kernel", type=int, default=D.ncc_kernel,
+                   help=f"local NCC window edge, odd, >= 1 (default {D.ncc_kernel})")
+    t.add_argument("--seed", type=int, default=D.seed, help=f"random seed (default {D.seed})")
+    t.add_argument("--device", default="auto", help=DEVICE_HELP)
+    t.add_argument("--val-every", type=int, default=D.val_every,
+                   help=f"validate every N steps, >= 0 (0: only at the end; default {D.val_every})")
+    t.add_argument("--save-every", type=int, default=D.save_every, help=f">= 1 (default {D.save_every})")
     t.add_argument("--out", type=Path, help="run folder (default $nnUNet_results/MedGMAE_register/<dataset>/<run>)")
     t.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint_latest.pt")
     add_common_flags(t)
@@ -50,9 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="register a split's pairs; write warped images, labels, DDFs, PNGs")
     pr.add_argument("--model", type=Path, required=True, help="training run folder or its checkpoint_final.pt")
     pr.add_argument("-d", "--dataset", default="Phantom")
-    pr.add_argument("--split", default="test", choices=["val", "test"])
+    pr.add_argument("--split", default="test", choices=EVAL_SPLITS)
     pr.add_argument("--out", type=Path, help="folder (default <model>/<split>)")
-    pr.add_argument("--device", default="auto")
+    pr.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_common_flags(pr)
 
     e = sub.add_parser("evaluate", help="Dice per structure, mean Dice, %% det(J)<=0, endpoint error")
@@ -62,22 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_flags(e)
 
     c = sub.add_parser("convert", help="OASIS (Learn2Reg 2021 task 3) or IXI (TransMorph) -> Registration_<NAME>")
-    c.add_argument("which", choices=["oasis", "ixi"])
+    c.add_argument("which", choices=list(CONVERTED))
     c.add_argument("source", type=Path)
     c.add_argument("--out", type=Path, help="dataset folder (default $nnUNet_raw/Registration_OASIS or _IXI)")
     c.add_argument("--overwrite", action="store_true")
     add_common_flags(c)
     return p
-
-
-def _device(text: str) -> str:
-    import torch
-
-    if text == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if text.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available")
-    return text
 
 
 def dataset_folder(text: str, pbar: bool = True) -> Path:
@@ -95,6 +99,8 @@ def dataset_folder(text: str, pbar: bool = True) -> Path:
 
 def _train(args) -> int:
     from preprocessing.layouts.registration import RegistrationDataset
+
+    from ..run import resolve_device
     from .trainer import TrainSettings, train
 
     if args.network == "vit" and (args.pretrained is None) == (args.init is None):
@@ -129,7 +135,7 @@ def _train(args) -> int:
                       pretrained=str(args.pretrained.resolve()) if args.pretrained else None, preset=args.preset,
                       patch=args.patch, feature_size=args.feature_size, diffeomorphic=args.diffeomorphic,
                       steps=args.steps, lr=args.lr, w_ncc=args.w_ncc, w_diff=args.w_diff, w_dice=args.w_dice,
-                      ncc_kernel=args.ncc_kernel, seed=args.seed, device=_device(args.device),
+                      ncc_kernel=args.ncc_kernel, seed=args.seed, device=str(resolve_device(args.device)),
                       val_every=args.val_every, save_every=args.save_every, out=str(out), pbar=not args.no_pbar)
     results = train(s, resume=args.resume)
     print(f"{out}: val mean Dice {results.get('val_mean_dice')} (unregistered {results.get('val_mean_dice_before')})")
@@ -137,16 +143,16 @@ def _train(args) -> int:
 
 
 def _predict(args) -> int:
-    import torch
-
     from preprocessing.layouts.registration import RegistrationDataset
+
+    from ..run import resolve_device
     from .predict import predict
 
     ds = RegistrationDataset(dataset_folder(args.dataset, not args.no_pbar))
     model_dir = args.model if args.model.is_dir() else args.model.parent
     out = args.out or model_dir / args.split
     log = setup_run_log(out, "predict", args.verbose)
-    predict(args.model, ds, args.split, out, torch.device(_device(args.device)), pbar=not args.no_pbar, log=log.info)
+    predict(args.model, ds, args.split, out, resolve_device(args.device), pbar=not args.no_pbar, log=log.info)
     return 0
 
 
@@ -173,7 +179,7 @@ def _r(v):
 def _convert(args) -> int:
     from preprocessing.layouts.registration import PREFIX
 
-    name = {"oasis": "OASIS", "ixi": "IXI"}[args.which]
+    name = CONVERTED[args.which]
     target = args.out or nnunet_folder("nnUNet_raw") / (PREFIX + name)
     if args.which == "oasis":
         from preprocessing.convert.oasis import convert_oasis

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 
 from medgmae_plans.runtime.atomic import save_torch_atomic
-from medgmae_plans.runtime import Interrupted, StopSignals, UserError, progress, setup_run_log, write_run_json
+from medgmae_plans.runtime import StopSignals, UserError, progress, setup_run_log, write_run_json
 
 from .. import run
 from preprocessing.layouts.registration import Pair, RegistrationDataset
 from .inference import register, score_pair
 from .losses import RegistrationLoss
-from .network import build_model
+from .network import NETWORKS, build_model
 
 FORMAT = "medgmae-register/1"
 WHAT = "registration checkpoint"
@@ -37,7 +37,7 @@ LATEST, FINAL = run.LATEST, run.FINAL
 @dataclass
 class TrainSettings:
     dataset: str
-    network: str = "vit"  # vit | voxelmorph
+    network: str = NETWORKS[0]  # vit (TransMorph-style with the ViT3D encoder) | voxelmorph
     pretrained: str | None = None  # None = scratch
     preset: str = "tiny"
     patch: int | None = None
@@ -98,16 +98,19 @@ def summarise(per_pair: dict) -> dict:
     return out
 
 
-def train_step(model, loss_fn: RegistrationLoss, optimizer, scheduler, moving, fixed, moving_seg,
-               fixed_seg) -> dict | None:
-    """One optimiser step on one pair; the loss parts, or None (and no step) when the loss is not finite."""
+def train_step(model, loss_fn: RegistrationLoss, optimizer, scheduler, moving, fixed, moving_seg, fixed_seg, *,
+               where: str, latest: Path) -> dict:
+    """One optimiser step on one pair; returns the loss parts.
+
+    A non-finite loss or gradient stops the run before the step (`run.check_finite`: a `UserError`
+    naming `where` and the lr, exit 2, nothing saved)."""
     model.train()
     warped, ddf = model(moving, fixed)
     parts = loss_fn(warped, fixed, ddf, moving_seg, fixed_seg)
-    if not torch.isfinite(parts["loss"]):
-        return None
     optimizer.zero_grad(set_to_none=True)
     parts["loss"].backward()
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+    run.check_finite(where, scheduler.get_last_lr()[0], latest, parts["loss"].item(), grad_norm.item())
     optimizer.step()
     scheduler.step()
     return parts
@@ -117,8 +120,8 @@ def train(s: TrainSettings, resume: bool = False) -> dict:
     out = Path(s.out)
     log = setup_run_log(out, "train")
     ds = RegistrationDataset(Path(s.dataset))
-    latest, final = out / LATEST, out / FINAL
-    state = run.resume_state(latest, resume, FORMAT, WHAT)
+    run_dir = run.RunFolder(out, FORMAT, WHAT, resume, log)
+    latest, final = run_dir.latest, run_dir.final
     if final.exists() and not latest.exists():
         raise UserError(f"{final} exists: that run is finished; choose another --out")
     config = model_config(s, ds)
@@ -133,13 +136,8 @@ def train(s: TrainSettings, resume: bool = False) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, run.polynomial_decay(s.steps))
     step = 0
-    if state:
-        run.check_settings(latest, state["settings"], asdict(s))
-        run.restore_training(state, model, optimizer, scheduler)
-        if "rng" in state:  # checkpoints before 2026-12 saved none (no draw depended on it)
-            run.restore_rng(state["rng"])
-        step = int(state["step"])
-        log.info(f"resumed from {latest} at step {step}")
+    if run_dir.state:  # checkpoints before 2026-12 saved no RNG (no draw depended on it): they resume too
+        step = run_dir.restore(model, optimizer, scheduler, asdict(s))
     else:
         log.info(f"{info['network']} ({info['init']}) on {ds.name}: {len(ds.train_pairs())} training pairs, "
                  f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {s.steps} steps")
@@ -147,21 +145,19 @@ def train(s: TrainSettings, resume: bool = False) -> dict:
             log.info(f"pretrained encoder: {info['load_report']['loaded_keys']} keys loaded from {s.pretrained}")
 
     def save_latest():
-        save_torch_atomic({"format": FORMAT, **run.training_state(model, optimizer, scheduler), "step": step,
-                           "settings": asdict(s), "config": config, "rng": run.capture_rng()}, latest)
+        run_dir.save_latest(model, optimizer, scheduler, settings=asdict(s), step=step, config=config)
 
     vols, pairs = Volumes(ds), ds.train_pairs()
     val_pairs = ds.pairs("val")
-    metrics = run.MetricsLog(out / "metrics.jsonl", step)
+    metrics = run_dir.metrics(step)
     start, t_steps = time.time(), 0.0
     bar = progress(total=s.steps, initial=step, enabled=s.pbar, desc="train")
     with StopSignals() as stop:
         while step < s.steps and not stop.signum:
             pair = pairs[int(np.random.default_rng([s.seed, step]).integers(len(pairs)))]
             t0 = time.time()
-            parts = train_step(model, loss_fn, optimizer, scheduler, *vols.tensors(pair, device, with_labels))
-            if parts is None:
-                raise UserError(f"non-finite loss at step {step} (pair {pair.name}); lower --lr")
+            parts = train_step(model, loss_fn, optimizer, scheduler, *vols.tensors(pair, device, with_labels),
+                               where=f"step {step + 1} (pair {pair.name})", latest=latest)
             t_steps += time.time() - t0
             step += 1
             bar.update()
@@ -178,8 +174,7 @@ def train(s: TrainSettings, resume: bool = False) -> dict:
         bar.close()
         if stop.signum:
             save_latest()
-            raise Interrupted(f"interrupted by signal {stop.signum} at step {step}; saved {latest}; "
-                              "continue with the same command and --resume", stop.signum)
+            raise run_dir.interrupted(stop.signum, f"at step {step}", saved_at=step)
     val = validate(model, ds, vols, val_pairs, device, s.pbar) if val_pairs else {}
     save_torch_atomic({"format": FORMAT, "model": model.state_dict(), "config": config, "step": step,
                        "dataset": ds.name, "labels": ds.labels, "info": _jsonable(info),

@@ -39,6 +39,7 @@ DESCRIPTION = "dataset_registration.json"
 PREFIX = "Registration_"
 SCHEMES = ("ct_window", "minmax", "none")
 TRAIN_MODES = ("all_pairs", "atlas", "listed")
+EVAL_SPLITS = ("val", "test")  # the listed pairs that are scored (training pairs come from `train`)
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class RegistrationDataset:
             raise UserError(f"{p}: intensity scheme {d['intensity'].get('scheme')!r} not one of {SCHEMES}")
         if d["train"].get("mode") not in TRAIN_MODES:
             raise UserError(f"{p}: train mode {d['train'].get('mode')!r} not one of {TRAIN_MODES}")
-        for split in ("val", "test"):
+        for split in EVAL_SPLITS:
             for pair in self.pairs(split):
                 for case in (pair.moving, pair.fixed):
                     if case not in d["cases"]:
@@ -110,8 +111,8 @@ class RegistrationDataset:
         return bool(self.labels) and all(c.get("label") for c in self.desc["cases"].values())
 
     def pairs(self, split: str) -> list[Pair]:
-        if split not in ("val", "test"):
-            raise UserError(f"unknown split {split!r}; expected val or test")
+        if split not in EVAL_SPLITS:
+            raise UserError(f"unknown split {split!r}; expected {' or '.join(EVAL_SPLITS)}")
         return [Pair(q["moving"], q["fixed"], q.get("flow")) for q in self.desc.get(split, [])]
 
     def train_pairs(self) -> list[Pair]:
