@@ -288,3 +288,20 @@ def test_command_with_worker_processes_exits(nnunet_env, tmp_path):
         "--workers", "2", "--device", "cpu", "--out", out, "--no-pbar", "--threads", "1"], nnunet_env, timeout=90)
     assert proc.returncode == 0, proc.stderr
     assert (out / "checkpoint_final.pt").is_file()
+
+
+def test_ranks_with_different_weights_are_an_error():
+    """The check behind that line: a rank whose weights differ stops the run."""
+    from medgmae_trainers.pretrain import distributed
+
+    model = torch.nn.Linear(2, 2)
+    info = distributed.DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
+    original = distributed.gather_objects
+    try:
+        distributed.gather_objects = lambda obj, info: [obj, "another digest"]
+        with pytest.raises(RuntimeError, match="different weights"):
+            distributed.weights_digest(model, info)
+        distributed.gather_objects = lambda obj, info: [obj, obj]
+        assert len(distributed.weights_digest(model, info)) == 64
+    finally:
+        distributed.gather_objects = original

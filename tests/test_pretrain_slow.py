@@ -91,6 +91,32 @@ def test_torchrun_gloo_with_two_processes(phantom, tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3, 4]  # rank 0 alone writes
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_nodes_with_c10d_rendezvous(phantom, tmp_path):
+    """Scale-out as a user launches it on two machines: one torchrun agent per "node" (both on
+    127.0.0.1 here), c10d rendezvous, one process each; both ranks end with identical weights."""
+    out, port = tmp_path / "nodes", _free_port()
+    agents = []
+    for node in range(2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
+               "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+               "--rdzv-id", "medgmae-test", *_command(phantom, out, "--steps", "3")[1:]]
+        agents.append(subprocess.Popen(cmd, env=phantom, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True))
+    results = [agent.communicate(timeout=600) for agent in agents]
+    assert [agent.returncode for agent in agents] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
+    ckpt = torch.load(out / "checkpoint_latest.pt", weights_only=False)
+    assert ckpt["world_size"] == 2 and ckpt["step"] == 3
+    assert "weights identical on all 2 ranks" in (out / "log.txt").read_text()
+
+
 def test_sigterm_saves_and_resume_finishes(phantom, tmp_path):
     out = tmp_path / "sig"
     proc = subprocess.Popen(_command(phantom, out, "--steps", "500", "--save-every", "1000"), env=phantom, cwd=ROOT,

@@ -1,6 +1,7 @@
 """One process or `torchrun` DDP: the same code path, chosen by torchrun's environment variables."""
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -66,3 +67,19 @@ def gather_objects(obj, info: DistInfo) -> list:
 def barrier(info: DistInfo) -> None:
     if info.distributed:
         dist.barrier()
+
+
+def weights_digest(model: torch.nn.Module, info: DistInfo) -> str:
+    """The sha256 of the model's weights, checked to be the same on every rank.
+
+    DDP keeps every rank's weights bit-identical (same start, all-reduced gradients, same optimiser);
+    ranks that disagree would write a checkpoint that is one rank's run only, so that is an error.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    digests = gather_objects(digest.hexdigest(), info)
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"DDP ranks ended with different weights: {digests}")
+    return digests[0]

@@ -25,7 +25,8 @@ from .. import run
 from ..networks import build_networks, network_config
 from ..run import bf16_autocast, lr_lambda, param_groups
 from . import checkpoint as ckpt
-from .distributed import DistInfo, all_reduce, barrier, cleanup_distributed, gather_objects, setup_distributed
+from .distributed import (DistInfo, all_reduce, barrier, cleanup_distributed, gather_objects, setup_distributed,
+                          weights_digest)
 from .model import PretrainModel, visible_mean_mse
 from .plots import plot_loss_curve, plot_snapshot
 
@@ -213,7 +214,10 @@ def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dic
                 raise run_dir.interrupted(signum, f"at step {step}", saved_at=step)
     bar.close()
     save_latest()
+    digest = weights_digest(model, info)
     if info.is_main:
+        if info.distributed:
+            log.info(f"weights identical on all {info.world_size} ranks (sha256 {digest[:16]})")
         ckpt.save_final(final, model=model, step=step, metadata=meta)
         log.info(f"finished at step {step}; wrote {final}")
     barrier(info)
