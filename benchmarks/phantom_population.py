@@ -1,6 +1,7 @@
 """How much the phantom's cases vary, and what a case costs: issue 25's four numbers and the time per case.
 
     python -m benchmarks.phantom_population [--cases 24] [--seed 7] [--no-baseline] [--out JSON]
+    python -m benchmarks.phantom_population --table 100 [--spacing-scale 2]   (docs/phantom.md's table)
 
 Over `--cases` default training cases (full resolution, `case_spec(seed, "train", i)`), rendered in
 this process:
@@ -108,6 +109,73 @@ def _baseline(n_cases: int, seed: int) -> dict | None:
         return json.loads(out.read_text())["this_tree"]
 
 
+def population_table(n_cases: int, seed: int, spacing_scale: float) -> str:
+    """docs/phantom.md's population table (Markdown): organ volumes, HU per organ and phase, bodies and
+    coverage over `n_cases` training cases, beside the published ranges the generator draws from."""
+    from preprocessing.labels import AMOS_LABELS
+    from preprocessing.phantom import case_spec
+    from preprocessing.phantom.anatomy import expected_labels
+    from preprocessing.phantom.phases import HU_BY_PHASE, PHASES
+    from preprocessing.phantom.population import ICRP_VOLUME_ML
+    from preprocessing.phantom.render import render_case
+
+    hu_organs = {"liver": "liver", "spleen": "spleen", "right kidney": "renal cortex", "aorta": "aortic blood",
+                 "postcava": "caval blood", "pancreas": "pancreas"}
+    volumes = {o: [] for o in ICRP_VOLUME_ML}
+    hu = {(o, p): [] for o in hu_organs for p in PHASES}
+    specs = []
+    for i in range(n_cases):
+        spec, noise_seed = case_spec(seed, "train", i, spacing_scale)
+        case = render_case(spec, noise_seed)
+        specs.append(spec)
+        voxel_ml = float(np.prod(case.spacing)) / 1000
+        covered = set(expected_labels(spec))
+        for organ in volumes:
+            if AMOS_LABELS[organ] in covered and organ != "stomach":  # the stomach's volume is its wall + contents
+                volumes[organ].append((case.label == AMOS_LABELS[organ]).sum() * voxel_ml)
+        for organ in hu_organs:
+            inside = case.hu[case.label == AMOS_LABELS[organ]]
+            if inside.size > 50:
+                hu[organ, spec.phase].append(float(np.median(inside)))
+
+    def q(v, fmt="{:.0f}"):
+        if not v:
+            return "-"
+        lo, mid, hi = np.percentile(v, [5, 50, 95])
+        return f"{fmt.format(mid)} ({fmt.format(lo)}-{fmt.format(hi)})"
+
+    lines = [f"Population of {n_cases} default training cases (seed {seed}, spacing x{spacing_scale:g}); "
+             "median (5th-95th percentile).", "", "| organ | volume ml (phantom; organ fully in the scan) | "
+             "ICRP 89 reference man / woman |", "| --- | --- | --- |"]
+    for organ, v in volumes.items():
+        if organ != "stomach":
+            lines.append(f"| {organ} | {q(v)} (n={len(v)}) | {ICRP_VOLUME_ML[organ][0]} / {ICRP_VOLUME_ML[organ][1]} |")
+    lines += ["", "| organ: median HU | " + " | ".join(PHASES) + " |", "| --- |" + " --- |" * len(PHASES)]
+    for organ, tissue in hu_organs.items():
+        cells = [f"{q(hu[organ, p])} [{HU_BY_PHASE[tissue][p][0]:.0f}-{HU_BY_PHASE[tissue][p][1]:.0f}]"
+                 for p in PHASES]
+        lines.append(f"| {organ} | " + " | ".join(cells) + " |")
+    phase_share = {p: sum(s.phase == p for s in specs) / n_cases for p in PHASES}
+    pat = lambda k: [s.patient[k] for s in specs]  # noqa: E731
+    lines += ["", "| body and scan | phantom | published / target |", "| --- | --- | --- |",
+              f"| phase mix NC / art / PV / delayed | " + " / ".join(f"{100 * v:.0f} %" for v in phase_share.values())
+              + " | 25 / 15 / 50 / 10 % |",
+              f"| women | {100 * np.mean([s.female for s in specs]):.0f} % | 50 % |",
+              f"| height cm | {q(pat('height_cm'))} | men 176, women 163 (ICRP 89) |",
+              f"| BMI kg/m^2 | {q(pat('bmi'), '{:.1f}')} | adults 17-45, median ~26 |",
+              f"| subcutaneous fat mm | {q(pat('fat_mm'))} | 5-60 |",
+              f"| visceral fat (cavity growth) mm | {q(pat('visceral_mm'))} | rises with BMI, more in men (Kvist 1988) |",
+              f"| body width x depth mm | {q([2 * s.half_width for s in specs])} x {q([2 * s.half_depth for s in specs])} "
+              "| adult abdomen ~250-450 x 180-380 |",
+              f"| scan length mm | {q([s.z_top - s.z_bottom for s in specs])} | lung bases to kidneys or pelvis |",
+              f"| abdomen + pelvis | {100 * np.mean([s.pelvis for s in specs]):.0f} % | 35 % |",
+              f"| top cuts the liver dome | {100 * np.mean([s.z_top < s.breath_mm for s in specs]):.0f} % | ~15 % |",
+              f"| breath-hold shift of the dome mm | {q([s.breath_mm for s in specs])} | +-30 |",
+              f"| noise sd HU (before the kernel) | {q([1.8 * s.noise_hu for s in specs])} | |",
+              f"| slice spacing mm (x{spacing_scale:g}) | {q([s.spacing[0] for s in specs], '{:.1f}')} | 1-5 |"]
+    return "\n".join(lines)
+
+
 def _report(name: str, r: dict) -> str:
     return (f"{name:>12}: liver median HU sd {r['liver_median_sd']:6.1f}   right-kidney median span "
             f"{r['kidney_median_span']:6.1f}   aorta median span {r['aorta_median_span']:6.1f}   "
@@ -120,7 +188,12 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=7, help="phantom seed (default 7)")
     p.add_argument("--no-baseline", action="store_true", help="skip generator version 2")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
+    p.add_argument("--table", type=int, metavar="N", help="print docs/phantom.md's population table of N cases instead")
+    p.add_argument("--spacing-scale", type=float, default=2.0, help="spacing scale for --table (default 2)")
     args = p.parse_args(argv)
+    if args.table:
+        print(population_table(args.table, args.seed, args.spacing_scale))
+        return 0
     baseline = None if args.no_baseline else _baseline(args.cases, args.seed)
     ours = measure(args.cases, args.seed)
     if baseline:
