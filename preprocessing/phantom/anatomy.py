@@ -309,10 +309,14 @@ def _spine_and_bones(spec: CaseSpec) -> list[Structure]:
         Structure("posterior elements", "cortical bone", 0, tuple(arches), warp=False),
         Structure("spinal canal", "csf", 0, (Tube(((80, 68, 0), (-420, 68, 0)), (9, 9)),), warp=False),
     ]
-    if spec.pelvis:
+    if spec.pelvis:  # iliac wings: a cortical shell around marrow, as thin plates are
         bones.append(Structure("iliac wings", "cortical bone", 0, (
-            Ellipsoid((-270, 40, -95), (45, 45, 12), rotation_z(-35)),
-            Ellipsoid((-270, 40, 95), (45, 45, 12), rotation_z(35)),
+            Ellipsoid((-270, 40, -95), (45, 45, 9), rotation_z(-35)),
+            Ellipsoid((-270, 40, 95), (45, 45, 9), rotation_z(35)),
+        ), warp=False))
+        bones.append(Structure("iliac marrow", "cancellous bone", 0, (
+            Ellipsoid((-270, 40, -95), (42, 42, 6), rotation_z(-35)),
+            Ellipsoid((-270, 40, 95), (42, 42, 6), rotation_z(35)),
         ), warp=False))
         bones.append(Structure("femoral heads", "cancellous bone", 0, (
             Ellipsoid((-345, 5, -95), (24, 24, 24)), Ellipsoid((-345, 5, 95), (24, 24, 24)),
