@@ -162,11 +162,11 @@ def population_table(n_cases: int, seed: int, spacing_scale: float) -> str:
               + " | 25 / 15 / 50 / 10 % |",
               f"| women | {100 * np.mean([s.female for s in specs]):.0f} % | 50 % |",
               f"| height cm | {q(pat('height_cm'))} | men 176, women 163 (ICRP 89) |",
-              f"| BMI kg/m^2 | {q(pat('bmi'), '{:.1f}')} | adults 17-45, median ~26 |",
+              f"| BMI kg/m^2 | {q(pat('bmi'), '{:.1f}')} | drawn log-normal, median 26, clipped to 17-45 |",
               f"| subcutaneous fat mm | {q(pat('fat_mm'))} | 5-60 |",
               f"| visceral fat (cavity growth) mm | {q(pat('visceral_mm'))} | rises with BMI, more in men (Kvist 1988) |",
               f"| body width x depth mm | {q([2 * s.half_width for s in specs])} x {q([2 * s.half_depth for s in specs])} "
-              "| adult abdomen ~250-450 x 180-380 |",
+              "| follows from height, fat and visceral fat (no published range used) |",
               f"| scan length mm | {q([s.z_top - s.z_bottom for s in specs])} | lung bases to kidneys or pelvis |",
               f"| abdomen + pelvis | {100 * np.mean([s.pelvis for s in specs]):.0f} % | 35 % |",
               f"| top cuts the liver dome | {100 * np.mean([s.z_top < s.breath_mm for s in specs]):.0f} % | ~15 % |",
