@@ -242,7 +242,7 @@ def _reference_structures(female: bool, pelvis: bool, modes: dict) -> list[Struc
     """Organs, vessels and bones of the reference patient, in painting order: vessels first, then the
     organs from the small to the large, so each organ is moulded around those it touches."""
     L = AMOS_LABELS
-    rz, rx = rotation_z, rotation_x
+    rx = rotation_x
     s: list[Structure] = []
     # Great vessels, the esophagus, the portal and splenic veins.
     s.append(Structure("aorta", "aortic blood", L["aorta"], (

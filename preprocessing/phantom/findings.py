@@ -15,8 +15,8 @@ organ), at sizes a radiologist would see on a CT at 1.5-3 mm:
     emphysema                4-7 low-attenuation (-975 HU against -850 HU lung) zones, 9-16 mm radius
 
 Cases with findings carry no incidental lesions (lesions.py), so the 0/1 labels stay exact.
-Organ-bound findings are painted only over their organ's tissue (`Structure.only_over`) and keep
-its label, so the segmentation labels stay correct; the others are label 0.
+Organ-bound findings are painted only over their organ's tissue (`Structure.only_over`), deform
+with it (`Structure.owner`) and keep its label, so the segmentation labels stay correct; the others are label 0.
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def _liver_lesions(spec, organs, rng):
     shapes = tuple(Ellipsoid(_point_in(lobe, rng, 0.55), tuple(rng.uniform(9, 18) * rng.uniform(0.8, 1.2, 3)))
                    for _ in range(rng.integers(1, 4)))
     return [Structure("liver lesion", "liver lesion", AMOS_LABELS["liver"], shapes, only_over=("liver",),
-                      below_diaphragm=True)]
+                      below_diaphragm=True, owner="liver")]
 
 
 def _renal_cysts(spec, organs, rng):
@@ -92,7 +92,7 @@ def _renal_cysts(spec, organs, rng):
     shapes = tuple(Ellipsoid(_point_in(kidney, rng, 0.5), (float(rng.uniform(8, 14)),) * 3)
                    for _ in range(rng.integers(1, 3)))
     return [Structure("renal cyst", "cyst", AMOS_LABELS[side], shapes,
-                      only_over=("renal cortex", "renal medulla"), below_diaphragm=True)]
+                      only_over=("renal cortex", "renal medulla"), below_diaphragm=True, owner=side)]
 
 
 def _calcifications(spec, organs, rng):

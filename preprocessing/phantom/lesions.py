@@ -32,7 +32,7 @@ def _liver_cysts(spec, organs, rng):
     shapes = tuple(Ellipsoid(_point_in(lobe, rng, 0.6), (float(rng.uniform(4, 15)),) * 3)
                    for _ in range(rng.integers(1, 4)))
     return [Structure("liver cyst", "cyst", AMOS_LABELS["liver"], shapes, only_over=("liver",),
-                      below_diaphragm=True)]
+                      below_diaphragm=True, owner="liver")]
 
 
 PAINTERS = {"liver cyst": _liver_cysts, "liver lesion": _liver_lesions, "renal cyst": _renal_cysts,
