@@ -5,7 +5,8 @@
         imagesTs/phantom_ts000_0000.nii.gz labelsTs/phantom_ts000.nii.gz
         imagesUnlabeled/phantom_unl000_0000.nii.gz      (images only, for pretraining)
         dataset.json                       nnU-Net's dataset description (AMOS's 15 labels)
-        phantom_cases.json                 per case: spacing, size, orientation, organs expected
+        phantom_cases.json                 per case: phase, patient, coverage, spacing, size, orientation,
+                                           incidental lesions, organs expected and present
         phantom.json / generation.log      the settings and results of the run that wrote it
 
 With findings (`generate_dataset(..., findings=prevalence)`, `medgmae_make_phantom --findings`) the
