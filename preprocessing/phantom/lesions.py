@@ -9,8 +9,8 @@ included them in the organ. Prevalences:
   Clin Radiol 2003;58:626-9); taken lower here (18 %, 30 %) for a younger mixed population;
 - hypodense solid liver lesions (metastases, haemangiomas) in ~8 % of an oncological CT
   population's livers;
-- abdominal aortic calcification in roughly half of adults over 45 (Framingham: Kauppila LI et
-  al., Atherosclerosis 1997;132:245-50); 35 % here.
+- abdominal aortic calcification, common in adults and rising with age (Framingham: Kauppila LI
+  et al., Atherosclerosis 1997;132:245-50); 35 % here, for a population without drawn ages.
 
 The painters are findings.py's (the same shapes); under `--findings` these are off and the
 findings alone add lesions.

@@ -24,9 +24,14 @@ offset). Ranges are summarised from these sources (adult, 300-370 mgI/ml, ~1.5-2
 - Pancreatic enhancement (peak 100-130 HU in the late arterial/pancreatic phase, 90-110 HU at
   portal-venous): Lu DSK et al., "Two-phase helical CT for pancreatic tumors: pancreatic versus
   hepatic phase enhancement", Radiology 1996;199:697-701.
-- Arciform (heterogeneous) splenic enhancement in the arterial phase: Donnelly LF et al.,
-  "Arciform enhancement of the spleen at CT: normal variant", AJR 1996 (and Glazer GM et al.,
-  Radiology 1981;141:477).
+- Arciform (heterogeneous) splenic enhancement in the arterial phase: Glazer GM et al., "Dynamic
+  CT of the normal spleen", AJR 1981;137:343-6; Donnelly LF et al., "Heterogeneous splenic
+  enhancement patterns on spiral CT images in children: minimizing misinterpretation", Radiology
+  1999;210:493-7.
+- Where a source gives an enhancement rather than an absolute value the range is the unenhanced
+  value plus it. The rows for the adrenals, esophagus, gastric and bowel wall, prostate/uterus,
+  hepatic venous blood and hypodense liver lesions, and most delayed-phase values, are estimates in
+  line with these sources, not taken from one table.
 - Phase mix: a clinical abdominal CT service scans mostly portal-venous, then non-contrast
   (renal colic, follow-up), multiphase arterial and delayed series; 25/15/50/10 % is the issue's
   working mix, not a measured one.

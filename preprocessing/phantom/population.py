@@ -19,9 +19,10 @@ Each property comes from a published figure (adults):
   with BMI, women storing more subcutaneously and men more viscerally (Kvist H et al., "Total and
   visceral adipose-tissue volumes derived from measurements with computed tomography in adult men
   and women", Am J Clin Nutr 1988;48:1351-61).
-- Breath hold: the diaphragm's cranio-caudal position differs between breath holds by up to
-  ~2-3 cm (liver dome +-3 cm here; Balter JM et al., "Improvement of CT-based treatment-planning
-  models of abdominal targets using static exhale imaging", IJROBP 1998;41:939-43).
+- Breath hold: the liver moves 1-2.5 cm and the kidneys about two thirds of that cranio-caudally
+  with breathing (review: Langen KM, Jones DT, "Organ motion and its management", IJROBP
+  2001;50:265-78), and breath holds reproduce the diaphragm's position only within part of that;
+  the dome's shift here is N(0, 12 mm) bounded to the issue's +-3 cm.
 - Scan: in-plane spacing 0.6-1.0 mm, slices 1-5 mm, noise and kernel sharpness per case; coverage
   from the lung bases (or a top that cuts the liver dome) to below the kidneys or through the pelvis.
 """
