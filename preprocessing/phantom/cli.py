@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"writes Dataset{FINDINGS_DATASET_ID}_PhantomFindings (test cases = validation split)")
     p.add_argument("--prevalence", type=float, default=DEFAULT_PREVALENCE,
                    help=f"share of cases with each finding, in [0, 1], drawn independently (default {DEFAULT_PREVALENCE})")
-    p.add_argument("--preview", type=Path, help="write a PNG montage of the first cases here")
+    p.add_argument("--preview", type=Path, help="write a PNG of six training cases side by side (phases, habitus, coverage) here")
     p.add_argument("--spacing-scale", type=float, default=1.0,
                    help="multiply every spacing, > 0 (e.g. 3 for small volumes in quick tests)")
     p.add_argument("-np", "--workers", type=int, default=None, help="processes, >= 1 (default: all cores)")

@@ -5,7 +5,8 @@
         imagesTs/phantom_ts000_0000.nii.gz labelsTs/phantom_ts000.nii.gz
         imagesUnlabeled/phantom_unl000_0000.nii.gz      (images only, for pretraining)
         dataset.json                       nnU-Net's dataset description (AMOS's 15 labels)
-        phantom_cases.json                 per case: spacing, size, orientation, organs expected
+        phantom_cases.json                 per case: phase, patient, coverage, spacing, size, orientation,
+                                           incidental lesions, organs expected and present
         phantom.json / generation.log      the settings and results of the run that wrote it
 
 With findings (`generate_dataset(..., findings=prevalence)`, `medgmae_make_phantom --findings`) the
@@ -36,8 +37,10 @@ from medgmae_plans.runtime import UserError, check_writable, progress
 from preprocessing.validate import check_complete, write_image
 
 from ..labels import AMOS_LABELS
-from .anatomy import CaseSpec, expected_labels, sample_case
+from .anatomy import CaseSpec, expected_labels
 from .findings import FINDINGS, apply_findings, draw_findings
+from .lesions import draw_incidental
+from .population import sample_case
 from .render import render_case
 
 DATASET_NAME = "AbdomenPhantom"
@@ -47,8 +50,8 @@ FINDINGS_DATASET_ID = 991
 CLASSIFICATION_LABELS = "classification_labels.csv"
 SPLIT_OF_KIND = {"train": "train", "test": "valid"}  # classification split of each labelled kind
 # Bump when the anatomy or rendering changes what a seed produces, or the dataset.json nnU-Net reads
-# (2: the reorienting reader).
-GENERATOR_VERSION = 2
+# (2: the reorienting reader; 3: a population of patients, contrast phases and scans, issue 25).
+GENERATOR_VERSION = 3
 KINDS = {"train": ("imagesTr", "labelsTr", "phantom_{:03d}"),
          "test": ("imagesTs", "labelsTs", "phantom_ts{:03d}"),
          "unlabeled": ("imagesUnlabeled", None, "phantom_unl{:03d}")}
@@ -138,6 +141,9 @@ def _reusable(target: Path, settings: dict, raw_root: Path) -> bool:
         existing = json.loads(manifest.read_text())["settings"]
     except (OSError, ValueError, KeyError):
         existing = None
+    if existing is not None and existing.get("generator_version") != settings["generator_version"]:
+        raise UserError(f"{target} was written by phantom generator version {existing.get('generator_version')}; "
+                        f"this is version {settings['generator_version']}: remove it to write it again")
     if existing == settings:
         # same settings, but a cut or damaged case (a copy that ran out of space) must not be reused
         for path in sorted(target.rglob("*.nii.gz")):
@@ -199,7 +205,12 @@ def _write_case(folder: Path, kind: str, index: int, seed: int, spacing_scale: f
         write_image(to_image(case.label), folder / labels / f"{case_id}.nii.gz", compress=False)
     info = {"case": case_id, "kind": kind, "shape_zyx": list(case.hu.shape),
             "spacing_zyx": list(case.spacing), "flips_zyx": list(case.flips),
-            "pelvis": spec.pelvis, "female": spec.female,
+            "pelvis": spec.pelvis, "female": spec.female, "phase": spec.phase,
+            "z_range_mm": [round(spec.z_bottom, 1), round(spec.z_top, 1)], "breath_mm": round(spec.breath_mm, 1),
+            "noise_hu": round(spec.noise_hu, 1), "blur_mm": round(spec.blur_mm, 2),
+            "patient": {k: (round(v, 2) if isinstance(v, float) else v) for k, v in spec.patient.items()
+                        if k != "volumes_ml"},
+            "incidental": ([k for k, v in draw_incidental(spec).items() if v] if spec.incidental else []),
             "labels_expected": expected_labels(spec), "labels_present": present_labels}
     if findings is not None:
         info["findings"] = present
@@ -248,7 +259,7 @@ def _dataset_json(n_train: int, n_test: int, n_unlabeled: int, findings: float |
 def _log_text(settings: dict, cases: list[dict], elapsed: float) -> str:
     lines = [f"medgmae_make_phantom: {json.dumps(settings)}", f"{len(cases)} cases in {elapsed:.1f} s"]
     for c in cases:
-        lines.append(f"{c['case']:>14}  shape {c['shape_zyx']}  spacing {c['spacing_zyx']}  "
+        lines.append(f"{c['case']:>14}  {c['phase']:>13}  shape {c['shape_zyx']}  spacing {c['spacing_zyx']}  "
                      f"flips {c['flips_zyx']}  pelvis {c['pelvis']}  labels {c['labels_present']}"
                      + (f"  findings {[f for f, v in c['findings'].items() if v]}" if "findings" in c else ""))
     return "\n".join(lines) + "\n"

@@ -6,16 +6,17 @@ finding adds structures painted after the normal anatomy (or, for splenomegaly, 
 organ), at sizes a radiologist would see on a CT at 1.5-3 mm:
 
     pleural effusion         dependent fluid (12 HU) in one or both posterior lung bases
-    liver lesion             1-3 hypodense masses (25 HU against ~60 HU liver), 9-18 mm radius
-    renal cyst               1-2 water-density (3 HU) spheres in a kidney, 8-14 mm radius
+    liver lesion             1-3 hypodense masses (30-60 HU below the liver in its phase), 9-18 mm radius
+    renal cyst               1-2 water-density (5 HU) spheres in a kidney, 8-14 mm radius
     vascular calcification   4-7 plaques (650 HU) on the aortic wall, 3-5 mm radius
     splenomegaly             the spleen enlarged 1.35-1.55x in every direction
     ascites                  fluid (8 HU) replacing the anterior peritoneal fat
     lung nodule              1-3 solid (35 HU) spheres in the lung bases, 5-9 mm radius
     emphysema                4-7 low-attenuation (-975 HU against -850 HU lung) zones, 9-16 mm radius
 
-Organ-bound findings are painted only over their organ's tissue (`Structure.only_over`) and keep
-its label, so the segmentation labels stay correct; the others are label 0.
+Cases with findings carry no incidental lesions (lesions.py), so the 0/1 labels stay exact.
+Organ-bound findings are painted only over their organ's tissue (`Structure.only_over`), deform
+with it (`Structure.owner`) and keep its label, so the segmentation labels stay correct; the others are label 0.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..labels import AMOS_LABELS
-from .anatomy import REFERENCE_HALF_DEPTH, REFERENCE_HALF_WIDTH, CaseSpec, Structure, build_structures, diaphragm_z
+from .anatomy import CaseSpec, Structure, build_structures, diaphragm_z, lung_floor
 from .shapes import Ellipsoid, Tube
 
 FINDINGS: tuple[str, ...] = ("pleural effusion", "liver lesion", "renal cyst", "vascular calcification",
@@ -45,6 +46,8 @@ def draw_findings(seed: int, kind_code: int, index: int, prevalence: float) -> t
 def apply_findings(spec: CaseSpec, present: dict[str, bool], geometry_seed: int) -> tuple[CaseSpec, list[Structure]]:
     """The case's spec (with an enlarged spleen under splenomegaly) and the extra structures to paint."""
     rng = np.random.default_rng(geometry_seed)
+    # no incidental lesions under findings: a case's lesions are exactly its labelled findings
+    spec = replace(spec, incidental=False)
     if present.get("splenomegaly"):
         scale = dict(spec.organ_scale)
         scale["spleen"] = scale.get("spleen", 1.0) * float(rng.uniform(1.35, 1.55))
@@ -63,7 +66,8 @@ def apply_findings(spec: CaseSpec, present: dict[str, bool], geometry_seed: int)
 
 
 def _body_scale(spec: CaseSpec) -> tuple[float, float]:
-    return spec.half_depth / REFERENCE_HALF_DEPTH, spec.half_width / REFERENCE_HALF_WIDTH
+    _, sy, sx = spec.body_scale()
+    return float(sy), float(sx)
 
 
 def _point_in(ell: Ellipsoid, rng: np.random.Generator, reach: float) -> tuple[float, float, float]:
@@ -79,7 +83,7 @@ def _liver_lesions(spec, organs, rng):
     shapes = tuple(Ellipsoid(_point_in(lobe, rng, 0.55), tuple(rng.uniform(9, 18) * rng.uniform(0.8, 1.2, 3)))
                    for _ in range(rng.integers(1, 4)))
     return [Structure("liver lesion", "liver lesion", AMOS_LABELS["liver"], shapes, only_over=("liver",),
-                      below_diaphragm=True)]
+                      below_diaphragm=True, owner="liver")]
 
 
 def _renal_cysts(spec, organs, rng):
@@ -88,7 +92,7 @@ def _renal_cysts(spec, organs, rng):
     shapes = tuple(Ellipsoid(_point_in(kidney, rng, 0.5), (float(rng.uniform(8, 14)),) * 3)
                    for _ in range(rng.integers(1, 3)))
     return [Structure("renal cyst", "cyst", AMOS_LABELS[side], shapes,
-                      only_over=("renal cortex", "renal medulla"), below_diaphragm=True)]
+                      only_over=("renal cortex", "renal medulla"), below_diaphragm=True, owner=side)]
 
 
 def _calcifications(spec, organs, rng):
@@ -112,7 +116,7 @@ def _calcifications(spec, organs, rng):
 def _effusion(spec, organs, rng):
     sy, sx = _body_scale(spec)
     sides = [(-1,), (1,), (-1, 1)][rng.integers(3)]
-    shapes = tuple(Ellipsoid((-15.0 * spec.height_scale, 75.0 * sy, s * 70.0 * sx),
+    shapes = tuple(Ellipsoid((-15.0 * spec.height_scale + spec.breath_mm, 75.0 * sy, s * 70.0 * sx),
                              tuple(float(v) for v in rng.uniform(0.9, 1.2) * np.array([45.0, 38.0, 60.0])))
                    for s in sides)
     return [Structure("pleural effusion", "pleural fluid", 0, shapes, only_over=("lung",), warp=False)]
@@ -133,7 +137,7 @@ def _lung_points(spec: CaseSpec, rng: np.random.Generator, n: int, margin: float
     points = []
     for _ in range(200):
         y, x = rng.uniform(-50, 85) * sy, rng.choice([-1, 1]) * rng.uniform(35, 110) * sx
-        floor = float(max(diaphragm_z(spec, y, x), -75.0 * spec.height_scale)) + margin
+        floor = float(max(diaphragm_z(spec, y, x), lung_floor(spec))) + margin
         if floor < spec.z_top - margin:
             points.append((float(rng.uniform(floor, spec.z_top - margin)), float(y), float(x)))
         if len(points) == n:

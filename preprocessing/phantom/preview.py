@@ -1,4 +1,4 @@
-"""A PNG montage of phantom cases: axial, coronal and sagittal slices with the labels overlaid.
+"""A PNG montage of phantom cases side by side: contrast phases, habitus and coverage, with the labels.
 
 Images are shown in radiological convention (patient's right on the left, anterior up, head up)
 whatever direction matrix the file was written with, at their physical aspect ratio.
@@ -13,7 +13,7 @@ from medgmae_plans.runtime.atomic import atomic_path
 
 from ..labels import AMOS_LABELS
 
-WINDOW = (-160, 240)  # soft-tissue window, HU
+WINDOW = (-160, 240)  # soft-tissue window, HU (width 400, level 40)
 
 
 def load_lps(path: Path):
@@ -41,57 +41,83 @@ def _level(label: np.ndarray, ids: list[int], axis: int) -> int | None:
     return int(area.argmax()) if area.any() else None
 
 
-def _views(hu, label):
-    """(title, image slice, label slice, axis of the slice) for the montage's five panels."""
-    L = AMOS_LABELS
-    mid = [s // 2 for s in hu.shape]
-    pelvic = _level(label, [L["bladder"]], 0)
-    picks = [
-        ("axial, liver", 0, _level(label, [L["liver"]], 0)),
-        ("axial, kidneys", 0, _level(label, [L["right kidney"], L["left kidney"]], 0)),
-        ("axial, pelvis" if pelvic is not None else "axial, pancreas", 0,
-         pelvic if pelvic is not None else _level(label, [L["pancreas"]], 0)),
-        ("coronal", 1, _level(label, [L["right kidney"], L["left kidney"]], 1)),
-        ("sagittal", 2, _level(label, [L["aorta"]], 2)),
-    ]
-    for title, axis, index in picks:
-        index = mid[axis] if index is None else index
-        take = [slice(None)] * 3
-        take[axis] = index
-        yield title, hu[tuple(take)], label[tuple(take)], axis
+# Rows of the montage: (title, axis, labels whose largest slice is shown, overlay the labels?).
+# The liver row is plain so the contrast phase is read off the image itself.
+VIEWS = (("axial, liver", 0, ["liver"], False),
+         ("axial, kidneys + labels", 0, ["right kidney", "left kidney"], True),
+         ("coronal + labels", 1, ["right kidney", "left kidney"], True))
 
 
-def write_preview(dataset_dir: Path, out_png: Path, n_cases: int = 2) -> Path:
+def _slice(volume, axis: int, index: int):
+    take = [slice(None)] * 3
+    take[axis] = index
+    return volume[tuple(take)]
+
+
+def pick_cases(dataset_dir: Path, n_cases: int) -> list[str]:
+    """Training cases that show the variety: the first of each contrast phase, then the leanest and
+    the heaviest patient, then the shortest scan, then in order, up to `n_cases`."""
+    import json
+
+    info = [c for c in json.loads((dataset_dir / "phantom_cases.json").read_text()) if c["kind"] == "train"]
+    picks: list[str] = []
+    for phase in ("non-contrast", "arterial", "portal-venous", "delayed"):
+        picks += [c["case"] for c in info if c.get("phase") == phase][:1]
+    by_fat = sorted(info, key=lambda c: c.get("patient", {}).get("fat_mm", 0))
+    by_length = sorted(info, key=lambda c: -np.subtract(*c.get("z_range_mm", [0, 0])))
+    for c in [by_fat[0], by_fat[-1], by_length[0], *info]:
+        if c["case"] not in picks:
+            picks.append(c["case"])
+    return picks[:n_cases]
+
+
+def _title(c: dict) -> str:
+    p = c.get("patient", {})
+    z0, z1 = c.get("z_range_mm", [0, 0])
+    return (f"{c['case']}: {c.get('phase', '?')}\n{'F' if c.get('female') else 'M'} BMI {p.get('bmi', 0):.0f}, "
+            f"fat {p.get('fat_mm', 0):.0f} mm, {z1 - z0:.0f} mm {'+pelvis' if c.get('pelvis') else ''}")
+
+
+def write_preview(dataset_dir: Path, out_png: Path, n_cases: int = 6) -> Path:
+    """Cases side by side (columns), three views each (rows), soft-tissue window."""
+    import json
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    images = sorted((dataset_dir / "imagesTr").glob("*_0000.nii.gz"))[:n_cases]
+    info = {c["case"]: c for c in json.loads((dataset_dir / "phantom_cases.json").read_text())}
+    cases = pick_cases(dataset_dir, n_cases)
     colors = label_colors()
-    fig, axes = plt.subplots(len(images), 5, figsize=(22, 5.5 * len(images)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1.3, 1.3, 1.3, 1.1, 0.8]})
-    for row, image_path in zip(axes, images):
-        case = image_path.name[: -len("_0000.nii.gz")]
-        hu, spacing = load_lps(image_path)
+    fig, axes = plt.subplots(len(VIEWS), len(cases), figsize=(3.6 * len(cases), 3.4 * len(VIEWS) + 1.2),
+                             squeeze=False)
+    for col, case in enumerate(cases):
+        hu, spacing = load_lps(dataset_dir / "imagesTr" / f"{case}_0000.nii.gz")
         label, _ = load_lps(dataset_dir / "labelsTr" / f"{case}.nii.gz")
-        for ax, (title, img, lab, axis) in zip(row, _views(hu, label)):
-            # axial rows are y (anterior up); coronal/sagittal rows are z, drawn with the head up
+        for row, (title, axis, organs, overlay) in enumerate(VIEWS):
+            ax = axes[row, col]
+            index = _level(label, [AMOS_LABELS[o] for o in organs], axis)
+            index = hu.shape[axis] // 2 if index is None else index
+            img, lab = _slice(hu, axis, index), _slice(label, axis, index)
+            # axial rows are y (anterior up); coronal rows are z, drawn with the head up
             rows_mm, cols_mm = [s for a, s in enumerate(spacing) if a != axis]
             origin = "upper" if axis == 0 else "lower"
             ax.imshow(img, cmap="gray", vmin=WINDOW[0], vmax=WINDOW[1], origin=origin, aspect=rows_mm / cols_mm)
-            overlay = colors[lab]
-            overlay[..., 3] *= 0.45
-            ax.imshow(overlay, origin=origin, aspect=rows_mm / cols_mm)
-            ax.set_title(f"{case}: {title}", fontsize=10)
+            if overlay:
+                rgba = colors[lab]
+                rgba[..., 3] *= 0.4
+                ax.imshow(rgba, origin=origin, aspect=rows_mm / cols_mm)
+            ax.set_title(_title(info[case]) if row == 0 else title, fontsize=9)
             ax.axis("off")
     names = [n for n in AMOS_LABELS if n != "background"]
     handles = [Patch(color=colors[AMOS_LABELS[n]][:3], label=f"{AMOS_LABELS[n]} {n}") for n in names]
-    fig.legend(handles=handles, loc="lower center", ncol=8, fontsize=9, frameon=False)
-    fig.suptitle(f"{dataset_dir.name}: soft-tissue window [{WINDOW[0]}, {WINDOW[1]}] HU", fontsize=12)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
+    fig.legend(handles=handles, loc="lower center", ncol=8, fontsize=8, frameon=False)
+    fig.suptitle(f"{dataset_dir.name}: soft-tissue window [{WINDOW[0]}, {WINDOW[1]}] HU; rows: axial at the "
+                 "liver's largest slice, axial at the kidneys with labels, coronal with labels", fontsize=11)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.96))
     with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=64)
+        fig.savefig(tmp, dpi=72)
     plt.close(fig)
     return Path(out_png)

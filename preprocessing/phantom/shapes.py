@@ -51,20 +51,27 @@ class Grid:
 
 @dataclass(frozen=True)
 class Warp:
-    """A smooth random displacement (a few sinusoids per axis), the same for every organ of a case,
-    so neighbouring organs deform together. Amplitude in mm."""
+    """A smooth random displacement (a few sinusoids per axis). Amplitude in mm. The renderer uses
+    one for the whole case (neighbouring organs deform together) combined with a shorter-wavelength
+    one per organ (its own shape)."""
 
     amp: np.ndarray  # [3 axes, n terms]
     freq: np.ndarray  # [3 axes, n terms, 3]  (cycles per mm along z, y, x)
     phase: np.ndarray  # [3 axes, n terms]
 
     @classmethod
-    def random(cls, rng: np.random.Generator, amplitude_mm: float, n_terms: int = 3) -> "Warp":
+    def random(cls, rng: np.random.Generator, amplitude_mm: float, n_terms: int = 3,
+               wavelength_mm: tuple[float, float] = (90.0, 220.0)) -> "Warp":
         amp = rng.uniform(0.3, 1.0, (3, n_terms)) * amplitude_mm / n_terms
-        wavelength = rng.uniform(90.0, 220.0, (3, n_terms, 1))
+        wavelength = rng.uniform(*wavelength_mm, (3, n_terms, 1))
         direction = rng.normal(size=(3, n_terms, 3))
         direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
         return cls(amp, direction / wavelength, rng.uniform(0, 2 * np.pi, (3, n_terms)))
+
+    def combined(self, other: "Warp") -> "Warp":
+        """The sum of both displacements (their terms side by side)."""
+        return Warp(np.concatenate([self.amp, other.amp], 1), np.concatenate([self.freq, other.freq], 1),
+                    np.concatenate([self.phase, other.phase], 1))
 
     @property
     def max_displacement(self) -> float:
@@ -79,10 +86,11 @@ class Warp:
         for axis, base in enumerate((z, y, x)):
             disp = 0.0
             for t in range(self.amp.shape[1]):
-                fz, fy, fx = self.freq[axis, t]
-                a = 2 * np.pi * fz * z + self.phase[axis, t]
-                b = 2 * np.pi * (fy * y + fx * x)
-                disp = disp + self.amp[axis, t] * (np.sin(a) * np.cos(b) + np.cos(a) * np.sin(b))
+                # Python floats keep the float32 coordinates float32 (numpy scalars would promote)
+                fz, fy, fx = (2 * np.pi * float(f) for f in self.freq[axis, t])
+                a = fz * z + float(self.phase[axis, t])
+                b = fy * y + fx * x
+                disp = disp + float(self.amp[axis, t]) * (np.sin(a) * np.cos(b) + np.cos(a) * np.sin(b))
             out.append(base + disp)
         return out
 
