@@ -68,9 +68,11 @@ class PretrainSettings:
     png_every: int = 250
     log_every: int = 10
     render_backend: str = "auto"
-    # bf16 autocast of the forward and loss on a CPU with native bf16 (always on CUDA), as fine-tuning's
-    # step: measured faster with the same loss curve (benchmarks.pretrain_bf16, docs/results.md); --fp32.
-    cpu_bf16: bool = True
+    # bf16 autocast of the forward and loss on a CPU with native bf16 (`--cpu-bf16`; CUDA always autocasts).
+    # Off by default: on this project's AVX512-BF16 CPU the tiny preset's step was no faster (0.99x
+    # gaussian, 0.97x voxel over 2000 steps) and its loss curve drifted 5-12 % from float32's
+    # (benchmarks.pretrain_bf16, docs/results.md): the operators are too small for bf16 to pay.
+    cpu_bf16: bool = False
     # One torch thread: the tiny model's operators are too small to split (two threads gained 10% on
     # idle cores) and a second thread waits on the first whenever another job holds a core (1.0 s
     # against 0.08 s a step beside a 2-thread job; medgmae_plans.runtime.threads). Feeding a GPU needs one.
