@@ -249,6 +249,14 @@ def test_resume_refuses_other_settings(tmp_path):
     pretrain(settings(tmp_path / "run", steps=2), cases())
     with pytest.raises(UserError, match="decoder_type"):
         pretrain(settings(tmp_path / "run", steps=4, decoder="gaussian", resume=True), cases())
+    # a run saved before --crop-centres existed was organ-centred: it cannot go on label-free
+    latest = tmp_path / "run" / "checkpoint_latest.pt"
+    state = torch.load(latest, weights_only=False)
+    for block in (state["settings"], state["metadata"]):
+        block.pop("crop_centres"), block.pop("label_free", None)
+    torch.save(state, latest)
+    with pytest.raises(UserError, match="crop_centres"):
+        pretrain(settings(tmp_path / "run", steps=4, crop_centres="body", resume=True), cases())
 
 
 def write_preprocessed(root, name="Dataset990_AbdomenPhantom", n=2):

@@ -242,7 +242,10 @@ def resume(state: dict, latest: Path, s: PretrainSettings, meta: dict, model, op
     """Continue from `state` (checkpoint_latest.pt); returns its step."""
     # The settings and the model's description together say what the run is: the metadata holds
     # what the settings leave to the preset (patch and crop size, the network) and the data's part.
-    run.check_settings(latest, {**state["settings"], **state["metadata"]}, {**asdict(s), **meta})
+    # A run saved before --crop-centres existed centred its crops on the organs.
+    saved = {"crop_centres": "organs", **state["settings"], **state["metadata"]}
+    saved.setdefault("label_free", not state["metadata"].get("datasets"))
+    run.check_settings(latest, saved, {**asdict(s), **meta})
     run.restore_training(state, model, optimizer, scheduler)
     if state["world_size"] == info.world_size:
         run.restore_rng(state["rng"][info.rank])
