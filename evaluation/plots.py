@@ -88,14 +88,40 @@ def _axial_picks(ref: np.ndarray, n_slices: int) -> list[int]:
     return sorted({int(round(lo + (hi - lo) * q)) for q in np.linspace(0.2, 0.8, n_slices)})
 
 
+@dataclass
+class OverlayArrays:
+    name: str
+    ct: np.ndarray      # [z, y, x] in HU
+    reference: np.ndarray
+    prediction: np.ndarray
+    spacing: Sequence[float]   # (z, y, x) mm
+
+
 def prediction_overlays(cases: Sequence[OverlayCase], out_png: Path, label_names: dict[int, str] | None = None,
                         n_slices: int = 3, title: str = "") -> Path:
     """A PNG with one row per case and `n_slices` axial slices: the CT in the [-175, 250] HU window,
     the ground truth as filled colours and the prediction as outlines of the same colours."""
+    from preprocessing.phantom.preview import load_lps
+
+    if not cases:
+        raise UserError("prediction_overlays: no cases to draw")
+    rows = []
+    for case in cases:
+        ct, spacing = load_lps(case.image)
+        ref, _ = load_lps(case.reference)
+        pred, _ = load_lps(case.prediction)
+        if ct.shape != ref.shape or ct.shape != pred.shape:
+            raise UserError(f"{case.prediction}: shape {pred.shape} does not match the image {case.image} "
+                            f"{ct.shape} or the reference {ref.shape}")
+        rows.append(OverlayArrays(case.name, ct, ref, pred, spacing))
+    return overlay_arrays(rows, out_png, label_names, n_slices, title)
+
+
+def overlay_arrays(cases: Sequence[OverlayArrays], out_png: Path, label_names: dict[int, str] | None = None,
+                   n_slices: int = 3, title: str = "") -> Path:
+    """`prediction_overlays` of arrays already in memory (axial slices along the first axis)."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
-
-    from preprocessing.phantom.preview import load_lps
 
     if not cases:
         raise UserError("prediction_overlays: no cases to draw")
@@ -106,12 +132,7 @@ def prediction_overlays(cases: Sequence[OverlayCase], out_png: Path, label_names
     fig, axes = plt.subplots(len(cases), n_slices, figsize=(3.2 * n_slices, fig_h), squeeze=False)
     seen: set[int] = set()
     for row, case in zip(axes, cases):
-        ct, spacing = load_lps(case.image)
-        ref, _ = load_lps(case.reference)
-        pred, _ = load_lps(case.prediction)
-        if ct.shape != ref.shape or ct.shape != pred.shape:
-            raise UserError(f"{case.prediction}: shape {pred.shape} does not match the image {case.image} "
-                            f"{ct.shape} or the reference {ref.shape}")
+        ct, ref, pred, spacing = case.ct, case.reference, case.prediction, case.spacing
         aspect = spacing[1] / spacing[2]
         picks = _axial_picks(ref, n_slices)
         for ax in row:

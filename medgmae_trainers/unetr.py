@@ -51,6 +51,13 @@ def skip_layers(depth: int) -> tuple[int, int, int]:
     return tuple(max(1, math.floor(depth * k / 4 + 0.5)) for k in (1, 2, 3))
 
 
+def used_skip_layers(depth: int, patch_size: int) -> tuple[int, ...]:
+    """The `skip_layers` UNETR's decoder reads at this patch: all three at patch 16, the two coarse ones
+    (z_b, z_c) at patches 12 and 8, which have no 8g level for z_a (see the module docstring)."""
+    za, zb, zc = skip_layers(depth)
+    return (za, zb, zc) if int(patch_size) == 16 else (zb, zc)
+
+
 def _cubic(img_size) -> int:
     sizes = [int(img_size)] * 3 if isinstance(img_size, (int, float)) else [int(s) for s in img_size]
     if len(sizes) != 3 or len(set(sizes)) != 1:

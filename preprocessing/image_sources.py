@@ -6,9 +6,15 @@ A collection folder may mix both. Files with an image ending (`.nii.gz`, `.nii`,
 are HU). Case ids are the file names without ending and without nnU-Net's `_0000` channel suffix,
 or the DICOM folder's path relative to the collection (with `_sN` when a folder holds several
 series).
+
+Every image is read in one canonical layout, the one nnU-Net's `SimpleITKIOWithReorient` gives the
+labelled cases (`CANONICAL_ORIENTATION`, RAS): a scan stored with flipped or permuted axes reaches
+pretraining as the same patient in the same voxel layout as fine-tuning sees it. The collection's
+`dataset.json` records it (`orientation`), and each case's properties keep its stored orientation.
 """
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +26,15 @@ from medgmae_plans.runtime import UserError
 from .validate import check_ct_image, read_image
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+
+
+def _reorienting_readers_layout() -> str:
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIOWithReorient
+
+    return inspect.signature(SimpleITKIOWithReorient.read_images).parameters["orientation"].default
+
+
+CANONICAL_ORIENTATION = _reorienting_readers_layout()  # "RAS"
 _CHANNEL_SUFFIX = re.compile(r"_0000$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -94,24 +109,29 @@ def find_images(folder: Path) -> list[ImageSource]:
     return sorted(sources, key=lambda s: s.case_id)
 
 
-def read_source(source: ImageSource) -> sitk.Image:
+def read_source(source: ImageSource) -> tuple[sitk.Image, str]:
+    """The image turned to `CANONICAL_ORIENTATION`, and the orientation it was stored in."""
     if not source.dicom_files:
-        return read_image(source.path)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(list(source.dicom_files))
-    try:
-        return reader.Execute()
-    except RuntimeError:
-        raise UserError(f"{source.describe()}: cannot be read as a DICOM series") from None
+        image = read_image(source.path)
+    else:
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(list(source.dicom_files))
+        try:
+            image = reader.Execute()
+        except RuntimeError:
+            raise UserError(f"{source.describe()}: cannot be read as a DICOM series") from None
+    stored = sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(image.GetDirection())
+    return sitk.DICOMOrient(image, CANONICAL_ORIENTATION), stored
 
 
 def load_ct(source: ImageSource) -> tuple[np.ndarray, dict]:
-    """Voxels `[1, z, y, x]` float32 and properties in the layout of nnU-Net's `SimpleITKIO`."""
-    image = read_source(source)
+    """Voxels `[1, z, y, x]` float32 in `CANONICAL_ORIENTATION` and properties in the layout of nnU-Net's
+    `SimpleITKIOWithReorient`."""
+    image, stored = read_source(source)
     voxels = check_ct_image(image, source.describe())
     properties = {
         "sitk_stuff": {"spacing": image.GetSpacing(), "origin": image.GetOrigin(),
-                       "direction": image.GetDirection()},
+                       "direction": image.GetDirection(), "original_orientation": stored},
         "spacing": [abs(float(s)) for s in image.GetSpacing()[::-1]],
     }
     return voxels.astype(np.float32)[None], properties
@@ -120,6 +140,6 @@ def load_ct(source: ImageSource) -> tuple[np.ndarray, dict]:
 def source_geometry(source: ImageSource) -> tuple[list[float], list[int]]:
     """Spacing and shape (z, y, x) for planning, from a whole read of the image, checked as
     `load_ct` checks it: every image passes before anything of the collection is written."""
-    image = read_source(source)
+    image, _ = read_source(source)
     check_ct_image(image, source.describe())
     return [abs(float(s)) for s in image.GetSpacing()[::-1]], [int(n) for n in image.GetSize()[::-1]]

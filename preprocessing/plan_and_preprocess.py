@@ -180,7 +180,7 @@ def _preprocess_configuration(out_folder: Path, configuration: str, jobs: list, 
 
 
 def preprocess_collection(images: Path, name: str, args) -> dict:
-    from .image_sources import find_images, source_geometry
+    from .image_sources import CANONICAL_ORIENTATION, find_images, source_geometry
     from .validate import run_jobs
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
@@ -201,7 +201,10 @@ def preprocess_collection(images: Path, name: str, args) -> dict:
                         planner_name="MedGMAEPlanner (unlabelled collection)", configurations=args.configurations)
     dataset_json = {"name": name, "description": f"unlabelled CT collection from {images}",
                     "channel_names": {"0": "CT"}, "labels": {"background": 0}, "numTraining": len(sources),
-                    "file_ending": ".nii.gz", "labelled": False}
+                    "file_ending": ".nii.gz", "labelled": False,
+                    # read as the reorienting reader reads labelled cases; part of the data signature, so
+                    # collections preprocessed as stored (before this key) are preprocessed again
+                    "orientation": CANONICAL_ORIENTATION}
     files = [f for s in sources for f in (s.dicom_files or (s.path,))]
     jobs = [CaseJob(s.case_id, source=s) for s in sources]
     log = setup_run_log(out_folder, RUN_NAME, args.verbose)

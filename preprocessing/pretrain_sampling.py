@@ -9,6 +9,9 @@ an uninterrupted run would have seen, whatever the number of background workers.
                    it, as nnU-Net oversamples), or, for a case without labels, on body tissue
                    (intensity > `body_threshold` in the [0, 1] CT normalisation)
     negative crop  centred on a voxel drawn uniformly from the whole volume
+    label-free     (`crop_centres="body"`) labels are never used: every case's positive crops are
+                   centred on body tissue, as a collection's, so pretraining on a labelled dataset's
+                   images sees no more of its labels than a fine-tuning fraction does
     outside        the volume is padded with 0 (air after the HU [-175, 250] -> [0, 1] mapping)
 
 Augmentation (batchgenerators, probabilities of the paper's section 4.2): mirroring p 0.5 (then each
@@ -37,12 +40,16 @@ class PretrainCase:
     load: CaseLoader = field(repr=False, compare=False)
 
 
+CROP_CENTRES = ("organs", "body")
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     crop_size: int = 96
     sub_crops: int = 8
     positive_fraction: float = 0.75
     body_threshold: float = 0.05
+    crop_centres: str = "organs"   # CROP_CENTRES: the paper's organ-centred positives, or "body" (label-free)
     augment: bool = True
     p_mirror: float = 0.5
     p_rot90: float = 0.3
@@ -97,7 +104,7 @@ def crop_centres(image, seg, properties: dict | None, cfg: SamplingConfig, rng: 
     n_pos = int(round(cfg.sub_crops * cfg.positive_fraction))
     positive = np.array([True] * n_pos + [False] * (cfg.sub_crops - n_pos))
     rng.shuffle(positive)
-    classes = foreground_candidates(seg, properties, rng)
+    classes = foreground_candidates(seg, properties, rng) if cfg.crop_centres == "organs" else []
     body = None
     if not classes and positive.any():
         # No labels: body tissue (above air) stands in for the foreground.

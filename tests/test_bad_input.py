@@ -823,7 +823,8 @@ def test_image_smaller_than_the_patch_is_padded_with_air(nnunet_env, tmp_path, c
     assert main(["--images", str(tmp_path / "images"), "--name", "Tiny", "-np", "1", "--no-pbar"]) == 0
     image, _ = load_case(folder_cases(collection_data_folder("Tiny"), labelled=False)[0])
     assert image.shape == (1, 20, 20, 20)
-    np.testing.assert_allclose(image[0], window_hu(hu), atol=1e-6)
+    # stored with the identity direction (LPS), read in the reorienting reader's RAS: y and x reversed
+    np.testing.assert_allclose(image[0], window_hu(hu)[:, ::-1, ::-1], atol=1e-6)
     crop = extract_crop(image, [10, 10, 10], 96)
     assert crop.shape == (1, 96, 96, 96)
     np.testing.assert_array_equal(crop[0, 38:58, 38:58, 38:58], image[0])

@@ -113,3 +113,33 @@ def test_reader_errors_name_what_exists(reader_env):
         list_pretraining_cases([], ["nope"])
     with pytest.raises(UserError, match="no dataset matches"):
         list_pretraining_cases(["BTCV"], [])
+
+
+def test_a_ct_stored_flipped_preprocesses_to_the_same_array(nnunet_env, tmp_path):
+    """One CT twice in a collection, as stored and rewritten with the x axis flipped in both the voxels and
+    the direction matrix (the same patient in space): the reorienting reader's layout makes them one array."""
+    from bad_input_support import small_ct, write_ct
+
+    from preprocessing.image_sources import CANONICAL_ORIENTATION
+    from medgmae_plans.plan_and_preprocess import main
+    from preprocessing.collections import collection_data_folder, folder_cases, load_case, load_properties
+
+    hu = small_ct((20, 24, 28))
+    stored = sitk.ReadImage(str(write_ct(tmp_path / "images" / "as_stored.nii.gz", hu, spacing=(1.5, 1.5, 1.5))))
+    flipped = sitk.GetImageFromArray(hu[:, :, ::-1])
+    flipped.SetSpacing(stored.GetSpacing())
+    direction = np.array(stored.GetDirection()).reshape(3, 3)
+    direction[:, 0] *= -1  # index axis x now runs the other way through space
+    flipped.SetDirection(direction.ravel().tolist())
+    flipped.SetOrigin(stored.TransformIndexToPhysicalPoint((hu.shape[2] - 1, 0, 0)))
+    sitk.WriteImage(flipped, str(tmp_path / "images" / "flipped.nii.gz"))
+    assert not np.array_equal(sitk.GetArrayFromImage(flipped), hu)
+
+    assert main(["--images", str(tmp_path / "images"), "--name", "Twice", "-np", "1", "--no-pbar"]) == 0
+    cases = {c.case_id: c for c in folder_cases(collection_data_folder("Twice"), labelled=False)}
+    (a, _), (b, _) = load_case(cases["as_stored"]), load_case(cases["flipped"])
+    np.testing.assert_array_equal(a, b)
+    orientations = {k: load_properties(c)["sitk_stuff"]["original_orientation"] for k, c in cases.items()}
+    assert orientations["as_stored"] != orientations["flipped"]
+    dataset_json = json.loads((collection_data_folder("Twice").parent / "dataset.json").read_text())
+    assert dataset_json["orientation"] == CANONICAL_ORIENTATION == "RAS"

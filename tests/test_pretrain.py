@@ -113,6 +113,13 @@ def test_crop_centres_are_three_positive_to_one_negative():
     centres, positive = crop_centres(img, None, {}, SamplingConfig(sub_crops=40), rng)
     assert all(img[(0, *c)] > 0.05 for c, p in zip(centres, positive) if p)
     assert positive.sum() == 30
+    # Label-free (--crop-centres body): a labelled case's labels and class locations are not used; its
+    # positives are drawn as an unlabelled case's, the same centres from the same generator state.
+    body = SamplingConfig(sub_crops=40, crop_centres="body")
+    free = crop_centres(img, seg, props, body, np.random.default_rng(5))
+    unlabelled = crop_centres(img, None, {}, body, np.random.default_rng(5))
+    assert free[0] == unlabelled[0] and (free[1] == unlabelled[1]).all()
+    assert all(img[(0, *c)] > 0.05 for c, p in zip(*free) if p)
 
 
 def test_crops_are_padded_outside_the_volume():
@@ -242,6 +249,14 @@ def test_resume_refuses_other_settings(tmp_path):
     pretrain(settings(tmp_path / "run", steps=2), cases())
     with pytest.raises(UserError, match="decoder_type"):
         pretrain(settings(tmp_path / "run", steps=4, decoder="gaussian", resume=True), cases())
+    # a run saved before --crop-centres existed was organ-centred: it cannot go on label-free
+    latest = tmp_path / "run" / "checkpoint_latest.pt"
+    state = torch.load(latest, weights_only=False)
+    for block in (state["settings"], state["metadata"]):
+        block.pop("crop_centres"), block.pop("label_free", None)
+    torch.save(state, latest)
+    with pytest.raises(UserError, match="crop_centres"):
+        pretrain(settings(tmp_path / "run", steps=4, crop_centres="body", resume=True), cases())
 
 
 def write_preprocessed(root, name="Dataset990_AbdomenPhantom", n=2):
@@ -271,10 +286,17 @@ def test_command_on_a_preprocessed_dataset(nnunet_env, tmp_path):
     meta = torch.load(out / "checkpoint_final.pt", weights_only=False)["metadata"]
     assert meta["datasets"] == ["Dataset990_AbdomenPhantom"] and meta["num_cases"] == 2
     assert meta["patch_size"] == 16 and meta["num_gaussians"] == 8
+    assert meta["crop_centres"] == "organs" and meta["label_free"] is False  # the paper's sampling, by default
     run = json.loads((out / "pretrain.json").read_text())
     assert run["results"]["step"] == 3
     assert main(argv) == 2  # the run exists and --resume was not given: one-line error
     assert main(["-d", "NoSuchSet", "--out", str(tmp_path / "x")]) == 2
+    # images only: the run record says its crops never used the labels
+    free = tmp_path / "free"
+    assert main([*argv, "--out", str(free), "--crop-centres", "body"]) == 0  # the last --out counts
+    meta = torch.load(free / "checkpoint_final.pt", weights_only=False)["metadata"]
+    assert meta["crop_centres"] == "body" and meta["label_free"] is True
+    assert json.loads((free / "pretrain.json").read_text())["settings"]["crop_centres"] == "body"
 
 
 def test_command_with_worker_processes_exits(nnunet_env, tmp_path):

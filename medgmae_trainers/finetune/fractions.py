@@ -58,6 +58,7 @@ def select_cases(cases: Sequence[str], fraction: float, seed: int = FRACTION_SEE
 
 
 NNUNET_FOLDS = 5  # nnU-Net's default cross-validation (KFold(5) on the training cases)
+NNUNET_SPLIT_SEED = 12345  # the seed of that split in nnU-Net's do_split
 
 
 def fold_training_cases(preprocessed_dataset: Path, fold) -> int | None:
@@ -92,6 +93,24 @@ def fold_training_cases(preprocessed_dataset: Path, fold) -> int | None:
                         f"{NNUNET_FOLDS}-fold cross-validation needs; train on all of them with --fold all")
     # KFold gives the first `cases % 5` folds one validation case more
     return cases - (cases // NNUNET_FOLDS + (1 if fold < cases % NNUNET_FOLDS else 0))
+
+
+def fold_cases(preprocessed_dataset: Path, data_folder: Path, fold) -> tuple[list[str], list[str]]:
+    """(training, validation) case ids of `fold`, as nnU-Net's `nnUNetTrainer.do_split` makes them
+    (before `--fraction`), without writing `splits_final.json`: the dataset's own file when it has one,
+    else nnU-Net's seeded 5-fold split of the sorted cases of `data_folder`; `all` trains and validates on
+    every case. A fold nnU-Net would not train as asked is refused (`fold_training_cases`)."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    fold_training_cases(preprocessed_dataset, fold)
+    cases = sorted(infer_dataset_class(str(data_folder)).get_identifiers(str(data_folder)))
+    if fold == "all":
+        return cases, cases
+    splits_file = Path(preprocessed_dataset) / "splits_final.json"
+    splits = (json.loads(splits_file.read_text()) if splits_file.is_file()
+              else generate_crossval_split(cases, seed=NNUNET_SPLIT_SEED, n_splits=NNUNET_FOLDS))
+    return [str(c) for c in splits[fold]["train"]], [str(c) for c in splits[fold]["val"]]
 
 
 def _num_training(dataset_json: Path) -> int | None:

@@ -20,6 +20,8 @@ from medgmae_plans.runtime import UserError, add_common_flags, check_writable, c
 from medgmae_plans.configurations import CONFIGURATIONS, SUPPORTED_PATCHES, geometry
 from renderer_cupy import BACKENDS
 
+from preprocessing.pretrain_sampling import CROP_CENTRES
+
 from ..networks import DECODER_TYPES, PRESETS
 from ..run import resolve_device
 from .trainer import RECIPES, PretrainSettings, pretrain
@@ -27,7 +29,7 @@ from .trainer import RECIPES, PretrainSettings, pretrain
 DEFAULTS = PretrainSettings(out="")  # the run defaults live there; the flags below default to None ("not given")
 # Flags that set the PretrainSettings field of the same name (the rest are set below from other flags).
 SETTING_FLAGS = ("configuration", "preset", "decoder", "gaussians", "max_scale", "patch", "crop_size", "mask_ratio", "steps", "batch_size", "lr",
-                 "warmup", "seed", "workers", "sub_crops", "save_every", "png_every", "log_every", "threads",
+                 "warmup", "seed", "workers", "sub_crops", "crop_centres", "save_every", "png_every", "log_every", "threads",
                  "render_backend")
 
 
@@ -68,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int,
                    help=f"background data workers per process, >= 0 (0: main process; default {d.workers})")
     p.add_argument("--sub-crops", type=int, help=f"crops cut from each loaded volume, >= 1 (default {d.sub_crops})")
+    p.add_argument("--crop-centres", choices=CROP_CENTRES,
+                   help=f"positive crops (3 of 4) centred on labelled organs, the paper's, or on body tissue: "
+                        f"body is label-free, the -d datasets' images only (default {d.crop_centres})")
     p.add_argument("--no-augment", action="store_true", help="no flips/rotations/intensity augmentation")
     p.add_argument("--save-every", type=int,
                    help=f"steps between checkpoint_latest.pt saves, >= 1 (default {d.save_every})")

@@ -62,6 +62,7 @@ class PretrainSettings:
     device: str = "cpu"
     workers: int = 2
     sub_crops: int = 8
+    crop_centres: str = "organs"   # "body": label-free, the labelled datasets' images only
     augment: bool = True
     resume: bool = False
     save_every: int = 250
@@ -160,9 +161,11 @@ def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dic
     if run_dir.state:
         # The settings and the model's description together say what the run is: the metadata holds
         # what the settings leave to the preset (patch and crop size, the network) and the data's part.
-        step = run_dir.restore(model, optimizer, scheduler, {**asdict(s), **meta},
-                              saved={**run_dir.state["settings"], **run_dir.state["metadata"]},
-                              rank=info.rank, world_size=info.world_size)
+        # A run saved before --crop-centres existed centred its crops on the organs.
+        saved = {"crop_centres": "organs", **run_dir.state["settings"], **run_dir.state["metadata"]}
+        saved.setdefault("label_free", not run_dir.state["metadata"].get("datasets"))
+        step = run_dir.restore(model, optimizer, scheduler, {**asdict(s), **meta}, saved=saved,
+                               rank=info.rank, world_size=info.world_size)
     elif s.resume:
         log.info(f"--resume: no {latest}, starting from step 0")
     metrics = run_dir.metrics(step) if info.is_main else None
@@ -173,7 +176,7 @@ def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dic
 
     ddp = DistributedDataParallel(model) if info.distributed else model
     crop = meta["crop_size"][0]
-    sampling = SamplingConfig(crop_size=crop, sub_crops=s.sub_crops, augment=s.augment)
+    sampling = SamplingConfig(crop_size=crop, sub_crops=s.sub_crops, augment=s.augment, crop_centres=s.crop_centres)
     chunks = CropChunks(cases, sampling, seed=s.seed, rank=info.rank, world_size=info.world_size)
     batches = iterate_batches(chunks, s.batch_size, start_step=step, workers=s.workers)
     # Snapshots always show the same crop (the centre of the first case) with the same mask, so
@@ -240,6 +243,8 @@ def build_model(s: PretrainSettings, metadata: dict, device) -> tuple[PretrainMo
         "crop_size": [encoder.config["img_size"]] * 3, "mask_ratio": s.mask_ratio,
         "num_gaussians": netcfg["gaussians"]["num_gaussians"], "encoder_class": "medgmae_trainers.networks.ViT3D",
         "encoder_config": encoder.config, "network_config": netcfg, "seed": s.seed,
+        # which labels pretraining saw: none when its crops were body-centred (the run record says which)
+        "crop_centres": s.crop_centres, "label_free": s.crop_centres == "body" or not metadata.get("datasets"),
     }
     return model, meta
 
