@@ -72,7 +72,8 @@ def demo_env() -> dict[str, str]:
 # iterations, keep the job within 15 minutes.
 CONFIGURATION = recipe.CONFIGURATION
 PHANTOM = ["-n", str(recipe.PHANTOM_CASES), "--test", "4", "--unlabeled", str(recipe.PHANTOM_UNLABELED)]
-PRETRAIN = ["--preset", recipe.PRESET, "--decoder", "gaussian", "--steps", str(recipe.PRETRAIN_STEPS)]
+PRETRAIN = ["--preset", recipe.PRESET, "--decoder", "gaussian", "--steps", str(recipe.PRETRAIN_STEPS),
+            "--crop-centres", recipe.PRETRAIN_CROP_CENTRES]
 FINETUNE = ["--fraction", "0.1", *recipe.finetune_flags(), *recipe.unetr_flags()]
 
 
@@ -106,7 +107,7 @@ def demo_stages(env: dict[str, str], extra: list[str]) -> list[list[Lane]]:
 
 
 def pretrain_folder(env: dict[str, str]) -> Path:
-    return Path(env["nnUNet_results"]) / "MedGMAE_pretrain" / f"gaussian_{recipe.PRESET}_p8_{CONFIGURATION}"
+    return Path(env["nnUNet_results"]) / "MedGMAE_pretrain" / f"gaussian_{recipe.PRESET}_p8_{CONFIGURATION}_{recipe.PRETRAIN_CROP_CENTRES}"
 
 
 def finish_report(env: dict[str, str]) -> None:

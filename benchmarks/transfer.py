@@ -173,7 +173,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def pretrain_folder(root: Path, decoder: str, seed: int) -> Path:
-    return root / "nnUNet_results" / "MedGMAE_pretrain" / f"{decoder}_{PRESET}_s{seed}"
+    return root / "nnUNet_results" / "MedGMAE_pretrain" / f"{decoder}_{PRESET}_{recipe.PRETRAIN_CROP_CENTRES}_s{seed}"
 
 
 def replicates_at(fraction: float, replicates: int) -> range:
@@ -242,6 +242,7 @@ def build_steps(args, report: Path) -> list[Step]:
             steps.append(Step(f"pretrain {decoder} s{seed}", [[
                 command("medgmae_pretrain"), "-d", "Phantom", *pretrain_args, *config, "--preset", PRESET,
                 "--decoder", decoder, "--steps", str(args.pretrain_steps), *warmup, "--seed", str(seed),
+                "--crop-centres", recipe.PRETRAIN_CROP_CENTRES,
                 "--threads", str(recipe.THREADS_PER_RUN), "--out", str(out), "--resume", *common]],
                 done=finished, kind="pretrain", init=init, replicate=replicate))
 

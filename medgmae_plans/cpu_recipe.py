@@ -14,6 +14,10 @@ CONFIGURATION = "3d_lowres"
 PHANTOM_CASES, PHANTOM_UNLABELED = 20, 8   # labelled training cases, unlabelled images for pretraining
 PRESET = "tiny"
 PRETRAIN_STEPS = 1200
+# Pretraining crops centred on body tissue, never on labels (`medgmae_pretrain --crop-centres body`):
+# both users of this recipe compare fine-tuning at a label fraction, so pretraining must not have
+# seen the other 90 % of the labels through organ-centred crops.
+PRETRAIN_CROP_CENTRES = "body"
 EPOCHS, ITERS_PER_EPOCH = 9, 50
 UNETR_LR = 3e-3                            # nnU-Net's own network keeps its SGD lr (`--init nnunet`)
 THREADS_PER_RUN = 1

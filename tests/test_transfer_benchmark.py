@@ -34,6 +34,7 @@ def test_default_budget_runs_every_init_and_replicate(tmp_path):
             argv = steps[f"pretrain {decoder} s{seed}"]
             assert flag(argv, "--steps") == str(recipe.PRETRAIN_STEPS) and flag(argv, "--seed") == str(seed)
             assert flag(argv, "-c") == "3d_lowres" and flag(argv, "--threads") == "1"
+            assert flag(argv, "--crop-centres") == "body"  # label-free: the table claims a label fraction
             assert flag(argv, "--out") == str(transfer.pretrain_folder(tmp_path.resolve(), decoder, seed))
     for r in range(3):  # replicate r: trainer tagged r<r>, pretraining and fine-tuning seed 41 + r for every init
         medgmae = steps[f"finetune medgmae f0.1 r{r}"]
@@ -43,6 +44,8 @@ def test_default_budget_runs_every_init_and_replicate(tmp_path):
         scratch = steps[f"finetune scratch f0.1 r{r}"]
         assert flag(scratch, "--init") == "scratch" and flag(scratch, "--trainer") == f"MedGMAETrainer_scratch_f10_r{r}"
         assert "--pretrained" not in scratch
+        for run in (medgmae, scratch):  # replicate r also labels its own subset of cases
+            assert flag(run, "--fraction-seed") == str(12345 + r)
         nnunet = steps[f"finetune nnunet f0.1 r{r}"]
         assert flag(nnunet, "--init") == "nnunet" and "--lr" not in nnunet  # nnU-Net keeps its own SGD lr
         for argv in (medgmae, scratch, nnunet):
@@ -52,7 +55,7 @@ def test_default_budget_runs_every_init_and_replicate(tmp_path):
         assert flag(medgmae, "--lr") == flag(scratch, "--lr") == "0.003"
     ceiling = steps["finetune voxelmae f1 r0"]
     assert flag(ceiling, "--trainer") == "MedGMAETrainer_voxelmae_f100_r0"
-    assert flag(ceiling, "--pretrained").endswith("voxel_tiny_s41/checkpoint_final.pt")
+    assert flag(ceiling, "--pretrained").endswith("voxel_tiny_body_s41/checkpoint_final.pt")
     assert flag(steps["phantom"], "--test") == "10"  # the table is scored on 10 held-out cases
     assert "--test" in steps["evaluate"] and "--no-nsd" in steps["evaluate"] and list(steps)[-1] == "evaluate"
 
