@@ -10,7 +10,7 @@ import numpy as np
 from medgmae_plans.runtime.atomic import atomic_path, write_json_atomic, write_text_atomic
 from medgmae_plans.runtime import UserError
 
-from preprocessing.layouts.classification import LabelTable
+from preprocessing.layouts.classification import LabelTable, read_rows
 from .metrics import auroc, bootstrap_auroc, macro, threshold_metrics, youden_thresholds
 from .plots import roc_curves_png
 
@@ -25,11 +25,7 @@ def write_predictions(path: Path, cases, classes, probs: np.ndarray) -> None:
 
 def read_predictions(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     path = Path(path)
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-    except OSError as err:
-        raise UserError(f"cannot read predictions {path}: {err.strerror or err}") from None
+    rows = read_rows(path, "predictions")
     if not rows or rows[0][:1] != ["case"] or len(rows[0]) < 2:
         raise UserError(f"{path}: header must be 'case,<class>...'")
     try:

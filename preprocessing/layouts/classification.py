@@ -37,14 +37,19 @@ class LabelTable:
         return LabelTable(self.classes, [self.cases[i] for i in idx], [split] * len(idx), self.labels[idx])
 
 
+def read_rows(path: Path, what: str) -> list[list[str]]:
+    """The rows of a CSV file; an unreadable file is a one-line `UserError` naming it as `what`."""
+    try:
+        with open(path, newline="") as f:
+            return list(csv.reader(f))
+    except OSError as err:
+        raise UserError(f"cannot read {what} {path}: {err.strerror or err}") from None
+
+
 def read_labels(path: Path) -> LabelTable:
     """Read and check a labels CSV: header case, split, classes...; 0/1 values; known splits; unique cases."""
     path = Path(path)
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-    except OSError as err:
-        raise UserError(f"cannot read labels {path}: {err.strerror or err}") from None
+    rows = read_rows(path, "labels")
     if not rows or rows[0][:2] != ["case", "split"] or len(rows[0]) < 3:
         raise UserError(f"{path}: header must be 'case,split,<class>...' (got {rows[0] if rows else 'nothing'})")
     classes = rows[0][2:]
