@@ -15,6 +15,10 @@ configuration's preprocessed grid. The command lives in `evaluation` because it 
 """
 from __future__ import annotations
 
+from medgmae_plans.runtime.threads import use_sleeping_waiters
+
+use_sleeping_waiters()  # a console command's first act: before anything loads torch (see threads)
+
 import argparse
 import json
 import math

@@ -50,3 +50,13 @@ def test_importing_the_toolkit_changes_no_environment():
     code = "import os, medgmae_plans, medgmae_plans.runtime, preprocessing; print(os.environ.get('OMP_WAIT_POLICY'))"
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "None"
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_every_console_command_sets_the_policy_first(script):
+    """A command that loads torch lazily (inside main) must still set the policy: as its first act."""
+    module = SCRIPTS[script].split(":")[0]
+    text = (REPO / (module.replace(".", "/") + ".py")).read_text()
+    first_import = text.index("\nimport ") if "\nimport " in text else len(text)
+    call = text.find("\nuse_sleeping_waiters()")
+    assert 0 <= call < first_import, f"{script} ({module}): use_sleeping_waiters() must come before any other import"
