@@ -53,8 +53,6 @@ def _resample(image, spacing: float):
 
 
 def _load_preprocessed(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    import pickle
-
     import blosc2
 
     try:
@@ -66,8 +64,11 @@ def _load_preprocessed(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     spacing = (PRETRAIN_SPACING,) * 3
     pkl = path.with_suffix(".pkl")
     if pkl.is_file():
-        with open(pkl, "rb") as f:
-            spacing = tuple(float(s) for s in pickle.load(f).get("spacing_after_resampling", spacing))
+        from medgmae_plans.safe_load import load_pickle
+
+        properties = load_pickle(pkl)  # plain data only: a planted pickle runs nothing
+        spacing = tuple(float(s) for s in (properties.get("spacing_after_resampling", spacing)
+                                           if isinstance(properties, dict) else spacing))
     return arr[0], spacing
 
 

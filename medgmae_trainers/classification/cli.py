@@ -125,10 +125,14 @@ def _train(args) -> int:
     from .trainer import TrainSettings, train
 
     _check_train_ranges(args)
-    name, raw, table = _dataset(args.dataset)
-    geometry = Geometry(tuple(reversed(args.spacing_xyz)), tuple(reversed(args.size_xyz)), tuple(args.hu_window))
     if args.pretrained is not None and not args.pretrained.is_file():
         raise UserError(f"pretrained checkpoint {args.pretrained} does not exist")
+    if args.pretrained is not None:  # read (safely) before the dataset is looked up or preprocessed
+        from ..pretrain.checkpoint import load_checkpoint
+
+        load_checkpoint(args.pretrained)
+    name, raw, table = _dataset(args.dataset)
+    geometry = Geometry(tuple(reversed(args.spacing_xyz)), tuple(reversed(args.size_xyz)), tuple(args.hu_window))
     run = f"{'pretrained_' + args.pretrained.parent.name if args.pretrained else 'scratch_' + args.preset}_f{args.fraction:g}"
     out = check_writable(args.out or nnunet_folder("nnUNet_results") / "MedGMAE_classify" / name / run)
     folder = _preprocess(name, raw, table, geometry, args.preprocess_workers, not args.no_pbar, print)
@@ -149,9 +153,9 @@ def _predict(args) -> int:
     from .trainer import load_trained, predict_probs
 
     check_range("-np", args.preprocess_workers, 1)
-    name, raw, table = _dataset(args.dataset)
     device = torch.device(_device(args.device))
-    model, ckpt = load_trained(args.model, device)
+    model, ckpt = load_trained(args.model, device)  # before the dataset is looked up or preprocessed
+    name, raw, table = _dataset(args.dataset)
     if ckpt["classes"] != table.classes:
         raise UserError(f"{args.model}: trained on classes {ckpt['classes']}, {name} has {table.classes}")
     sub = table if args.split == "all" else table.subset(args.split)

@@ -160,7 +160,7 @@ def predict_folder(model: Path, folds: list, images: Path, out: Path, *, step_si
     predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=mirroring,
                                 perform_everything_on_device=on_device, device=device,
                                 verbose=verbose, verbose_preprocessing=verbose, allow_tqdm=pbar)
-    predictor.initialize_from_trained_model_folder(str(model), folds, checkpoint_name=checkpoint)
+    initialize_safely(predictor, model, folds, checkpoint)
     Path(out).mkdir(parents=True, exist_ok=True)
     common = dict(save_probabilities=save_probabilities, overwrite=overwrite,
                   folder_with_segs_from_prev_stage=previous_stage)
@@ -170,6 +170,40 @@ def predict_folder(model: Path, folds: list, images: Path, out: Path, *, step_si
         predictor.predict_from_files(str(images), str(out), num_processes_preprocessing=npp,
                                      num_processes_segmentation_export=nps, num_parts=num_parts,
                                      part_id=part_id, **common)
+
+
+def load_nnunet_checkpoint(path: Path) -> dict:
+    """An nnU-Net checkpoint (`checkpoint_final.pth`), read as tensors and plain data only (the toolkit's one
+    safe reader): a results folder shared by another lab runs no code when it is loaded."""
+    from medgmae_plans.safe_load import load_torch
+
+    ckpt = load_torch(path, "nnU-Net checkpoint")
+    if not isinstance(ckpt, dict) or not {"network_weights", "trainer_name", "init_args"} <= set(ckpt):
+        raise UserError(f"{path}: not an nnU-Net checkpoint (it holds no network_weights, trainer_name, init_args)")
+    return ckpt
+
+
+def initialize_safely(predictor, model: Path, folds: list, checkpoint: str) -> None:
+    """nnU-Net's `initialize_from_trained_model_folder`, with the checkpoints read safely first and handed to it.
+
+    nnU-Net reads them with `torch.load(weights_only=False)`, which runs whatever a pickle asks; here its
+    call returns the state our reader loaded already (and any other file it asked for would be refused).
+    """
+    import torch
+
+    loaded = {os.path.abspath(str(model / f"fold_{fold}" / checkpoint)):
+              load_nnunet_checkpoint(model / f"fold_{fold}" / checkpoint) for fold in folds}
+
+    def preloaded(path, *args, **kwargs):
+        key = os.path.abspath(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else None
+        if key not in loaded:
+            raise UserError(f"{path}: nnU-Net asked for a checkpoint that was not read safely")
+        return loaded[key]
+    real, torch.load = torch.load, preloaded
+    try:
+        predictor.initialize_from_trained_model_folder(str(model), folds, checkpoint_name=checkpoint)
+    finally:
+        torch.load = real
 
 
 main = cli_entry(_main)

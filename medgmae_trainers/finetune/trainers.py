@@ -329,6 +329,15 @@ class MedGMAETrainer(nnUNetTrainer):
         with atomic_path(filename) as tmp:  # nnU-Net's torch.save writes in place
             super().save_checkpoint(str(tmp))
 
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        """nnU-Net's, with a checkpoint file read as tensors and plain data only (`--continue`, `--c`):
+        nnU-Net's own `torch.load(weights_only=False)` would run whatever a planted pickle asks."""
+        if not isinstance(filename_or_checkpoint, dict):
+            from medgmae_plans.safe_load import load_torch
+
+            filename_or_checkpoint = load_torch(filename_or_checkpoint, "nnU-Net checkpoint")
+        super().load_checkpoint(filename_or_checkpoint)
+
     def perform_actual_validation(self, save_probabilities: bool = False):
         s = self.medgmae
         self.print_to_log_file(f"final validation: sliding-window step {s.val_step_size}, "

@@ -143,9 +143,9 @@ def pretrain(settings: PretrainSettings, cases: Sequence[PretrainCase], metadata
 def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dict:
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
-    log = make_logger(out, info)
     latest, final = out / ckpt.LATEST, out / ckpt.FINAL
-    state = run.resume_state(latest, s.resume, ckpt.FORMAT, ckpt.WHAT)
+    state = run.resume_state(latest, s.resume, ckpt.FORMAT, ckpt.WHAT)  # before the log: a refusal writes nothing
+    log = make_logger(out, info)
 
     torch.manual_seed(s.seed)  # identical initial weights on every rank
     model, meta = build_model(s, metadata, info.device)

@@ -113,6 +113,10 @@ def _train(args) -> int:
         raise UserError(f"--ncc-kernel {args.ncc_kernel}: must be odd (a window centred on each voxel)")
     if args.out is not None:
         check_writable(args.out)  # before the phantom dataset is made on first use
+    if args.pretrained is not None:  # read (safely) before the phantom dataset is made on first use
+        from ..pretrain.checkpoint import load_checkpoint
+
+        load_checkpoint(args.pretrained)
     root = dataset_folder(args.dataset, not args.no_pbar)
     ds = RegistrationDataset(root)
     if args.network == "voxelmorph":
@@ -137,7 +141,9 @@ def _predict(args) -> int:
 
     from .dataset import RegistrationDataset
     from .predict import predict
+    from .trainer import load_trained
 
+    load_trained(args.model, torch.device("cpu"))  # a missing or unsafe model: before the phantom dataset is made
     ds = RegistrationDataset(dataset_folder(args.dataset, not args.no_pbar))
     model_dir = args.model if args.model.is_dir() else args.model.parent
     out = args.out or model_dir / args.split
