@@ -75,11 +75,12 @@ def read_geometry(path: Path) -> Geometry:
 def check_pairs_geometry(pairs: Sequence["CasePair"]) -> None:
     """Every file whole (`check_complete`: a cut prediction would score as background) and every
     prediction on its reference's grid, before any voxel is evaluated."""
-    from medgmae_plans.validate import check_complete
+    from medgmae_plans.validate import check_complete, check_nifti_geometry
 
     for pair in pairs:
-        check_complete(pair.ref)
-        check_complete(pair.pred)
+        for path in (pair.ref, pair.pred):
+            check_complete(path)
+            check_nifti_geometry(path)  # a header that contradicts itself (pixdim against sform)
         check_same_geometry(read_geometry(pair.ref), read_geometry(pair.pred), pair.ref, pair.pred)
 
 

@@ -9,7 +9,14 @@ line naming the file or argument, no traceback, output folders unchanged):
   `predict --model`), nnU-Net checkpoints (`medgmae_predict`, `medgmae_train --continue`), nnU-Net's
   case `.pkl` (`medgmae_pretrain`, `medgmae_train`, `medgmae_reconstruct` of a `.b2nd`) and IXI's
   pickles (`medgmae_register convert ixi`): refused, and the payload's marker file is never written;
-  our own checkpoints (RNG states in plain types) still load, older ones with numpy RNG states too.
+  our own checkpoints (RNG states in plain types) still load, older ones with numpy RNG states too;
+- images that cannot be CT in HU, in every command that reads one: an 8-bit pixel type (preprocessing,
+  collections, `medgmae_reconstruct`, `medgmae_predict`, classification's reader), a NIfTI whose pixdim
+  contradicts its sform (preprocessing, `medgmae_reconstruct`, `medgmae_predict`, `medgmae_evaluate`), a
+  sheared direction matrix (collections, `medgmae_reconstruct`), NaN voxels (`medgmae_predict`, which
+  nnU-Net would read as 0 HU);
+- `medgmae_predict`'s input folder: a 2D or 4D image, a name without `_0000` (an earlier prediction),
+  another file ending, no images at all: refused before nnU-Net starts, `-o` not created.
 """
 from __future__ import annotations
 
@@ -22,7 +29,10 @@ import numpy as np
 import pytest
 import torch
 
-from bad_input_support import DATASET, build_phantom, build_preprocessed, copy_into, refused, small_ct, write_ct
+import SimpleITK as sitk
+
+from bad_input_support import (CASE_IMAGE, CASE_LABEL, DATASET, build_phantom, build_preprocessed, copy_into, refused,
+                               rewrite, set_nifti_spacing, small_ct, write_ct)
 from finetune_support import fake_checkpoint
 
 
@@ -244,3 +254,181 @@ def test_own_checkpoints_hold_plain_rng_states_and_older_ones_still_load(tmp_pat
     first = (random.random(), np.random.rand(), torch.rand(1).item())
     run.restore_rng(run.load_checkpoint(tmp_path / "old.pt", "medgmae-test/1", "test checkpoint")["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+# ---------------------------------------------------------------- images that cannot be CT in HU
+
+@pytest.fixture
+def raw(nnunet_env, phantom_source):
+    return copy_into(phantom_source, nnunet_env["nnUNet_raw"])
+
+
+def plan(capsys, env, *fragments):
+    from medgmae_plans.plan_and_preprocess import main
+
+    return refused(capsys, main, ["-d", "990", "-np", "1", "--no-pbar"], *fragments,
+                   unchanged=[env["nnUNet_preprocessed"]])
+
+
+def uint8_ct(shape=(24, 24, 24)) -> np.ndarray:
+    """A CT squeezed into 0..255, as an 8-bit export stores it."""
+    return np.clip((small_ct(shape).astype(np.float32) + 1000) / 8, 0, 255).astype(np.uint8)
+
+
+def test_plan_8bit_image(raw, nnunet_env, capsys):
+    path = rewrite(raw / CASE_IMAGE, lambda v: np.clip((v.astype(np.float32) + 1000) / 8, 0, 255).astype(np.uint8))
+    plan(capsys, nnunet_env, path, "pixel type", "cannot hold CT in HU")
+
+
+def test_plan_header_spacing_contradicts_the_sform(raw, nnunet_env, capsys):
+    spacing = sitk.ReadImage(str(raw / CASE_IMAGE)).GetSpacing()
+    path = set_nifti_spacing(raw / CASE_IMAGE, 0, spacing[0] / 2.5)  # pixdim 1 mm where the sform says 2.5
+    plan(capsys, nnunet_env, path, "contradicts itself", "pixdim")
+
+
+def test_plan_label_header_contradicts_the_sform(raw, nnunet_env, capsys):
+    spacing = sitk.ReadImage(str(raw / CASE_LABEL)).GetSpacing()
+    path = set_nifti_spacing(raw / CASE_LABEL, 2, spacing[2] * 2)
+    plan(capsys, nnunet_env, path, "contradicts itself")
+
+
+def collection(capsys, env, images, *fragments):
+    from medgmae_plans.plan_and_preprocess import main
+
+    return refused(capsys, main, ["--images", images, "--name", "Bad", "-np", "1", "--no-pbar"], *fragments,
+                   unchanged=[env["nnUNet_preprocessed"]])
+
+
+def test_collection_8bit_image(nnunet_env, tmp_path, capsys):
+    path = write_ct(tmp_path / "images" / "ct.nii.gz", uint8_ct())
+    collection(capsys, nnunet_env, tmp_path / "images", path, "8-bit unsigned integer", "cannot hold CT in HU")
+
+
+def test_collection_sheared_direction(nnunet_env, tmp_path, capsys):
+    path = tmp_path / "images" / "ct.mha"
+    path.parent.mkdir()
+    image = sitk.GetImageFromArray(small_ct())
+    image.SetDirection((1, 0.3, 0, 0, 1, 0, 0, 0, 1))  # MHA keeps a sheared matrix as written
+    sitk.WriteImage(image, str(path))
+    collection(capsys, nnunet_env, tmp_path / "images", path, "not orthonormal")
+
+
+def reconstruct(capsys, volume, tmp_path, *fragments):
+    from reconstruction.cli import main
+
+    refused(capsys, main, [volume, "--out", tmp_path / "out", "--iterations", "2", "--no-pbar"], *fragments,
+            unchanged=[tmp_path])
+    assert not (tmp_path / "out").exists()
+
+
+def test_reconstruct_8bit_volume(tmp_path, capsys):
+    path = write_ct(tmp_path / "ct.nii.gz", uint8_ct())
+    reconstruct(capsys, path, tmp_path, path, "cannot hold CT in HU")
+
+
+def test_reconstruct_header_spacing_contradicts_the_sform(tmp_path, capsys):
+    path = set_nifti_spacing(write_ct(tmp_path / "ct.nii.gz", small_ct(), spacing=(2.5, 2.5, 2.5)), 0, 1.0)
+    reconstruct(capsys, path, tmp_path, path, "contradicts itself", "2.5")
+
+
+def test_reconstruct_sheared_direction(tmp_path, capsys):
+    path = tmp_path / "ct.nrrd"
+    image = sitk.GetImageFromArray(small_ct())
+    image.SetDirection((1, 0, 0, 0.2, 1, 0, 0, 0, 1))
+    sitk.WriteImage(image, str(path))
+    reconstruct(capsys, path, tmp_path, path, "not orthonormal")
+
+
+def test_classification_reader_refuses_an_8bit_volume(tmp_path):
+    from medgmae_plans.runtime import UserError
+    from medgmae_trainers.classification.data import Geometry, Source, preprocess_image
+
+    path = write_ct(tmp_path / "ct.nii.gz", uint8_ct())
+    with pytest.raises(UserError, match="cannot hold CT in HU"):
+        preprocess_image(Source(str(path)), Geometry())
+
+
+def test_evaluate_prediction_header_contradicts_the_sform(tmp_path, capsys):
+    from evaluate_support import reference_case, write_dataset_json, write_label_map
+
+    from evaluation.cli import main
+
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    for i in range(2):
+        write_label_map(gt / f"case_{i}.nii.gz", reference_case(i))
+        write_label_map(pred / f"case_{i}.nii.gz", reference_case(i))
+    write_dataset_json(gt / "dataset.json")
+    spacing = sitk.ReadImage(str(pred / "case_0.nii.gz")).GetSpacing()
+    path = set_nifti_spacing(pred / "case_0.nii.gz", 1, spacing[1] * 3)
+    refused(capsys, main, ["--ref", gt, "--pred", pred, "--no-pbar"], path, "contradicts itself",
+            unchanged=[tmp_path])
+
+
+# ---------------------------------------------------------------- medgmae_predict's input folder
+
+@pytest.fixture
+def model(nnunet_env):
+    """A results folder that exists (its checkpoint is never reached: the inputs are refused first)."""
+    folder = nnunet_env["nnUNet_results"] / DATASET / "MedGMAETrainer_scratch_f100__MedGMAEPlans__3d_fullres"
+    (folder / "fold_all").mkdir(parents=True)
+    (folder / "fold_all" / "checkpoint_final.pth").write_bytes(b"")
+    (folder / "dataset.json").write_text('{"file_ending": ".nii.gz"}')
+    return folder
+
+
+def predict(capsys, env, images, out, *fragments):
+    from medgmae_trainers.finetune.predict_cli import main
+
+    refused(capsys, main, ["-i", images, "-o", out, "-d", "990", "-tr", "MedGMAETrainer_scratch_f100", "-device",
+                           "cpu"], *fragments, unchanged=[out.parent, env["nnUNet_results"]])
+    assert not out.exists()
+
+
+def test_predict_8bit_input(model, nnunet_env, tmp_path, capsys):
+    path = write_ct(tmp_path / "in" / "case_0000.nii.gz", uint8_ct())
+    predict(capsys, nnunet_env, tmp_path / "in", tmp_path / "out" / "pred", path, "cannot hold CT in HU")
+
+
+def test_predict_nan_input(model, nnunet_env, tmp_path, capsys):
+    voxels = small_ct(dtype=np.float32)
+    voxels[2, 2, 2] = np.nan  # nnU-Net reads it through SimpleITK: 0 HU
+    path = write_ct(tmp_path / "in" / "case_0000.nii.gz", voxels)
+    predict(capsys, nnunet_env, tmp_path / "in", tmp_path / "out" / "pred", path, "1 voxels are NaN")
+
+
+def test_predict_header_spacing_contradicts_the_sform(model, nnunet_env, tmp_path, capsys):
+    path = set_nifti_spacing(write_ct(tmp_path / "in" / "case_0000.nii.gz", small_ct(), spacing=(2.5,) * 3), 0, 1.0)
+    predict(capsys, nnunet_env, tmp_path / "in", tmp_path / "out" / "pred", path, "contradicts itself")
+
+
+@pytest.mark.parametrize("shape, word", [((24, 24), "2D"), ((2, 12, 12, 12), "4D")])
+def test_predict_input_not_3d(model, nnunet_env, tmp_path, capsys, shape, word):
+    path = tmp_path / "in" / "case_0000.nii.gz"
+    path.parent.mkdir()
+    voxels = small_ct((24, 24, 24))
+    if len(shape) == 2:
+        image = sitk.GetImageFromArray(voxels[0])
+    else:
+        volume = sitk.GetImageFromArray(voxels[:12, :12, :12])
+        image = sitk.JoinSeries([volume, volume])
+    sitk.WriteImage(image, str(path))
+    predict(capsys, nnunet_env, tmp_path / "in", tmp_path / "out" / "pred", path, word)
+
+
+@pytest.mark.parametrize("name, fragment", [("case.nii.gz", "CASE_0000.nii.gz"), ("case_0000.mha", "not a .nii.gz"),
+                                            ("notes.txt", "not a .nii.gz")])
+def test_predict_input_names(model, nnunet_env, tmp_path, capsys, name, fragment):
+    """A name without _0000 (this command's own earlier outputs are named so) is a traceback in nnU-Net;
+    another ending is skipped by nnU-Net without a word."""
+    write_ct(tmp_path / "in" / "good_0000.nii.gz", small_ct())
+    path = tmp_path / "in" / name
+    if name.endswith(".txt"):
+        path.write_text("hello")
+    else:
+        write_ct(path, small_ct(), compress=name.endswith(".gz"))
+    predict(capsys, nnunet_env, tmp_path / "in", tmp_path / "out" / "pred", path, fragment)
+
+
+def test_predict_empty_input_folder(model, nnunet_env, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    predict(capsys, nnunet_env, tmp_path / "in", tmp_path / "out" / "pred", "no images to predict")

@@ -23,7 +23,7 @@ from typing import Sequence
 
 from medgmae_plans.image_sources import IMAGE_ENDINGS
 from medgmae_plans.runtime import UserError, add_common_flags, check_writable, cli_entry
-from medgmae_plans.validate import check_complete
+from medgmae_plans.validate import check_ct_image, read_image
 
 from . import use_ext_trainers
 from .run_record import Settings
@@ -94,6 +94,30 @@ def _folds(given: list[str] | None, model: Path, checkpoint: str) -> list:
     return folds
 
 
+def check_inputs(images: Path, model: Path) -> list[Path]:
+    """The input images' names: every file must be a case of the model's one CT channel (`CASE_0000` +
+    the dataset's file ending). nnU-Net skips other endings without a word and fails with a traceback on
+    a name without `_0000` (as this command's own earlier outputs are named). Their contents were
+    checked before (`_main`: `read_image` and `check_ct_image`, as every command checks a CT)."""
+    import json
+
+    try:
+        ending = json.loads((model / "dataset.json").read_text())["file_ending"]
+    except (OSError, ValueError, KeyError, TypeError):
+        ending = ".nii.gz"
+    files = sorted(p for p in images.iterdir() if not p.name.startswith("."))
+    for path in files:
+        if path.is_dir() or not path.name.endswith(ending):
+            raise UserError(f"{path}: not a {ending} image; -i must hold only the cases to predict "
+                            f"(CASE_0000{ending}, the model's file ending)")
+        if not path.name[:-len(ending)].endswith("_0000") or len(path.name) == len("_0000" + ending):
+            raise UserError(f"{path}: input images are named CASE_0000{ending} (the CT channel); "
+                            "is this an earlier prediction?")
+    if not files:
+        raise UserError(f"-i {images}: no images to predict (expected CASE_0000{ending} files)")
+    return files
+
+
 def _device(name: str | None):
     import torch
 
@@ -129,16 +153,17 @@ def _main(argv: Sequence[str] | None) -> int:
         if value < 0:
             raise UserError(f"{flag} {value} must be >= 0")
     check_writable(args.o)
-    # nnU-Net reads the images with SimpleITK, which takes a cut NIfTI's missing voxels as 0
+    # nnU-Net reads the images with SimpleITK, which takes a cut NIfTI's missing voxels as 0 and NaN as 0 HU
     for image in sorted(Path(args.i).iterdir()):
         if image.is_file() and not image.name.startswith(".") and image.name.lower().endswith(IMAGE_ENDINGS):
-            check_complete(image)
+            check_ct_image(read_image(image), image)
     dataset = resolve_dataset(args.d, roots=[results])
     model = results / dataset / f"{args.tr}__{args.p}__{args.c}"
     if not model.is_dir():
         trained = sorted(p.name for p in (results / dataset).iterdir() if p.is_dir() and "__" in p.name)
         raise UserError(f"{model}: no such results folder; {dataset} has {', '.join(trained) or 'none'}")
     folds = _folds(args.f, model, args.chk)
+    check_inputs(Path(args.i), model)
     device = _device(args.device)
 
     predict_folder(model, folds, Path(args.i), Path(args.o), step_size=args.step_size,
