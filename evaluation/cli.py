@@ -67,8 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    if args.tolerance < 0:
-        raise UserError(f"--tolerance must be >= 0 mm, got {args.tolerance}")
+    check_range("--tolerance", args.tolerance, 0)  # NaN or infinity would score every organ NaN
     check_range("-np", args.num_processes, 1)
     check_range("--overlays", args.overlays, 0)
     if args.no_nsd:

@@ -13,6 +13,7 @@ import errno
 import functools
 import json
 import logging
+import math
 import os
 import platform
 import signal
@@ -51,14 +52,14 @@ def os_error_line(err: OSError) -> str | None:
 
 
 def check_range(flag: str, value, low=None, high=None, *, low_open: bool = False, high_open: bool = False) -> None:
-    """Refuse (`UserError`) a flag's value outside [low, high] (an `_open` bound excluded), or NaN.
+    """Refuse (`UserError`) a flag's value outside [low, high] (an `_open` bound excluded), NaN or infinite.
 
     For the numeric flags every command checks before any work; the rule in the message is the one
     its `--help` states. None (a flag not given) passes.
     """
     if value is None:
         return
-    ok = value == value  # NaN is in no range
+    ok = math.isfinite(value)  # NaN is in no range, and infinity is no value to train or measure with
     if low is not None:
         ok = ok and (value > low if low_open else value >= low)
     if high is not None:
@@ -71,7 +72,8 @@ def check_range(flag: str, value, low=None, high=None, *, low_open: bool = False
         rule = f"{'>' if low_open else '>='} {low:g}"
     else:
         rule = f"{'<' if high_open else '<='} {high:g}"
-    raise UserError(f"{flag} {value:g}: must be {rule}")
+    infinite = value == value and not math.isfinite(value)
+    raise UserError(f"{flag} {value:g}: must be {'finite and ' if infinite else ''}{rule}")
 
 
 def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Path:

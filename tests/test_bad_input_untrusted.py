@@ -432,3 +432,60 @@ def test_predict_input_names(model, nnunet_env, tmp_path, capsys, name, fragment
 def test_predict_empty_input_folder(model, nnunet_env, tmp_path, capsys):
     (tmp_path / "in").mkdir()
     predict(capsys, nnunet_env, tmp_path / "in", tmp_path / "out" / "pred", "no images to predict")
+
+
+# ---------------------------------------------------------------- a run that diverges fails
+
+def diverging_finetune(capsys, env, argv):
+    """medgmae_train that diverges: exit 2, the last stderr line names the iteration and the lr, no final
+    checkpoint, the run's record says failed."""
+    from medgmae_trainers.finetune.cli import main
+    from medgmae_trainers.finetune.run_record import read_record
+
+    capsys.readouterr()
+    code = main([str(a) for a in ["Phantom", "3d_fullres", "--device", "cpu", "--fold", "all", "--epochs", "1",
+                                  "--iters-per-epoch", "2", "--threads", "1", "--no-pbar", *argv]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert "Traceback" not in "\n".join(err)
+    assert "non-finite" in err[-1] and "lr" in err[-1] and "iteration" in err[-1], err[-1]
+    folds = list(env["nnUNet_results"].rglob("fold_all"))
+    assert len(folds) == 1 and not (folds[0] / "checkpoint_final.pth").exists()
+    assert read_record(folds[0]).status == "failed"
+    return err[-1]
+
+
+def test_finetune_checkpoint_with_a_nan_weight_diverges(preprocessed, tmp_path, capsys):
+    ckpt = fake_checkpoint(tmp_path / "ckpt.pt")
+    key = next(k for k in ckpt["encoder"] if k.endswith("weight") and "norm" not in k)
+    ckpt["encoder"][key][0] = float("nan")
+    ckpt["model"]["encoder." + key] = ckpt["encoder"][key]
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    line = diverging_finetune(capsys, preprocessed, ["--pretrained", tmp_path / "ckpt.pt"])
+    assert "non-finite loss at iteration 1 " in line
+
+
+@pytest.mark.parametrize("command, argv, flag", [
+    ("medgmae_train", ["Phantom", "3d_fullres", "--init", "scratch", "--fold", "all", "--lr", "inf"], "--lr inf"),
+    ("medgmae_pretrain", ["-d", "990", "--lr", "inf"], "--lr inf"),
+    ("medgmae_evaluate", ["--ref", "gt", "--pred", "pred", "--tolerance", "inf"], "--tolerance inf"),
+    ("medgmae_evaluate", ["--ref", "gt", "--pred", "pred", "--tolerance", "nan"], "--tolerance nan"),
+    ("medgmae_reconstruct", ["ct.nii.gz", "--cutoff", "inf"], "--cutoff inf"),
+    ("medgmae_make_phantom", ["-n", "1", "--spacing-scale", "nan"], "--spacing-scale nan"),
+    ("medgmae_make_phantom", ["-n", "1", "--spacing-scale", "inf"], "--spacing-scale inf")])
+def test_infinite_or_nan_numbers_are_refused(nnunet_env, tmp_path, capsys, command, argv, flag):
+    """Every numeric flag through the one range check, which takes no NaN and no infinity."""
+    import importlib
+
+    from test_bad_input import COMMAND_PARSERS
+
+    monkey_cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        (tmp_path / "gt").mkdir()
+        (tmp_path / "pred").mkdir()
+        write_ct(tmp_path / "ct.nii.gz", small_ct())
+        main = importlib.import_module(COMMAND_PARSERS[command]).main
+        refused(capsys, main, argv, flag, unchanged=[tmp_path, *nnunet_env.values()])
+    finally:
+        os.chdir(monkey_cwd)

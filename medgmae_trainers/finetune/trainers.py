@@ -292,10 +292,30 @@ class MedGMAETrainer(nnUNetTrainer):
         self.schedule(self.current_epoch * self.num_iterations_per_epoch + self._iteration_in_epoch)
         self._iteration_in_epoch += 1
         out = self._cpu_bf16_step(batch) if self._cpu_bf16() else super().train_step(batch)
+        self._check_finite(out["loss"])
         if self._bar is not None:
             self._bar.update()
             self._bar.set_postfix(loss=f"{float(out['loss']):.4f}")
         return out
+
+    def _check_finite(self, loss) -> None:
+        """A diverged run fails, as pretraining does: a non-finite loss, or (without nnU-Net's fp16 grad
+        scaler, which skips such steps by design) a non-finite gradient, ends the run with one line naming
+        the iteration and the lr; nnU-Net's final checkpoint is never written."""
+        what = None if np.all(np.isfinite(np.asarray(loss, dtype=np.float64))) else "loss"
+        if what is None and self.grad_scaler is None:
+            grads = [p.grad.detach() for p in self.network.parameters() if p.grad is not None]
+            if grads and not bool(torch.isfinite(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])).all()):
+                what = "gradient"
+        if what is None:
+            return
+        from medgmae_plans.runtime import UserError
+
+        iteration = self.current_epoch * self.num_iterations_per_epoch + self._iteration_in_epoch
+        raise UserError(f"non-finite {what} at iteration {iteration} (epoch {self.current_epoch}, lr "
+                        f"{self.optimizer.param_groups[0]['lr']:.3g}): the run diverged and stopped without a final "
+                        f"checkpoint; the last good one is {self.output_folder}/checkpoint_latest.pth (if any). "
+                        "Try a lower --lr")
 
     def schedule(self, iteration: int) -> None:
         """Warmup + cosine, set per iteration."""

@@ -32,7 +32,7 @@ import numpy as np
 
 from medgmae_plans.atomic import atomic_directory, write_json_atomic, write_text_atomic
 from medgmae_plans.paths import dataset_folder_name
-from medgmae_plans.runtime import UserError, check_writable, progress
+from medgmae_plans.runtime import UserError, check_range, check_writable, progress
 from medgmae_plans.validate import check_complete, write_image
 
 from ..labels import AMOS_LABELS
@@ -118,10 +118,9 @@ def _validate(settings: dict) -> None:
             raise UserError(f"--{key[2:]} must be >= 0 (got {settings[key]})")
     if not 1 <= settings["dataset_id"] <= 999:
         raise UserError(f"--dataset-id must be in 1..999 (got {settings['dataset_id']})")
-    if settings["spacing_scale"] <= 0:
-        raise UserError(f"--spacing-scale must be > 0 (got {settings['spacing_scale']})")
-    if "findings_prevalence" in settings and not 0 <= settings["findings_prevalence"] <= 1:
-        raise UserError(f"--prevalence must be in [0, 1] (got {settings['findings_prevalence']})")
+    check_range("--spacing-scale", settings["spacing_scale"], 0, low_open=True)  # NaN and infinity too
+    if "findings_prevalence" in settings:
+        check_range("--prevalence", settings["findings_prevalence"], 0, 1)
 
 
 def _reusable(target: Path, settings: dict, raw_root: Path) -> bool:
