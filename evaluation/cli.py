@@ -112,6 +112,9 @@ def evaluate_two_folders(args) -> int:
     if out.suffix != ".json":
         raise UserError(f"{out}: the summary file must end in .json")
     check_writable(out.parent)
+    from medgmae_plans.locks import hold_folder
+
+    hold_folder(out.parent, "medgmae_evaluate")  # one writer per output folder
     start = time.time()
     per_case = evaluate_pairs(pairs, list(labels), list(declared) if declared else None, args.tolerance,
                               args.num_processes, not args.no_pbar, desc="evaluate")
@@ -155,6 +158,9 @@ def evaluate_results(args) -> int:
     env = ensure_nnunet_env()
     runs = find_runs(_resolve_results(args.results))
     out_dir = check_writable(Path(args.out or DEFAULT_OUT))
+    from medgmae_plans.locks import hold_folder
+
+    hold_folder(out_dir, "medgmae_evaluate")  # one writer per output folder
     log = setup_run_log(out_dir, "medgmae_evaluate", args.verbose)
     scored, skipped, lines = [], [], []
     for run in runs:

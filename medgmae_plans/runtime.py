@@ -155,6 +155,10 @@ def cli_entry(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence
                 raise
             print(f"{prog}: error: {line}", file=sys.stderr)
             return EXIT_USER_ERROR
+        finally:
+            from medgmae_plans.locks import release_held
+
+            release_held()  # the run and output folders this command held (`locks.hold_folder`)
         return int(result or 0)
 
     return entry

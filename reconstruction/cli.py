@@ -214,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     truth, spacing = prepare_volume(args)
     # the decoder sees each window at its own pretraining spacing (3 mm for a 3d_lowres checkpoint)
     zooms = {init: spacing[0] / s for init, s in pretrain_spacing.items()}
+    from medgmae_plans.locks import hold_folder
+
+    hold_folder(out, "medgmae_reconstruct run")  # one writer per output folder
     log = setup_run_log(out, NAME, args.verbose)
 
     kwargs = {}

@@ -16,7 +16,13 @@ line naming the file or argument, no traceback, output folders unchanged):
   sheared direction matrix (collections, `medgmae_reconstruct`), NaN voxels (`medgmae_predict`, which
   nnU-Net would read as 0 HU);
 - `medgmae_predict`'s input folder: a 2D or 4D image, a name without `_0000` (an earlier prediction),
-  another file ending, no images at all: refused before nnU-Net starts, `-o` not created.
+  another file ending, no images at all: refused before nnU-Net starts, `-o` not created;
+- a diverging fine-tuning (a NaN weight in the pretrained checkpoint): exit 2, one line naming the
+  iteration and the lr, no final checkpoint; NaN and infinity refused by the one range check
+  (`--lr`, `--tolerance`, `--cutoff`, `--spacing-scale`);
+- a second writer of a run or output folder (`medgmae_pretrain --out`, `medgmae_train` and its
+  `--continue`, `medgmae_reconstruct --out`, `medgmae_evaluate -o`, `medgmae_predict -o`): one line naming
+  the folder and the holder's pid, the first run's folder untouched.
 """
 from __future__ import annotations
 
@@ -489,3 +495,80 @@ def test_infinite_or_nan_numbers_are_refused(nnunet_env, tmp_path, capsys, comma
         refused(capsys, main, argv, flag, unchanged=[tmp_path, *nnunet_env.values()])
     finally:
         os.chdir(monkey_cwd)
+
+
+# ---------------------------------------------------------------- one writer per run folder
+
+def test_pretrain_second_writer_of_the_same_out(preprocessed, tmp_path, capsys):
+    from medgmae_plans.locks import lock_folder
+    from medgmae_trainers.pretrain.cli import main
+
+    from test_bad_input import PRETRAIN_SMALL
+
+    out = tmp_path / "run"
+    with lock_folder(out):  # the first run, still training
+        refused(capsys, main, ["-d", "990", "--out", out, *PRETRAIN_SMALL], out, f"pid {os.getpid()}",
+                unchanged=[out])
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_train_second_writer_of_the_same_fold(preprocessed, capsys, resume):
+    """A second start, or --continue while the first run still trains, is refused in one line."""
+    from medgmae_plans.locks import lock_folder
+    from medgmae_trainers.finetune.cli import main
+
+    fold = (preprocessed["nnUNet_results"] / DATASET / "MedGMAETrainer_scratch_f100__MedGMAEPlans__3d_fullres"
+            / "fold_all")
+    with lock_folder(fold):
+        refused(capsys, main, ["Phantom", "3d_fullres", "--device", "cpu", "--init", "scratch", "--fold", "all",
+                               *(["--continue"] if resume else [])], fold, f"pid {os.getpid()}",
+                unchanged=[preprocessed["nnUNet_results"]])
+
+
+def test_reconstruct_second_writer_of_the_same_out(tmp_path, capsys):
+    from medgmae_plans.locks import lock_folder
+    from reconstruction.cli import main
+
+    volume = write_ct(tmp_path / "ct.nii.gz", small_ct())
+    with lock_folder(tmp_path / "out"):
+        refused(capsys, main, [volume, "--out", tmp_path / "out", "--iterations", "2", "--no-pbar"], tmp_path / "out",
+                f"pid {os.getpid()}", unchanged=[tmp_path])
+
+
+def test_evaluate_second_writer_of_the_same_output_folder(tmp_path, capsys):
+    from evaluate_support import reference_case, write_dataset_json, write_label_map
+
+    from evaluation.cli import main
+    from medgmae_plans.locks import lock_folder
+
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    for i in range(2):
+        write_label_map(gt / f"case_{i}.nii.gz", reference_case(i))
+        write_label_map(pred / f"case_{i}.nii.gz", reference_case(i))
+    write_dataset_json(gt / "dataset.json")
+    with lock_folder(pred):
+        refused(capsys, main, ["--ref", gt, "--pred", pred, "--no-pbar"], pred, f"pid {os.getpid()}",
+                unchanged=[tmp_path])
+
+
+def test_predict_second_writer_of_the_same_output_folder(model, nnunet_env, tmp_path, capsys):
+    from medgmae_plans.locks import lock_folder
+    from medgmae_trainers.finetune.predict_cli import main
+
+    write_ct(tmp_path / "in" / "case_0000.nii.gz", small_ct())
+    with lock_folder(tmp_path / "out"):
+        refused(capsys, main, ["-i", tmp_path / "in", "-o", tmp_path / "out", "-d", "990", "-tr",
+                               "MedGMAETrainer_scratch_f100", "-device", "cpu"], tmp_path / "out",
+                f"pid {os.getpid()}", unchanged=[tmp_path])
+
+
+def test_a_lock_writes_nothing_and_leaves_no_folder(tmp_path):
+    from medgmae_plans.locks import hold_folder, holder_pid, lock_folder, release_held
+
+    with lock_folder(tmp_path / "new") as folder:
+        assert folder.is_dir() and list(folder.iterdir()) == [] and holder_pid(folder) == os.getpid()
+    assert not (tmp_path / "new").exists()  # made by the lock, still empty: removed
+    hold_folder(tmp_path / "kept")
+    (tmp_path / "kept" / "result.txt").write_text("x")
+    release_held()
+    assert (tmp_path / "kept" / "result.txt").exists() and holder_pid(tmp_path / "kept") is None

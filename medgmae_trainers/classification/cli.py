@@ -141,6 +141,9 @@ def _train(args) -> int:
                       lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, flip=args.flip,
                       seed=args.seed, device=_device(args.device), workers=args.workers, val_every=args.val_every,
                       n_boot=args.bootstrap, geometry=geometry.to_json(), out=str(out), pbar=not args.no_pbar)
+    from medgmae_plans.locks import hold_folder
+
+    hold_folder(out, "medgmae_classify run")  # one writer per run folder
     results = train(s, table, folder, resume=args.resume)
     print(f"{out}: valid macro AUROC {results.get('val_macro_auroc')} (95% CI {results.get('val_macro_ci')})")
     return 0

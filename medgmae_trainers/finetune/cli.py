@@ -260,8 +260,11 @@ def _main(argv: Sequence[str] | None) -> int:
     check_cases(folder_cases(data, labelled=True))  # nnU-Net's data workers would fail on a bad one mid-run
     folder = fold_folder(folders["nnUNet_results"], dataset, settings.trainer, PLANS, args.configuration,
                          settings.fold)
-    check_existing(settings, folder, args.resume)
     check_writable(folders["nnUNet_results"], "nnUNet_results folder")
+    from medgmae_plans.locks import hold_folder
+
+    hold_folder(folder, "medgmae_train run")  # one writer: a second start or --continue while this one trains
+    check_existing(settings, folder, args.resume)
     old = read_record(folder) if args.resume else None
     if old is not None and old.status == "finished":
         # A rerun (e.g. the main job a second time) keeps the finished run and its validation.

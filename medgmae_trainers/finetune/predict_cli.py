@@ -165,7 +165,9 @@ def _main(argv: Sequence[str] | None) -> int:
     folds = _folds(args.f, model, args.chk)
     check_inputs(Path(args.i), model)
     device = _device(args.device)
+    from medgmae_plans.locks import hold_folder
 
+    hold_folder(args.o, "medgmae_predict")  # one writer per output folder
     predict_folder(model, folds, Path(args.i), Path(args.o), step_size=args.step_size,
                    mirroring=not args.disable_tta, device=device, on_device=not args.not_on_device,
                    checkpoint=args.chk, npp=args.npp, nps=args.nps, num_parts=args.num_parts, part_id=args.part_id,

@@ -131,6 +131,9 @@ def _train(args) -> int:
                       steps=args.steps, lr=args.lr, w_ncc=args.w_ncc, w_diff=args.w_diff, w_dice=args.w_dice,
                       ncc_kernel=args.ncc_kernel, seed=args.seed, device=_device(args.device),
                       val_every=args.val_every, save_every=args.save_every, out=str(out), pbar=not args.no_pbar)
+    from medgmae_plans.locks import hold_folder
+
+    hold_folder(out, "medgmae_register run")  # one writer per run folder
     results = train(s, resume=args.resume)
     print(f"{out}: val mean Dice {results.get('val_mean_dice')} (unregistered {results.get('val_mean_dice_before')})")
     return 0
