@@ -1,26 +1,26 @@
 """The bad-input catalogue, second part (issue 27): nothing runs that should not, nothing is accepted wrongly.
 
-Kinds, one fault in one command per test (checked as in tests/test_bad_input.py: exit code 2, one
-line naming the file or argument, no traceback, output folders unchanged):
+46 kinds, one fault in one command per test (checked as in tests/test_bad_input.py: exit code 2, one
+line naming the file or argument, no traceback, output folders unchanged), and 2 checks of what is
+still accepted (our own checkpoints, old and new; the lock itself writes nothing):
 
-- a pickle payload planted in every file a command unpickles: pretraining checkpoints
+- 13: a pickle payload planted in every file a command unpickles: pretraining checkpoints
   (`medgmae_train --pretrained`, `medgmae_reconstruct --checkpoint`, `medgmae_pretrain --resume`,
   `medgmae_classify train --pretrained` / `predict --model`, `medgmae_register train --pretrained` /
   `predict --model`), nnU-Net checkpoints (`medgmae_predict`, `medgmae_train --continue`), nnU-Net's
   case `.pkl` (`medgmae_pretrain`, `medgmae_train`, `medgmae_reconstruct` of a `.b2nd`) and IXI's
   pickles (`medgmae_register convert ixi`): refused, and the payload's marker file is never written;
   our own checkpoints (RNG states in plain types) still load, older ones with numpy RNG states too;
-- images that cannot be CT in HU, in every command that reads one: an 8-bit pixel type (preprocessing,
+- 19: images that cannot be CT in HU, in every command that reads one: an 8-bit pixel type (preprocessing,
   collections, `medgmae_reconstruct`, `medgmae_predict`, classification's reader), a NIfTI whose pixdim
   contradicts its sform (preprocessing, `medgmae_reconstruct`, `medgmae_predict`, `medgmae_evaluate`), a
   sheared direction matrix (collections, `medgmae_reconstruct`), NaN voxels (`medgmae_predict`, which
-  nnU-Net would read as 0 HU);
-- `medgmae_predict`'s input folder: a 2D or 4D image, a name without `_0000` (an earlier prediction),
+  nnU-Net would read as 0 HU); and `medgmae_predict`'s input folder: a 2D or 4D image, a name without `_0000` (an earlier prediction),
   another file ending, no images at all: refused before nnU-Net starts, `-o` not created;
-- a diverging fine-tuning (a NaN weight in the pretrained checkpoint): exit 2, one line naming the
+- 8: a diverging fine-tuning (a NaN weight in the pretrained checkpoint): exit 2, one line naming the
   iteration and the lr, no final checkpoint; NaN and infinity refused by the one range check
   (`--lr`, `--tolerance`, `--cutoff`, `--spacing-scale`);
-- a second writer of a run or output folder (`medgmae_pretrain --out`, `medgmae_train` and its
+- 6: a second writer of a run or output folder (`medgmae_pretrain --out`, `medgmae_train` and its
   `--continue`, `medgmae_reconstruct --out`, `medgmae_evaluate -o`, `medgmae_predict -o`): one line naming
   the folder and the holder's pid, the first run's folder untouched.
 """
