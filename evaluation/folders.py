@@ -69,6 +69,8 @@ def read_geometry(path: Path) -> Geometry:
         reader.ReadImageInformation()
     except RuntimeError as err:
         raise UserError(f"{path}: cannot be read as an image ({str(err).strip().splitlines()[-1]})") from None
+    if reader.GetDimension() != 3:  # else the grids' comparison fails with a traceback
+        raise UserError(f"{path}: a {reader.GetDimension()}D image; label maps are 3D")
     return Geometry(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
 
 

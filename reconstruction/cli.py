@@ -106,6 +106,8 @@ def prepare_volume(args) -> tuple[torch.Tensor, tuple[float, ...]]:
     t = torch.from_numpy(np.ascontiguousarray(vol))
     if args.downsample > 1:
         f = args.downsample
+        if f > min(t.shape):  # avg_pool3d's own error is a traceback
+            raise UserError(f"--downsample {f}: larger than the volume's smallest axis ({tuple(t.shape)} voxels)")
         t = torch.nn.functional.avg_pool3d(t[None, None], f)[0, 0]
         spacing = tuple(s * f for s in spacing)
     if min(t.shape) < 4:

@@ -29,6 +29,8 @@ def load_volume(path: str | Path, spacing: float = PRETRAIN_SPACING) -> tuple[np
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
+    if path.name.endswith("_seg.b2nd"):
+        raise UserError(f"{path}: a preprocessed label map, not a CT; give the case's image ({path.name[:-9]}.b2nd)")
     if path.name.endswith(".b2nd"):
         return _load_preprocessed(path)
     import SimpleITK as sitk
@@ -63,6 +65,9 @@ def _load_preprocessed(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
         raise UserError(f"{path}: expected a single-channel preprocessed case [1, D, H, W], got {arr.shape}")
     spacing = (PRETRAIN_SPACING,) * 3
     pkl = path.with_suffix(".pkl")
+    if not pkl.is_file():  # its spacing is its plan's (1.5 or 3 mm), written there only
+        raise UserError(f"{path}: its properties file {pkl.name} is missing (it holds the case's spacing); "
+                        "rerun medgmae_plan_and_preprocess with --clean")
     if pkl.is_file():
         from medgmae_plans.safe_load import load_pickle
 

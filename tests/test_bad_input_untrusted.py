@@ -1,6 +1,6 @@
 """The bad-input catalogue, second part (issue 27): nothing runs that should not, nothing is accepted wrongly.
 
-46 kinds, one fault in one command per test (checked as in tests/test_bad_input.py: exit code 2, one
+56 kinds, one fault in one command per test (checked as in tests/test_bad_input.py: exit code 2, one
 line naming the file or argument, no traceback, output folders unchanged), and 2 checks of what is
 still accepted (our own checkpoints, old and new; the lock itself writes nothing):
 
@@ -22,10 +22,17 @@ still accepted (our own checkpoints, old and new; the lock itself writes nothing
   (`--lr`, `--tolerance`, `--cutoff`, `--spacing-scale`);
 - 6: a second writer of a run or output folder (`medgmae_pretrain --out`, `medgmae_train` and its
   `--continue`, `medgmae_reconstruct --out`, `medgmae_evaluate -o`, `medgmae_predict -o`): one line naming
-  the folder and the holder's pid, the first run's folder untouched.
+  the folder and the holder's pid, the first run's folder untouched;
+- 10: arguments and inputs checked before work: `medgmae_reconstruct` of a `_seg.b2nd` label map, of a
+  `.b2nd` without its `.pkl` (its spacing), `--downsample` beyond the volume; `medgmae_pretrain
+  --crop-size` of one ViT patch (nothing masked); `medgmae_train --fraction 1e-9` (blamed on --trainer
+  before), a dataset without `numTraining` and fewer than 5 cases; `medgmae_classify train --size-xyz`
+  not a multiple of the patch (before preprocessing); `medgmae_evaluate` of a 4D prediction;
+  `medgmae_make_phantom --preview` a folder or a `.txt`.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -572,3 +579,93 @@ def test_a_lock_writes_nothing_and_leaves_no_folder(tmp_path):
     (tmp_path / "kept" / "result.txt").write_text("x")
     release_held()
     assert (tmp_path / "kept" / "result.txt").exists() and holder_pid(tmp_path / "kept") is None
+
+
+# ---------------------------------------------------------------- arguments and inputs checked before work
+
+def test_reconstruct_label_map_b2nd(preprocessed, tmp_path, capsys):
+    from reconstruction.cli import main
+
+    path = preprocessed["nnUNet_preprocessed"] / DATASET / "MedGMAEPlans_3d_fullres" / "phantom_000_seg.b2nd"
+    refused(capsys, main, [path, "--out", tmp_path / "out", "--iterations", "2", "--no-pbar"], path, "label map",
+            unchanged=[tmp_path])
+
+
+def test_reconstruct_b2nd_without_its_pkl(preprocessed, tmp_path, capsys):
+    """Its spacing is its plan's, written in the .pkl only (it was read at 1.5 mm whatever its plan)."""
+    from reconstruction.cli import main
+
+    data = preprocessed["nnUNet_preprocessed"] / DATASET / "MedGMAEPlans_3d_fullres"
+    (data / "phantom_000.pkl").unlink()
+    refused(capsys, main, [data / "phantom_000.b2nd", "--out", tmp_path / "out", "--iterations", "2", "--no-pbar"],
+            data / "phantom_000.b2nd", "phantom_000.pkl", unchanged=[tmp_path])
+
+
+def test_reconstruct_downsample_beyond_the_volume(tmp_path, capsys):
+    from reconstruction.cli import main
+
+    path = write_ct(tmp_path / "ct.nii.gz", small_ct())
+    refused(capsys, main, [path, "--out", tmp_path / "out", "--iterations", "2", "--no-pbar", "--downsample", "100"],
+            "--downsample 100", unchanged=[tmp_path])
+    assert not (tmp_path / "out").exists()
+
+
+def test_pretrain_crop_of_one_patch_masks_nothing(nnunet_env, tmp_path, capsys):
+    from medgmae_trainers.pretrain.cli import main
+
+    refused(capsys, main, ["-d", "990", "--out", tmp_path / "run", "--crop-size", "16", "--patch", "16"],
+            "--crop-size 16", "none masked", unchanged=[tmp_path])
+
+
+def test_train_fraction_finer_than_a_trainer_name(preprocessed, capsys):
+    from medgmae_trainers.finetune.cli import main
+
+    line = refused(capsys, main, ["Phantom", "3d_fullres", "--device", "cpu", "--init", "scratch", "--fold", "all",
+                                  "--fraction", "1e-9"], "--fraction 1e-9", unchanged=[preprocessed["nnUNet_results"]])
+    assert "--trainer" not in line
+
+
+def test_train_without_num_training_and_fewer_than_five_cases(preprocessed, capsys):
+    from medgmae_trainers.finetune.cli import main
+
+    meta = preprocessed["nnUNet_preprocessed"] / DATASET / "dataset.json"
+    data = json.loads(meta.read_text())
+    del data["numTraining"]
+    meta.write_text(json.dumps(data))
+    refused(capsys, main, ["Phantom", "3d_fullres", "--device", "cpu", "--init", "scratch", "--fold", "0"],
+            "2 training case(s)", "--fold all", unchanged=[preprocessed["nnUNet_results"]])
+
+
+def test_classify_size_not_a_multiple_of_the_patch(nnunet_env, capsys):
+    """Refused before the dataset is looked up or preprocessed."""
+    from medgmae_trainers.classification.cli import main
+
+    refused(capsys, main, ["train", "NoSuchData", "--init", "scratch", "--size-xyz", "30", "30", "30"], "--size-xyz",
+            "patch 16", unchanged=[nnunet_env["nnUNet_preprocessed"], nnunet_env["nnUNet_results"]])
+
+
+def test_evaluate_4d_prediction(tmp_path, capsys):
+    from evaluate_support import reference_case, write_dataset_json, write_label_map
+
+    from evaluation.cli import main
+
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    for i in range(2):
+        write_label_map(gt / f"case_{i}.nii.gz", reference_case(i))
+        write_label_map(pred / f"case_{i}.nii.gz", reference_case(i))
+    write_dataset_json(gt / "dataset.json")
+    volume = sitk.ReadImage(str(pred / "case_0.nii.gz"))
+    sitk.WriteImage(sitk.JoinSeries([volume, volume]), str(pred / "case_0.nii.gz"))
+    refused(capsys, main, ["--ref", gt, "--pred", pred, "--no-pbar"], pred / "case_0.nii.gz", "4D",
+            unchanged=[tmp_path])
+
+
+@pytest.mark.parametrize("preview", ["folder", "montage.txt"])
+def test_phantom_preview_not_a_png(nnunet_env, tmp_path, capsys, preview):
+    from preprocessing.phantom.cli import main
+
+    target = tmp_path / preview
+    if preview == "folder":
+        target.mkdir()
+    refused(capsys, main, ["-n", "1", "--no-pbar", "--preview", target], "--preview",
+            unchanged=[nnunet_env["nnUNet_raw"], tmp_path])

@@ -130,7 +130,14 @@ def _train(args) -> int:
     if args.pretrained is not None:  # read (safely) before the dataset is looked up or preprocessed
         from ..pretrain.checkpoint import load_checkpoint
 
-        load_checkpoint(args.pretrained)
+        patch = load_checkpoint(args.pretrained).get("metadata", {}).get("patch_size")
+    else:
+        from ..networks import network_config
+
+        patch = network_config(args.preset)["encoder"].get("patch_size")
+    if patch and any(int(n) % int(patch) for n in args.size_xyz):  # else refused only after preprocessing
+        raise UserError(f"--size-xyz {' '.join(map(str, args.size_xyz))}: each size must be a multiple of the "
+                        f"encoder's ViT patch {patch}")
     name, raw, table = _dataset(args.dataset)
     geometry = Geometry(tuple(reversed(args.spacing_xyz)), tuple(reversed(args.size_xyz)), tuple(args.hu_window))
     run = f"{'pretrained_' + args.pretrained.parent.name if args.pretrained else 'scratch_' + args.preset}_f{args.fraction:g}"

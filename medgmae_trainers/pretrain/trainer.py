@@ -107,6 +107,10 @@ class PretrainSettings:
         if crop < patch or crop % patch:
             raise UserError(f"--crop-size {crop}: must be a positive multiple of the ViT patch {patch} "
                             f"(e.g. {max(1, round(crop / patch)) * patch})")
+        tokens = (crop // patch) ** 3
+        if max(1, int(tokens * (1 - s.mask_ratio))) >= tokens:  # masking's rule: at least one token visible
+            raise UserError(f"--crop-size {crop}: {tokens} ViT patch(es) of {patch} at --mask-ratio {s.mask_ratio:g} "
+                            "leave none masked (the loss would be 0); give a crop of at least two patches an edge")
         return self
 def make_logger(out: Path, info: DistInfo) -> logging.Logger:
     """Console + `log.txt` (appended) on rank 0; warnings only, console only, elsewhere."""
