@@ -85,7 +85,35 @@ def hold_folder(folder: str | os.PathLike, what: str = "run") -> Path:
     return folder
 
 
-def release_held() -> None:
-    """Release every lock `hold_folder` took (the command has ended)."""
+def release_held(failed: bool = False) -> None:
+    """Release every lock `hold_folder` took (the command has ended). After a failed command, a folder
+    the lock made that holds nothing but the command's own log is removed too: a refusal leaves no new
+    folder behind (a run that wrote anything else keeps it, e.g. a failed fine-tuning's record)."""
     while _HELD:
-        _release(*_HELD.pop())
+        fd, folder, made = _HELD.pop()
+        if failed and made:
+            with contextlib.suppress(OSError):
+                entries = list(folder.iterdir())
+                if entries and all(p.is_file() and p.suffix == ".log" for p in entries):
+                    for entry in entries:
+                        entry.unlink()
+        _release(fd, folder, made)
+
+
+def remove_unheld(paths) -> list[Path]:
+    """Remove the folders among `paths` that no live process holds (`lock_folder` on a work folder):
+    what a killed writer left behind, while a writer still at work keeps its own."""
+    import shutil
+
+    removed = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_dir():
+            continue
+        try:
+            with lock_folder(path, "writer"):
+                shutil.rmtree(path, ignore_errors=True)
+        except UserError:
+            continue  # held: its writer is alive
+        removed.append(path)
+    return removed

@@ -136,8 +136,10 @@ def cli_entry(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence
         args = list(sys.argv[1:] if argv is None else argv)
         verbose = "--verbose" in args
         prog = Path(sys.argv[0]).name if argv is None else main.__module__
+        failed = True
         try:
             result = main(args)
+            failed = False
         except UserError as err:
             if verbose:
                 raise
@@ -158,7 +160,7 @@ def cli_entry(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence
         finally:
             from medgmae_plans.locks import release_held
 
-            release_held()  # the run and output folders this command held (`locks.hold_folder`)
+            release_held(failed)  # the run and output folders this command held (`locks.hold_folder`)
         return int(result or 0)
 
     return entry

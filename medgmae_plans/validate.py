@@ -81,6 +81,12 @@ def list_cases(raw_folder: Path, meta: dict, subfolder: str = "imagesTr", labels
         cases[match.group(1)] = {"images": [str(path)], "label": None if label is None else str(label)}
     if not cases:
         raise UserError(f"{folder}: no images ending in _0000{ending}")
+    if labels is not None and (raw_folder / labels).is_dir():  # a label whose image is missing was ignored silently
+        orphans = sorted(p for p in (raw_folder / labels).iterdir() if p.name.endswith(ending)
+                         and not p.name.startswith(".") and p.name[:-len(ending)] not in cases)
+        if orphans:
+            raise UserError(f"{orphans[0]}: a label without its image ({folder / (orphans[0].name[:-len(ending)] + '_0000' + ending)} "
+                            f"is missing){f'; {len(orphans) - 1} more' if len(orphans) > 1 else ''}")
     declared = meta.get("numTraining")
     if labels is not None and declared is not None and int(declared) != len(cases):
         raise UserError(f"{raw_folder / 'dataset.json'}: numTraining is {declared} but {folder} has {len(cases)} cases")

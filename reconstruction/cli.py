@@ -112,6 +112,9 @@ def prepare_volume(args) -> tuple[torch.Tensor, tuple[float, ...]]:
         spacing = tuple(s * f for s in spacing)
     if min(t.shape) < 4:
         raise UserError(f"{args.volume}: volume {tuple(t.shape)} is too small to reconstruct (at least 4 voxels an axis)")
+    if float(t.max()) <= 0.05:  # the fbp init's air threshold: refused here, before the run's folder and log
+        raise UserError(f"{args.volume}: nothing but air in the CT window (no voxel above 5 % of it, about -154 HU); "
+                        "nothing to reconstruct")
     return t.contiguous(), spacing
 
 

@@ -1,8 +1,9 @@
 """The bad-input catalogue, second part (issue 27): nothing runs that should not, nothing is accepted wrongly.
 
-56 kinds, one fault in one command per test (checked as in tests/test_bad_input.py: exit code 2, one
-line naming the file or argument, no traceback, output folders unchanged), and 2 checks of what is
-still accepted (our own checkpoints, old and new; the lock itself writes nothing):
+59 kinds, one fault in one command per test (checked as in tests/test_bad_input.py: exit code 2, one
+line naming the file or argument, no traceback, output folders unchanged), and 3 checks of the
+helpers (our own checkpoints, old and new, still load; the lock itself writes nothing; a refused
+command's folder holding only its log is removed):
 
 - 13: a pickle payload planted in every file a command unpickles: pretraining checkpoints
   (`medgmae_train --pretrained`, `medgmae_reconstruct --checkpoint`, `medgmae_pretrain --resume`,
@@ -28,7 +29,10 @@ still accepted (our own checkpoints, old and new; the lock itself writes nothing
   --crop-size` of one ViT patch (nothing masked); `medgmae_train --fraction 1e-9` (blamed on --trainer
   before), a dataset without `numTraining` and fewer than 5 cases; `medgmae_classify train --size-xyz`
   not a multiple of the patch (before preprocessing); `medgmae_evaluate` of a 4D prediction;
-  `medgmae_make_phantom --preview` a folder or a `.txt`.
+  `medgmae_make_phantom --preview` a folder or a `.txt`;
+- 3: nothing left behind: `medgmae_reconstruct` of an all-air volume (refused before its folder and log),
+  the work folder of a SIGKILLed `medgmae_make_phantom` (removed by the next run, a live one's kept), a
+  label without its image in a raw dataset (ignored silently before).
 """
 from __future__ import annotations
 
@@ -669,3 +673,51 @@ def test_phantom_preview_not_a_png(nnunet_env, tmp_path, capsys, preview):
         target.mkdir()
     refused(capsys, main, ["-n", "1", "--no-pbar", "--preview", target], "--preview",
             unchanged=[nnunet_env["nnUNet_raw"], tmp_path])
+
+
+# ---------------------------------------------------------------- nothing left behind
+
+def test_reconstruct_all_air_volume_leaves_no_output_folder(tmp_path, capsys):
+    """Refused after its log was opened: the folder the command made holds only that log, and goes."""
+    from reconstruction.cli import main
+
+    path = write_ct(tmp_path / "ct.nii.gz", np.full((24, 24, 24), -1000, np.int16))
+    refused(capsys, main, [path, "--out", tmp_path / "out", "--iterations", "2", "--no-pbar"], unchanged=[tmp_path])
+    assert not (tmp_path / "out").exists()
+
+
+def test_phantom_work_folder_of_a_killed_run_is_removed(nnunet_env, capsys):
+    """A SIGKILLed generation leaves its `.Dataset…tmp` work folder; the next generation removes it, but
+    not the work folder of a generation still running (it holds a lock on it)."""
+    from medgmae_plans.locks import lock_folder
+    from preprocessing.phantom.cli import main
+
+    raw = nnunet_env["nnUNet_raw"]
+    killed = raw / f".{DATASET}.killed01.tmp"
+    (killed / "imagesTr").mkdir(parents=True)
+    (killed / "imagesTr" / "half.nii.gz").write_bytes(b"\x1f\x8b")
+    running = raw / f".{DATASET}.running.tmp"
+    running.mkdir()
+    with lock_folder(running):
+        assert main(["-n", "1", "--spacing-scale", "4", "-np", "1", "--no-pbar"]) == 0
+    assert not killed.exists() and running.exists()
+    assert (raw / DATASET / "dataset.json").is_file()
+
+
+def test_plan_label_without_its_image(raw, nnunet_env, capsys):
+    shutil.copy(raw / CASE_LABEL, raw / "labelsTr" / "phantom_007.nii.gz")
+    plan(capsys, nnunet_env, raw / "labelsTr" / "phantom_007.nii.gz", "a label without its image")
+
+
+def test_a_refused_command_leaves_no_folder_holding_only_its_log(tmp_path):
+    from medgmae_plans.locks import hold_folder, release_held
+
+    hold_folder(tmp_path / "out")
+    (tmp_path / "out" / "medgmae_reconstruct.log").write_text("started\n")
+    release_held(failed=True)
+    assert not (tmp_path / "out").exists()
+    hold_folder(tmp_path / "run")
+    (tmp_path / "run" / "medgmae_train.log").write_text("started\n")
+    (tmp_path / "run" / "medgmae_finetune.json").write_text("{}")
+    release_held(failed=True)
+    assert (tmp_path / "run" / "medgmae_finetune.json").exists()  # a failed run's record is kept

@@ -175,6 +175,9 @@ def _predict(args) -> int:
     folder = _preprocess(name, raw, sub, geometry, args.preprocess_workers, not args.no_pbar, print)
     model_dir = args.model if args.model.is_dir() else args.model.parent
     out = args.out or model_dir / args.split / "predictions.csv"
+    from medgmae_plans.locks import hold_folder
+
+    hold_folder(out.parent, "medgmae_classify predict")  # one writer per output folder
     log = setup_run_log(out.parent, "predict", args.verbose)
     probs = predict_probs(model, folder, sub.cases, len(sub.classes), device, pbar=not args.no_pbar)
     write_predictions(out, sub.cases, sub.classes, probs)

@@ -150,6 +150,9 @@ def _predict(args) -> int:
     ds = RegistrationDataset(dataset_folder(args.dataset, not args.no_pbar))
     model_dir = args.model if args.model.is_dir() else args.model.parent
     out = args.out or model_dir / args.split
+    from medgmae_plans.locks import hold_folder
+
+    hold_folder(out, "medgmae_register predict")  # one writer; a refusal leaves no folder with an empty log
     log = setup_run_log(out, "predict", args.verbose)
     predict(args.model, ds, args.split, out, torch.device(_device(args.device)), pbar=not args.no_pbar, log=log.info)
     return 0

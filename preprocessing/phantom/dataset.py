@@ -92,7 +92,11 @@ def generate_dataset(raw_root: str | Path, n_train: int = 20, n_test: int = 0, n
     jobs = [(kind, i, seed, spacing_scale, findings) for kind, n in (("train", n_train), ("test", n_test),
                                                            ("unlabeled", n_unlabeled)) for i in range(n)]
     start = time.time()
-    with atomic_directory(target) as tmp:
+    from medgmae_plans.locks import lock_folder, remove_unheld
+
+    # what a killed (SIGKILL) generation of this dataset left: its work folder, held by no live writer
+    remove_unheld(raw_root.glob(f".{target.name}.*.tmp"))
+    with atomic_directory(target) as tmp, lock_folder(tmp, "medgmae_make_phantom"):
         for images, labels, _ in KINDS.values():
             (tmp / images).mkdir()
             if labels:
