@@ -1,9 +1,10 @@
 """The bad-input catalogue, second part (issue 27): nothing runs that should not, nothing is accepted wrongly.
 
 59 kinds, one fault in one command per test (checked as in tests/test_bad_input.py: exit code 2, one
-line naming the file or argument, no traceback, output folders unchanged), and 3 checks of the
-helpers (our own checkpoints, old and new, still load; the lock itself writes nothing; a refused
-command's folder holding only its log is removed):
+line naming the file or argument, no traceback, output folders unchanged), and 4 checks of what
+is accepted (our own checkpoints, old and new, still load; the lock itself writes nothing; a refused
+command's folder holding only its log is removed; `medgmae_reconstruct` logs a real loss at iteration 0,
+not "nan"):
 
 - 13: a pickle payload planted in every file a command unpickles: pretraining checkpoints
   (`medgmae_train --pretrained`, `medgmae_reconstruct --checkpoint`, `medgmae_pretrain --resume`,
@@ -721,3 +722,16 @@ def test_a_refused_command_leaves_no_folder_holding_only_its_log(tmp_path):
     (tmp_path / "run" / "medgmae_finetune.json").write_text("{}")
     release_held(failed=True)
     assert (tmp_path / "run" / "medgmae_finetune.json").exists()  # a failed run's record is kept
+
+
+def test_reconstruct_logs_a_finite_loss_from_iteration_0(tmp_path, capsys):
+    """Iteration 0 was logged as "loss nan" on every run: the placeholder of a loss not computed yet.
+    It is now the initial Gaussians' projection loss."""
+    from reconstruction.cli import main
+
+    path = write_ct(tmp_path / "ct.nii.gz", small_ct())
+    assert main([str(path), "--out", str(tmp_path / "out"), "--iterations", "2", "--eval-every", "1", "--views", "8",
+                 "--no-pbar"]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "iter " in line and "loss" in line]
+    assert lines and "iter      0" in lines[0] and "nan" not in " ".join(lines).lower(), err
