@@ -85,6 +85,11 @@ def hold_folder(folder: str | os.PathLike, what: str = "run") -> Path:
     return folder
 
 
+def held_folders() -> list[Path]:
+    """The run and output folders the current command holds (to name them where an error does not)."""
+    return [folder for _, folder, _ in _HELD]
+
+
 def release_held(failed: bool = False) -> None:
     """Release every lock `hold_folder` took (the command has ended). After a failed command, a folder
     the lock made that holds nothing but the command's own log is removed too: a refusal leaves no new

@@ -43,7 +43,11 @@ _NOT_ALLOWED = (errno.EACCES, errno.EPERM, errno.EROFS)
 def os_error_line(err: OSError) -> str | None:
     """The one line for an OSError the user can fix (a full disk, a folder they may not write), or
     None for any other (a bug, kept as a traceback)."""
-    where = err.filename if err.filename is not None else "?"
+    where = err.filename
+    if where is None:  # a write through a file object or a library: name the folders the command writes
+        from medgmae_plans.locks import held_folders
+
+        where = " or ".join(f"in {folder}" for folder in held_folders()) or "(a file the error did not name)"
     if err.errno in _NO_SPACE:
         return f"no space left on device writing {where}; free space there and rerun (files written before are kept)"
     if err.errno in _NOT_ALLOWED:

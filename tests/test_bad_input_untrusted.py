@@ -1,6 +1,6 @@
 """The bad-input catalogue, second part (issue 27): nothing runs that should not, nothing is accepted wrongly.
 
-59 kinds, one fault in one command per test (checked as in tests/test_bad_input.py: exit code 2, one
+60 kinds, one fault in one command per test (checked as in tests/test_bad_input.py: exit code 2, one
 line naming the file or argument, no traceback, output folders unchanged), and 4 checks of what
 is accepted (our own checkpoints, old and new, still load; the lock itself writes nothing; a refused
 command's folder holding only its log is removed; `medgmae_reconstruct` logs a real loss at iteration 0,
@@ -33,7 +33,8 @@ not "nan"):
   `medgmae_make_phantom --preview` a folder or a `.txt`;
 - 3: nothing left behind: `medgmae_reconstruct` of an all-air volume (refused before its folder and log),
   the work folder of a SIGKILLed `medgmae_make_phantom` (removed by the next run, a live one's kept), a
-  label without its image in a raw dataset (ignored silently before).
+  label without its image in a raw dataset (ignored silently before);
+- 1: a full disk whose error names no file ("writing ?") names the command's output folder.
 """
 from __future__ import annotations
 
@@ -735,3 +736,15 @@ def test_reconstruct_logs_a_finite_loss_from_iteration_0(tmp_path, capsys):
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "iter " in line and "loss" in line]
     assert lines and "iter      0" in lines[0] and "nan" not in " ".join(lines).lower(), err
+
+
+def test_disk_full_without_a_file_name_names_the_output_folder(tmp_path, capsys, monkeypatch):
+    """An ENOSPC raised with no file name (a library writing through a file object) said "writing ?"."""
+    import reconstruction.cli as cli
+    from bad_input_support import enospc
+
+    path = write_ct(tmp_path / "ct.nii.gz", small_ct())
+    monkeypatch.setattr(cli, "setup_run_log", enospc)
+    line = refused(capsys, cli.main, [path, "--out", tmp_path / "out", "--iterations", "2", "--no-pbar"],
+                   "no space left on device writing in", tmp_path / "out")
+    assert "?" not in line
