@@ -1,6 +1,6 @@
 """The bad-input catalogue, second part (issue 27): nothing runs that should not, nothing is accepted wrongly.
 
-60 kinds, one fault in one command per test (checked as in tests/test_bad_input.py: exit code 2, one
+61 kinds, one fault in one command per test (checked as in tests/test_bad_input.py: exit code 2, one
 line naming the file or argument, no traceback, output folders unchanged), and 4 checks of what
 is accepted (our own checkpoints, old and new, still load; the lock itself writes nothing; a refused
 command's folder holding only its log is removed; `medgmae_reconstruct` logs a real loss at iteration 0,
@@ -34,7 +34,8 @@ not "nan"):
 - 3: nothing left behind: `medgmae_reconstruct` of an all-air volume (refused before its folder and log),
   the work folder of a SIGKILLed `medgmae_make_phantom` (removed by the next run, a live one's kept), a
   label without its image in a raw dataset (ignored silently before);
-- 1: a full disk whose error names no file ("writing ?") names the command's output folder.
+- 2: full disks: an error that names no file ("writing ?") names the command's output folder; a cut or
+  0-byte prediction that nnU-Net's export left (and called done) is refused, the full device named.
 """
 from __future__ import annotations
 
@@ -748,3 +749,23 @@ def test_disk_full_without_a_file_name_names_the_output_folder(tmp_path, capsys,
     line = refused(capsys, cli.main, [path, "--out", tmp_path / "out", "--iterations", "2", "--no-pbar"],
                    "no space left on device writing in", tmp_path / "out")
     assert "?" not in line
+
+
+def test_predict_cut_prediction_is_not_accepted(tmp_path, monkeypatch):
+    """nnU-Net's export on a full disk leaves a 0-byte prediction and exits as if done: every written
+    prediction is read back whole, and a full device is named as the cause."""
+    from collections import namedtuple
+
+    from medgmae_plans import atomic
+    from medgmae_plans.runtime import UserError, os_error_line
+    from medgmae_trainers.finetune.predict_cli import check_written
+
+    write_ct(tmp_path / "out" / "case_a.nii.gz", small_ct())
+    (tmp_path / "out" / "case_b.nii.gz").write_bytes(b"")
+    with pytest.raises(UserError, match="case_b.nii.gz: written incompletely"):
+        check_written(tmp_path / "out")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 0))
+    with pytest.raises(OSError) as stop:
+        check_written(tmp_path / "out")
+    assert os_error_line(stop.value).startswith(f"no space left on device writing {tmp_path / 'out' / 'case_b.nii.gz'}")

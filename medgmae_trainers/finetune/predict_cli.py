@@ -23,7 +23,7 @@ from typing import Sequence
 
 from medgmae_plans.image_sources import IMAGE_ENDINGS
 from medgmae_plans.runtime import UserError, add_common_flags, check_writable, cli_entry
-from medgmae_plans.validate import check_ct_image, read_image
+from medgmae_plans.validate import check_complete, check_ct_image, read_image
 
 from . import use_ext_trainers
 from .run_record import Settings
@@ -197,6 +197,21 @@ def predict_folder(model: Path, folds: list, images: Path, out: Path, *, step_si
         predictor.predict_from_files(str(images), str(out), num_processes_preprocessing=npp,
                                      num_processes_segmentation_export=nps, num_parts=num_parts,
                                      part_id=part_id, **common)
+    check_written(Path(out))
+
+
+def check_written(out: Path) -> None:
+    """Every prediction read back whole: on a full disk nnU-Net's export (SimpleITK's NIfTI writer, in
+    worker processes) leaves a cut or 0-byte file and returns as if it had written it."""
+    from medgmae_plans.atomic import disk_full_error
+
+    for path in sorted(out.iterdir()):
+        if path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(IMAGE_ENDINGS):
+            try:
+                check_complete(path)
+            except UserError as err:
+                raise disk_full_error(path, RuntimeError(str(err))) or \
+                    UserError(f"{path}: written incompletely ({err}); is its device full or failing?") from None
 
 
 def load_nnunet_checkpoint(path: Path) -> dict:
