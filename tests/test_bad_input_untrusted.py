@@ -1,6 +1,6 @@
 """The bad-input catalogue, second part (issue 27): nothing runs that should not, nothing is accepted wrongly.
 
-61 kinds, one fault in one command per test (checked as in tests/test_bad_input.py: exit code 2, one
+62 kinds, one fault in one command per test (checked as in tests/test_bad_input.py: exit code 2, one
 line naming the file or argument, no traceback, output folders unchanged), and 4 checks of what
 is accepted (our own checkpoints, old and new, still load; the lock itself writes nothing; a refused
 command's folder holding only its log is removed; `medgmae_reconstruct` logs a real loss at iteration 0,
@@ -31,7 +31,8 @@ not "nan"):
   before), a dataset without `numTraining` and fewer than 5 cases; `medgmae_classify train --size-xyz`
   not a multiple of the patch (before preprocessing); `medgmae_evaluate` of a 4D prediction;
   `medgmae_make_phantom --preview` a folder or a `.txt`;
-- 3: nothing left behind: `medgmae_reconstruct` of an all-air volume (refused before its folder and log),
+- 4: nothing left behind: `medgmae_reconstruct` of an all-air volume (refused before its folder and log),
+  `medgmae_evaluate` refused after opening its log in a new `-o` folder (the folder goes again),
   the work folder of a SIGKILLed `medgmae_make_phantom` (removed by the next run, a live one's kept), a
   label without its image in a raw dataset (ignored silently before);
 - 2: full disks: an error that names no file ("writing ?") names the command's output folder; a cut or
@@ -769,3 +770,16 @@ def test_predict_cut_prediction_is_not_accepted(tmp_path, monkeypatch):
     with pytest.raises(OSError) as stop:
         check_written(tmp_path / "out")
     assert os_error_line(stop.value).startswith(f"no space left on device writing {tmp_path / 'out' / 'case_b.nii.gz'}")
+
+
+def test_evaluate_refused_after_its_log_leaves_no_output_folder(nnunet_env, tmp_path, capsys):
+    """No finished run to score: refused after the log was opened in the new -o folder, which goes again."""
+    from evaluate_support import make_run, reference_case
+
+    from evaluation.cli import main
+
+    make_run(nnunet_env["nnUNet_results"], "scratch", 0.1, 0, {"phantom_000": reference_case(0)}, finished=False)
+    code = main([DATASET, "-o", str(tmp_path / "eval"), "--no-pbar"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "no run has validation predictions" in err[-1], err
+    assert not (tmp_path / "eval").exists()
