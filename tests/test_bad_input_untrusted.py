@@ -1,6 +1,6 @@
 """The bad-input catalogue, second part (issue 27): nothing runs that should not, nothing is accepted wrongly.
 
-62 kinds, one fault in one command per test (checked as in tests/test_bad_input.py: exit code 2, one
+63 kinds, one fault in one command per test (checked as in tests/test_bad_input.py: exit code 2, one
 line naming the file or argument, no traceback, output folders unchanged), and 4 checks of what
 is accepted (our own checkpoints, old and new, still load; the lock itself writes nothing; a refused
 command's folder holding only its log is removed; `medgmae_reconstruct` logs a real loss at iteration 0,
@@ -25,7 +25,8 @@ not "nan"):
 - 6: a second writer of a run or output folder (`medgmae_pretrain --out`, `medgmae_train` and its
   `--continue`, `medgmae_reconstruct --out`, `medgmae_evaluate -o`, `medgmae_predict -o`): one line naming
   the folder and the holder's pid, the first run's folder untouched;
-- 10: arguments and inputs checked before work: `medgmae_reconstruct` of a `_seg.b2nd` label map, of a
+- 11: arguments and inputs checked before work: `medgmae_train --patch-size` whose batch cannot fit the
+  machine's memory (a lower bound, naming the limit); `medgmae_reconstruct` of a `_seg.b2nd` label map, of a
   `.b2nd` without its `.pkl` (its spacing), `--downsample` beyond the volume; `medgmae_pretrain
   --crop-size` of one ViT patch (nothing masked); `medgmae_train --fraction 1e-9` (blamed on --trainer
   before), a dataset without `numTraining` and fewer than 5 cases; `medgmae_classify train --size-xyz`
@@ -783,3 +784,13 @@ def test_evaluate_refused_after_its_log_leaves_no_output_folder(nnunet_env, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "no run has validation predictions" in err[-1], err
     assert not (tmp_path / "eval").exists()
+
+
+def test_train_patch_size_that_cannot_fit_in_memory(preprocessed, capsys):
+    """--patch-size 1000 was allowed by --help and killed for memory after 82 s: refused by a lower bound
+    of what its batch needs, naming the limit; the plans' patch and the usual ones pass."""
+    from medgmae_trainers.finetune.cli import main
+
+    refused(capsys, main, ["Phantom", "3d_fullres", "--device", "cpu", "--init", "scratch", "--fold", "all",
+                           "--patch-size", "992"], "--patch-size 992", "GiB", "limit is below",
+            unchanged=[preprocessed["nnUNet_results"]])
