@@ -94,8 +94,8 @@ def load_torch(path, what: str = "torch checkpoint") -> object:
                                "data (only tensors and plain data are read)") from None
         detail = [line for line in text.splitlines() if line.strip() and "Weights only" not in line
                   and "weights_only" not in line and "documentation" not in line]
-        raise UserError(f"{path}: not a readable torch checkpoint (UnpicklingError: {detail[0] if detail else text[:80]})") \
-            from None
+        first = detail[0] if detail else text[:80]
+        raise UserError(f"{path}: not a readable torch checkpoint (UnpicklingError: {first})") from None
     except Exception as err:  # a truncated or foreign file raises many kinds (zip, EOF, runtime)
         first = str(err).splitlines()[0] if str(err) else ""
         raise UserError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {first})") from None

@@ -17,8 +17,9 @@ not "nan"):
   collections, `medgmae_reconstruct`, `medgmae_predict`, classification's reader), a NIfTI whose pixdim
   contradicts its sform (preprocessing, `medgmae_reconstruct`, `medgmae_predict`, `medgmae_evaluate`), a
   sheared direction matrix (collections, `medgmae_reconstruct`), NaN voxels (`medgmae_predict`, which
-  nnU-Net would read as 0 HU); and `medgmae_predict`'s input folder: a 2D or 4D image, a name without `_0000` (an earlier prediction),
-  another file ending, no images at all: refused before nnU-Net starts, `-o` not created;
+  nnU-Net would read as 0 HU); and `medgmae_predict`'s input folder: a 2D or 4D image, a name without
+  `_0000` (an earlier prediction), another file ending, no images at all: refused before nnU-Net
+  starts, `-o` not created;
 - 8: a diverging fine-tuning (a NaN weight in the pretrained checkpoint): exit 2, one line naming the
   iteration and the lr, no final checkpoint; NaN and infinity refused by the one range check
   (`--lr`, `--tolerance`, `--cutoff`, `--spacing-scale`);

@@ -305,7 +305,8 @@ class MedGMAETrainer(nnUNetTrainer):
         what = None if np.all(np.isfinite(np.asarray(loss, dtype=np.float64))) else "loss"
         if what is None and self.grad_scaler is None:
             grads = [p.grad.detach() for p in self.network.parameters() if p.grad is not None]
-            if grads and not bool(torch.isfinite(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])).all()):
+            norms = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]) if grads else None
+            if norms is not None and not bool(torch.isfinite(norms).all()):
                 what = "gradient"
         if what is None:
             return
