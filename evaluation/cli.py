@@ -71,8 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    if args.tolerance < 0:
-        raise UserError(f"--tolerance must be >= 0 mm, got {args.tolerance}")
+    check_range("--tolerance", args.tolerance, 0)  # NaN or infinity would score every organ NaN
     check_range("-np", args.num_processes, 1)
     check_range("--overlays", args.overlays, 0)
     if args.no_nsd:
@@ -117,6 +116,9 @@ def evaluate_two_folders(args) -> int:
     if out.suffix != ".json":
         raise UserError(f"{out}: the summary file must end in .json")
     check_writable(out.parent)
+    from medgmae_plans.runtime.locks import hold_folder
+
+    hold_folder(out.parent, "medgmae_evaluate")  # one writer per output folder
     start = time.time()
     per_case = evaluate_pairs(pairs, list(labels), list(declared) if declared else None, args.tolerance,
                               args.num_processes, not args.no_pbar, desc="evaluate")
@@ -160,6 +162,9 @@ def evaluate_results(args) -> int:
     env = ensure_nnunet_env()
     runs = find_runs(_resolve_results(args.results))
     out_dir = check_writable(Path(args.out or DEFAULT_OUT))
+    from medgmae_plans.runtime.locks import hold_folder
+
+    hold_folder(out_dir, "medgmae_evaluate")  # one writer per output folder
     log = setup_run_log(out_dir, "medgmae_evaluate", args.verbose)
     scored, skipped, lines = [], [], []
     for run in runs:

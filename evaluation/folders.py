@@ -69,17 +69,20 @@ def read_geometry(path: Path) -> Geometry:
         reader.ReadImageInformation()
     except RuntimeError as err:
         raise UserError(f"{path}: cannot be read as an image ({str(err).strip().splitlines()[-1]})") from None
+    if reader.GetDimension() != 3:  # else the grids' comparison fails with a traceback
+        raise UserError(f"{path}: a {reader.GetDimension()}D image; label maps are 3D")
     return Geometry(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
 
 
 def check_pairs_geometry(pairs: Sequence["CasePair"]) -> None:
     """Every file whole (`check_complete`: a cut prediction would score as background) and every
     prediction on its reference's grid, before any voxel is evaluated."""
-    from preprocessing.validate import check_complete
+    from preprocessing.validate import check_complete, check_nifti_geometry
 
     for pair in pairs:
-        check_complete(pair.ref)
-        check_complete(pair.pred)
+        for path in (pair.ref, pair.pred):
+            check_complete(path)
+            check_nifti_geometry(path)  # a header that contradicts itself (pixdim against sform)
         check_same_geometry(read_geometry(pair.ref), read_geometry(pair.pred), pair.ref, pair.pred)
 
 

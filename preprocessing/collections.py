@@ -25,7 +25,6 @@ reads them). Datasets are named as everywhere else (id, full name or alias, see
 """
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -36,6 +35,7 @@ from medgmae_plans.configurations import DEFAULT_CONFIGURATION, geometry
 from medgmae_plans.datasets import available_datasets, resolve_dataset
 from medgmae_plans.runtime.paths import nnunet_folder
 from medgmae_plans.runtime import UserError
+from medgmae_plans.runtime.safe_load import load_pickle
 
 COLLECTION_PREFIX = "Collection_"
 
@@ -141,15 +141,16 @@ def check_cases(refs: Sequence[CaseRef]) -> None:
         if ref.labelled:
             try:
                 load_properties(ref)
-            except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as err:
-                raise UserError(f"{ref.folder / f'{ref.case_id}.pkl'}: not readable ({type(err).__name__}: {err}); "
-                                "rerun medgmae_plan_and_preprocess with --clean") from None
+            except UserError as err:  # unreadable, or asking for more than plain data (it is not run)
+                raise UserError(f"{err}; rerun medgmae_plan_and_preprocess with --clean") from None
 
 
 def load_properties(ref: CaseRef) -> dict:
     """nnU-Net's per-case properties (original spacing, crop box, `class_locations` for labelled cases)."""
-    with open(ref.folder / f"{ref.case_id}.pkl", "rb") as f:
-        return pickle.load(f)
+    properties = load_pickle(ref.folder / f"{ref.case_id}.pkl")  # plain data only: a planted pickle runs nothing
+    if not isinstance(properties, dict):
+        raise UserError(f"{ref.folder / f'{ref.case_id}.pkl'}: not nnU-Net's case properties (a dict)")
+    return properties
 
 
 def available_sources(preprocessed: Path | None = None,

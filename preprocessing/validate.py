@@ -81,6 +81,12 @@ def list_cases(raw_folder: Path, meta: dict, subfolder: str = "imagesTr", labels
         cases[match.group(1)] = {"images": [str(path)], "label": None if label is None else str(label)}
     if not cases:
         raise UserError(f"{folder}: no images ending in _0000{ending}")
+    if labels is not None and (raw_folder / labels).is_dir():  # a label whose image is missing was ignored silently
+        orphans = sorted(p for p in (raw_folder / labels).iterdir() if p.name.endswith(ending)
+                         and not p.name.startswith(".") and p.name[:-len(ending)] not in cases)
+        if orphans:
+            raise UserError(f"{orphans[0]}: a label without its image ({folder / (orphans[0].name[:-len(ending)] + '_0000' + ending)} "
+                            f"is missing){f'; {len(orphans) - 1} more' if len(orphans) > 1 else ''}")
     declared = meta.get("numTraining")
     if labels is not None and declared is not None and int(declared) != len(cases):
         raise UserError(f"{raw_folder / 'dataset.json'}: numTraining is {declared} but {folder} has {len(cases)} cases")
@@ -194,11 +200,58 @@ def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> N
 def read_image(path: str | Path) -> sitk.Image:
     """Read one whole image (`check_complete`), turning reader failures into a one-line `UserError`."""
     check_complete(path)
+    check_nifti_geometry(path)  # before SimpleITK, which reads a contradicting header with a warning only
     try:
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as err:
         first = next((line.strip() for line in str(err).splitlines() if "ERROR" in line or "rror" in line), "")
         raise UserError(f"{path}: cannot be read as an image ({first or 'unreadable'})") from None
+    check_direction(image, path)
+    return image
+
+
+# the header's spacing (pixdim) against the spacing its sform implies: the same within 1 % (float32
+# headers written by any tool agree to 1e-6; nibabel writes 1 mm against 2.5 mm when given a zero spacing)
+HEADER_SPACING_RTOL = 1e-2
+
+
+def check_nifti_geometry(path: str | Path) -> None:
+    """A NIfTI header that contradicts itself is refused: the sform's voxel sizes against pixdim (SimpleITK
+    takes pixdim's spacing and the sform's direction), and a sheared (non-orthogonal) sform. Other
+    formats: nothing to do here (their direction is checked on the image read, `check_direction`)."""
+    if not str(path).lower().endswith(_NIFTI_ENDINGS):
+        return
+    import nibabel
+
+    try:
+        header = nibabel.load(str(path)).header
+        sform, code = header.get_sform(coded=True)
+        zooms = [float(z) for z in header.get_zooms()[:3]]
+    except Exception as err:  # nibabel's many kinds for a header it cannot parse: SimpleITK says it next
+        del err
+        return
+    if not code or sform is None or len(zooms) < 3:
+        return  # the qform is built from pixdim itself: nothing to contradict
+    axes = np.asarray(sform, dtype=np.float64)[:3, :3]
+    sizes = np.linalg.norm(axes, axis=0)
+    if not np.allclose(sizes, zooms, rtol=HEADER_SPACING_RTOL, atol=0):
+        raise UserError(f"{path}: the NIfTI header contradicts itself: pixdim says spacing "
+                        f"{[round(z, 4) for z in zooms]} mm, its sform {[round(float(s), 4) for s in sizes]} mm")
+    _check_orthonormal(axes / np.where(sizes > 0, sizes, 1), path, "sform")
+
+
+def _check_orthonormal(matrix: np.ndarray, path, what: str) -> None:
+    gram = matrix.T @ matrix
+    if not np.allclose(gram, np.eye(len(gram)), rtol=0, atol=DIRECTION_ATOL):
+        raise UserError(f"{path}: the {what} direction matrix is not orthonormal (sheared or scaled axes, "
+                        f"largest deviation {float(np.abs(gram - np.eye(len(gram))).max()):.3g}); "
+                        "resample it onto an orthonormal grid first")
+
+
+def check_direction(image: sitk.Image, path: str | Path) -> None:
+    """The image's direction matrix is orthonormal (MHA and NRRD keep a sheared one as it is written)."""
+    n = image.GetDimension()
+    _check_orthonormal(np.asarray(image.GetDirection(), dtype=np.float64).reshape(n, n), path, "image's")
 
 
 def _nifti_non_finite(path: str | Path) -> int:
@@ -213,13 +266,22 @@ def _nifti_non_finite(path: str | Path) -> int:
     return int(np.count_nonzero(~np.isfinite(voxels))) if np.issubdtype(voxels.dtype, np.floating) else 0
 
 
+# 8-bit (and 1-bit, which SimpleITK reads as 8-bit) voxels cannot be HU: a 0..255 CT would be windowed as if
+# it were (air becoming 0.41). A NIfTI's scl_slope/scl_inter rescale comes back as floats and passes.
+CT_PIXEL_TYPES_REFUSED = (sitk.sitkUInt8, sitk.sitkInt8)
+
+
 def check_ct_image(image: sitk.Image, path: str | Path) -> np.ndarray:
-    """Check one CT image (3D, one component, finite voxels); return its voxels [z, y, x]."""
+    """Check one CT image (3D, one component, a pixel type that holds HU, finite voxels); return its
+    voxels [z, y, x]."""
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise UserError(f"{path}: {image.GetNumberOfComponentsPerPixel()} components per voxel; "
                         "a CT image has one channel")
     if image.GetDimension() != 3:
         raise UserError(f"{path}: a {image.GetDimension()}D image; MedGMAE needs 3D CT volumes")
+    if image.GetPixelID() in CT_PIXEL_TYPES_REFUSED:
+        raise UserError(f"{path}: pixel type {image.GetPixelIDTypeAsString()} cannot hold CT in HU (-1024..3071); "
+                        "store the CT as 16-bit integers or floats in HU")
     voxels = sitk.GetArrayViewFromImage(image)
     if np.issubdtype(voxels.dtype, np.floating):
         bad = int(np.count_nonzero(~np.isfinite(voxels)))

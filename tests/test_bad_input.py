@@ -4,7 +4,9 @@ Each refusal is checked by `bad_input_support.refused`: exit code 2, exactly one
 naming the file or argument, no traceback, and the output folders unchanged. Commands run in-process
 through their `main(argv)`; `test_console_scripts` runs a few through the installed entry points.
 Where a run got under way before the fault (a full disk at a checkpoint, a kill mid-write) the test
-checks what is kept instead. docs/input_checks.md lists what is checked where.
+checks what is kept instead. docs/input_checks.md lists what is checked where. The second part of
+the catalogue (issue 27: safe loading, images that cannot be CT in HU, diverged runs, one writer per
+folder) is tests/test_bad_input_untrusted.py.
 """
 from __future__ import annotations
 

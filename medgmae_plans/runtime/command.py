@@ -13,6 +13,7 @@ import errno
 import functools
 import json
 import logging
+import math
 import os
 import platform
 import signal
@@ -42,7 +43,11 @@ _NOT_ALLOWED = (errno.EACCES, errno.EPERM, errno.EROFS)
 def os_error_line(err: OSError) -> str | None:
     """The one line for an OSError the user can fix (a full disk, a folder they may not write), or
     None for any other (a bug, kept as a traceback)."""
-    where = err.filename if err.filename is not None else "?"
+    where = err.filename
+    if where is None:  # a write through a file object or a library: name the folders the command writes
+        from medgmae_plans.runtime.locks import held_folders
+
+        where = " or ".join(f"in {folder}" for folder in held_folders()) or "(a file the error did not name)"
     if err.errno in _NO_SPACE:
         return f"no space left on device writing {where}; free space there and rerun (files written before are kept)"
     if err.errno in _NOT_ALLOWED:
@@ -51,14 +56,14 @@ def os_error_line(err: OSError) -> str | None:
 
 
 def check_range(flag: str, value, low=None, high=None, *, low_open: bool = False, high_open: bool = False) -> None:
-    """Refuse (`UserError`) a flag's value outside [low, high] (an `_open` bound excluded), or NaN.
+    """Refuse (`UserError`) a flag's value outside [low, high] (an `_open` bound excluded), NaN or infinite.
 
     For the numeric flags every command checks before any work; the rule in the message is the one
     its `--help` states. None (a flag not given) passes.
     """
     if value is None:
         return
-    ok = value == value  # NaN is in no range
+    ok = math.isfinite(value)  # NaN is in no range, and infinity is no value to train or measure with
     if low is not None:
         ok = ok and (value > low if low_open else value >= low)
     if high is not None:
@@ -71,7 +76,8 @@ def check_range(flag: str, value, low=None, high=None, *, low_open: bool = False
         rule = f"{'>' if low_open else '>='} {low:g}"
     else:
         rule = f"{'<' if high_open else '<='} {high:g}"
-    raise UserError(f"{flag} {value:g}: must be {rule}")
+    infinite = value == value and not math.isfinite(value)
+    raise UserError(f"{flag} {value:g}: must be {'finite and ' if infinite else ''}{rule}")
 
 
 def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Path:
@@ -134,8 +140,10 @@ def cli_entry(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence
         args = list(sys.argv[1:] if argv is None else argv)
         verbose = "--verbose" in args
         prog = Path(sys.argv[0]).name if argv is None else main.__module__
+        failed = True
         try:
             result = main(args)
+            failed = False
         except UserError as err:
             if verbose:
                 raise
@@ -153,6 +161,10 @@ def cli_entry(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence
                 raise
             print(f"{prog}: error: {line}", file=sys.stderr)
             return EXIT_USER_ERROR
+        finally:
+            from medgmae_plans.runtime.locks import release_held
+
+            release_held(failed)  # the run and output folders this command held (`locks.hold_folder`)
         return int(result or 0)
 
     return entry

@@ -132,10 +132,21 @@ def _train(args) -> int:
     from .trainer import TrainSettings, train
 
     _check_train_ranges(args)
-    name, raw, table = _dataset(args.dataset)
-    geometry = Geometry(tuple(reversed(args.spacing_xyz)), tuple(reversed(args.size_xyz)), tuple(args.hu_window))
     if args.pretrained is not None and not args.pretrained.is_file():
         raise UserError(f"pretrained checkpoint {args.pretrained} does not exist")
+    if args.pretrained is not None:  # read (safely) before the dataset is looked up or preprocessed
+        from ..pretrain.checkpoint import load_checkpoint
+
+        patch = load_checkpoint(args.pretrained).get("metadata", {}).get("patch_size")
+    else:
+        from ..networks import network_config
+
+        patch = network_config(args.preset)["encoder"].get("patch_size")
+    if patch and any(int(n) % int(patch) for n in args.size_xyz):  # else refused only after preprocessing
+        raise UserError(f"--size-xyz {' '.join(map(str, args.size_xyz))}: each size must be a multiple of the "
+                        f"encoder's ViT patch {patch}")
+    name, raw, table = _dataset(args.dataset)
+    geometry = Geometry(tuple(reversed(args.spacing_xyz)), tuple(reversed(args.size_xyz)), tuple(args.hu_window))
     run = f"{'pretrained_' + args.pretrained.parent.name if args.pretrained else 'scratch_' + args.preset}_f{args.fraction:g}"
     out = check_writable(args.out or nnunet_folder("nnUNet_results") / "MedGMAE_classify" / name / run)
     folder = _preprocess(name, raw, table, geometry, args.preprocess_workers, not args.no_pbar, print)
@@ -145,6 +156,9 @@ def _train(args) -> int:
                       seed=args.seed, device=str(resolve_device(args.device)), workers=args.workers,
                       val_every=args.val_every,
                       n_boot=args.bootstrap, geometry=geometry.to_json(), out=str(out), pbar=not args.no_pbar)
+    from medgmae_plans.runtime.locks import hold_folder
+
+    hold_folder(out, "medgmae_classify run")  # one writer per run folder
     results = train(s, table, folder, resume=args.resume)
     print(f"{out}: valid macro AUROC {results.get('val_macro_auroc')} (95% CI {results.get('val_macro_ci')})")
     return 0
@@ -156,9 +170,9 @@ def _predict(args) -> int:
     from .trainer import load_trained, predict_probs
 
     check_range("-np", args.preprocess_workers, 1)
-    name, raw, table = _dataset(args.dataset)
     device = resolve_device(args.device)
-    model, ckpt = load_trained(args.model, device)
+    model, ckpt = load_trained(args.model, device)  # before the dataset is looked up or preprocessed
+    name, raw, table = _dataset(args.dataset)
     if ckpt["classes"] != table.classes:
         raise UserError(f"{args.model}: trained on classes {ckpt['classes']}, {name} has {table.classes}")
     sub = table if args.split == "all" else table.subset(args.split)
@@ -168,6 +182,9 @@ def _predict(args) -> int:
     folder = _preprocess(name, raw, sub, geometry, args.preprocess_workers, not args.no_pbar, print)
     model_dir = args.model if args.model.is_dir() else args.model.parent
     out = args.out or model_dir / args.split / "predictions.csv"
+    from medgmae_plans.runtime.locks import hold_folder
+
+    hold_folder(out.parent, "medgmae_classify predict")  # one writer per output folder
     log = setup_run_log(out.parent, "predict", args.verbose)
     probs = predict_probs(model, folder, sub.cases, len(sub.classes), device, pbar=not args.no_pbar)
     write_predictions(out, sub.cases, sub.classes, probs)

@@ -114,15 +114,13 @@ def preprocess_image(source: Source, geometry: Geometry) -> tuple[np.ndarray, di
     """Read, convert to HU, reorient, resample, window, crop/pad. Returns float16 [D, H, W] and a record."""
     import SimpleITK as sitk
 
-    from preprocessing.validate import check_complete
+    from preprocessing.validate import check_ct_image, read_image
 
-    check_complete(source.image)
-    try:
-        img = sitk.ReadImage(source.image, sitk.sitkFloat32)
-    except RuntimeError as err:
-        raise UserError(f"cannot read image {source.image}: {str(err).strip().splitlines()[-1]}") from None
-    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
-        raise UserError(f"{source.image}: expected a 3D single-channel image")
+    # the toolkit's one reader and CT check: whole file, a header that agrees with itself, 3D, one
+    # component, a pixel type that holds HU (or stored values that rescale to it), finite voxels
+    img = read_image(source.image)
+    check_ct_image(img, source.image)
+    img = sitk.Cast(img, sitk.sitkFloat32)
     record = {"image": source.image, "original_size_xyz": list(img.GetSize()),
               "original_spacing_xyz": list(img.GetSpacing())}
     if source.spacing_xyz is not None:

@@ -195,6 +195,37 @@ def check_numbers(args) -> None:
         raise UserError(f"--patch-size {args.patch_size} is too small; give e.g. 48, 64 or 96")
 
 
+# a lower bound of what one voxel of a training patch costs: the network's full-resolution feature maps
+# (UNETR's decoder keeps about six of `feature_size` channels there), float32, forward and backward
+_BYTES_PER_VOXEL_AND_CHANNEL = 6 * 4 * 2
+
+
+def check_patch_memory(patch_size: int | None, settings: Settings, config: dict, device: str) -> None:
+    """Refuse a `--patch-size` whose batch cannot fit the device's memory even by a lower bound (a 1000³
+    patch was killed for memory after 82 s); the plans' own patch is nnU-Net's and fits by design."""
+    if patch_size is None:
+        return
+    import math
+
+    import torch
+
+    batch = int(config.get("batch_size", 2))
+    channels = int((settings.arch_kwargs or {}).get("feature_size") or 16)
+    need = batch * patch_size ** 3 * channels * _BYTES_PER_VOXEL_AND_CHANNEL
+    if device == "cuda" and torch.cuda.is_available():
+        have, where = torch.cuda.get_device_properties(0).total_memory, "the GPU"
+    else:
+        try:
+            have, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's RAM"
+        except (ValueError, OSError, AttributeError):
+            return
+    if need > have:
+        limit = int(math.floor((have / (batch * channels * _BYTES_PER_VOXEL_AND_CHANNEL)) ** (1 / 3)))
+        raise UserError(f"--patch-size {patch_size}: a batch of {batch} patches of {patch_size}^3 needs at least "
+                        f"{need / 2 ** 30:.0f} GiB for the network's full-resolution activations alone; {where} has "
+                        f"{have / 2 ** 30:.0f} GiB (the limit is below {limit}^3)")
+
+
 def check_existing(settings: Settings, folder: Path, resume: bool) -> None:
     """Refuse to overwrite a run; for --continue, refuse other settings than the run's own.
 
@@ -264,13 +295,17 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UserError("--num-gpus > 1 needs --device cuda (nnU-Net's DDP is NCCL only)")
     _environment(args.device, args.threads)
     settings = make_settings(args, plans)
+    check_patch_memory(args.patch_size, settings, plans["configurations"][args.configuration], args.device)
     fold_cases = fold_training_cases(folders["nnUNet_preprocessed"] / dataset, settings.fold)
     data = folders["nnUNet_preprocessed"] / dataset / plans["configurations"][args.configuration]["data_identifier"]
     check_cases(folder_cases(data, labelled=True))  # nnU-Net's data workers would fail on a bad one mid-run
     folder = fold_folder(folders["nnUNet_results"], dataset, settings.trainer, PLANS, args.configuration,
                          settings.fold)
-    check_existing(settings, folder, args.resume)
     check_writable(folders["nnUNet_results"], "nnUNet_results folder")
+    from medgmae_plans.runtime.locks import hold_folder
+
+    hold_folder(folder, "medgmae_train run")  # one writer: a second start or --continue while this one trains
+    check_existing(settings, folder, args.resume)
     old = read_record(folder) if args.resume else None
     if old is not None and old.status == "finished":
         # A rerun (e.g. the main job a second time) keeps the finished run and its validation.

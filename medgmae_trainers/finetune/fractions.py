@@ -27,6 +27,10 @@ def parse_fraction(value) -> float:
         raise UserError(f"--fraction {value!r} is not a number; give a fraction in (0, 1], e.g. 0.1") from None
     if not (0.0 < fraction <= 1.0) or math.isnan(fraction):
         raise UserError(f"--fraction {value} is outside (0, 1]; e.g. 0.01, 0.1 or 1.0")
+    pct = round(fraction * 100, 6)  # what a trainer name's tag holds (fraction_tag)
+    if pct <= 0 or abs(pct / 100 - fraction) > 1e-9:
+        raise UserError(f"--fraction {value}: a trainer name holds the percentage to 6 decimals (at least "
+                        "0.00000001); give e.g. 0.01, 0.1 or 1.0")
     return fraction
 
 
@@ -117,4 +121,7 @@ def _num_training(dataset_json: Path) -> int | None:
     try:
         return int(json.loads(dataset_json.read_text())["numTraining"])
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        pass
+    # no numTraining (it is optional for us): the preprocessed cases, as nnU-Net's split will see them
+    cases = {p.name[:-len(".b2nd")] for p in dataset_json.parent.glob("*/*.b2nd") if not p.name.endswith("_seg.b2nd")}
+    return len(cases) or None

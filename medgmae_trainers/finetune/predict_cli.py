@@ -27,7 +27,7 @@ from typing import Sequence
 
 from preprocessing.image_sources import IMAGE_ENDINGS
 from medgmae_plans.runtime import UserError, add_common_flags, check_writable, cli_entry
-from preprocessing.validate import check_complete
+from preprocessing.validate import check_complete, check_ct_image, read_image
 
 from . import use_ext_trainers
 from .run_record import Settings
@@ -98,6 +98,30 @@ def _folds(given: list[str] | None, model: Path, checkpoint: str) -> list:
     return folds
 
 
+def check_inputs(images: Path, model: Path) -> list[Path]:
+    """The input images' names: every file must be a case of the model's one CT channel (`CASE_0000` +
+    the dataset's file ending). nnU-Net skips other endings without a word and fails with a traceback on
+    a name without `_0000` (as this command's own earlier outputs are named). Their contents were
+    checked before (`_main`: `read_image` and `check_ct_image`, as every command checks a CT)."""
+    import json
+
+    try:
+        ending = json.loads((model / "dataset.json").read_text())["file_ending"]
+    except (OSError, ValueError, KeyError, TypeError):
+        ending = ".nii.gz"
+    files = sorted(p for p in images.iterdir() if not p.name.startswith("."))
+    for path in files:
+        if path.is_dir() or not path.name.endswith(ending):
+            raise UserError(f"{path}: not a {ending} image; -i must hold only the cases to predict "
+                            f"(CASE_0000{ending}, the model's file ending)")
+        if not path.name[:-len(ending)].endswith("_0000") or len(path.name) == len("_0000" + ending):
+            raise UserError(f"{path}: input images are named CASE_0000{ending} (the CT channel); "
+                            "is this an earlier prediction?")
+    if not files:
+        raise UserError(f"-i {images}: no images to predict (expected CASE_0000{ending} files)")
+    return files
+
+
 def _predict_device(name: str | None):
     """The -device flag's device, with nnUNetv2_predict's thread settings: all cores for CPU
     inference, one thread feeding a GPU."""
@@ -128,18 +152,21 @@ def _main(argv: Sequence[str] | None) -> int:
         if value < 0:
             raise UserError(f"{flag} {value} must be >= 0")
     check_writable(args.o)
-    # nnU-Net reads the images with SimpleITK, which takes a cut NIfTI's missing voxels as 0
+    # nnU-Net reads the images with SimpleITK, which takes a cut NIfTI's missing voxels as 0 and NaN as 0 HU
     for image in sorted(Path(args.i).iterdir()):
         if image.is_file() and not image.name.startswith(".") and image.name.lower().endswith(IMAGE_ENDINGS):
-            check_complete(image)
+            check_ct_image(read_image(image), image)
     dataset = resolve_dataset(args.d, roots=[results])
     model = results / dataset / f"{args.tr}__{args.p}__{args.c}"
     if not model.is_dir():
         trained = sorted(p.name for p in (results / dataset).iterdir() if p.is_dir() and "__" in p.name)
         raise UserError(f"{model}: no such results folder; {dataset} has {', '.join(trained) or 'none'}")
     folds = _folds(args.f, model, args.chk)
+    check_inputs(Path(args.i), model)
     device = _predict_device(args.device)
+    from medgmae_plans.runtime.locks import hold_folder
 
+    hold_folder(args.o, "medgmae_predict")  # one writer per output folder
     predict_folder(model, folds, Path(args.i), Path(args.o), step_size=args.step_size,
                    mirroring=not args.disable_tta, device=device, on_device=not args.not_on_device,
                    checkpoint=args.chk, npp=args.npp, nps=args.nps, num_parts=args.num_parts, part_id=args.part_id,
@@ -159,7 +186,7 @@ def predict_folder(model: Path, folds: list, images: Path, out: Path, *, step_si
     predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=mirroring,
                                 perform_everything_on_device=on_device, device=device,
                                 verbose=verbose, verbose_preprocessing=verbose, allow_tqdm=pbar)
-    predictor.initialize_from_trained_model_folder(str(model), folds, checkpoint_name=checkpoint)
+    initialize_safely(predictor, model, folds, checkpoint)
     Path(out).mkdir(parents=True, exist_ok=True)
     common = dict(save_probabilities=save_probabilities, overwrite=overwrite,
                   folder_with_segs_from_prev_stage=previous_stage)
@@ -169,6 +196,55 @@ def predict_folder(model: Path, folds: list, images: Path, out: Path, *, step_si
         predictor.predict_from_files(str(images), str(out), num_processes_preprocessing=npp,
                                      num_processes_segmentation_export=nps, num_parts=num_parts,
                                      part_id=part_id, **common)
+    check_written(Path(out))
+
+
+def check_written(out: Path) -> None:
+    """Every prediction read back whole: on a full disk nnU-Net's export (SimpleITK's NIfTI writer, in
+    worker processes) leaves a cut or 0-byte file and returns as if it had written it."""
+    from medgmae_plans.runtime.atomic import disk_full_error
+
+    for path in sorted(out.iterdir()):
+        if path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(IMAGE_ENDINGS):
+            try:
+                check_complete(path)
+            except UserError as err:
+                raise disk_full_error(path, RuntimeError(str(err))) or \
+                    UserError(f"{path}: written incompletely ({err}); is its device full or failing?") from None
+
+
+def load_nnunet_checkpoint(path: Path) -> dict:
+    """An nnU-Net checkpoint (`checkpoint_final.pth`), read as tensors and plain data only (the toolkit's one
+    safe reader): a results folder shared by another lab runs no code when it is loaded."""
+    from medgmae_plans.runtime.safe_load import load_torch
+
+    ckpt = load_torch(path, "nnU-Net checkpoint")
+    if not isinstance(ckpt, dict) or not {"network_weights", "trainer_name", "init_args"} <= set(ckpt):
+        raise UserError(f"{path}: not an nnU-Net checkpoint (it holds no network_weights, trainer_name, init_args)")
+    return ckpt
+
+
+def initialize_safely(predictor, model: Path, folds: list, checkpoint: str) -> None:
+    """nnU-Net's `initialize_from_trained_model_folder`, with the checkpoints read safely first and handed to it.
+
+    nnU-Net reads them with `torch.load(weights_only=False)`, which runs whatever a pickle asks; here its
+    call returns the state our reader loaded already (and any other file it asked for would be refused).
+    """
+    import torch
+
+    loaded = {os.path.abspath(str(model / f"fold_{fold}" / checkpoint)):
+              load_nnunet_checkpoint(model / f"fold_{fold}" / checkpoint) for fold in folds}
+
+    def preloaded(path, *args, **kwargs):
+        key = os.path.abspath(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else None
+        if key not in loaded:
+            raise UserError(f"{path}: nnU-Net asked for a checkpoint that was not read safely")
+        return loaded[key]
+    real, torch.load = torch.load, preloaded
+    try:
+        predictor.initialize_from_trained_model_folder(str(model), folds, checkpoint_name=checkpoint)
+    finally:
+        torch.load = real
 
 
 main = cli_entry(_main)

@@ -43,6 +43,7 @@ import copy
 import random
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -55,7 +56,7 @@ from medgmae_plans.runtime.atomic import atomic_path
 from medgmae_plans.constants import FROM_SCRATCH, INIT_DISPLAY, INITS
 from medgmae_plans.runtime import EXIT_USER_ERROR, progress
 
-from ..run import bf16_autocast, native_cpu_bf16
+from ..run import bf16_autocast, check_finite, native_cpu_bf16
 from . import nnunet_hooks
 from .encoder_loading import load_encoder, read_pretrained
 from .fractions import fraction_tag, select_cases, tag_fraction
@@ -240,10 +241,25 @@ class MedGMAETrainer(nnUNetTrainer):
         self.schedule(self.current_epoch * self.num_iterations_per_epoch + self._iteration_in_epoch)
         self._iteration_in_epoch += 1
         out = self._cpu_bf16_step(batch) if self._cpu_bf16() else super().train_step(batch)
+        self._check_finite(out["loss"])
         if self._bar is not None:
             self._bar.update()
             self._bar.set_postfix(loss=f"{float(out['loss']):.4f}")
         return out
+
+    def _check_finite(self, loss) -> None:
+        """A diverged run fails, as the run core's loops do (`run.check_finite`): a non-finite loss, or
+        (without nnU-Net's fp16 grad scaler, which skips such steps by design) a non-finite gradient, ends
+        the run with one line naming the iteration and the lr; nnU-Net's final checkpoint is never written."""
+        grad_norm = None
+        if self.grad_scaler is None:
+            grads = [p.grad.detach() for p in self.network.parameters() if p.grad is not None]
+            if grads:
+                grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+        iteration = self.current_epoch * self.num_iterations_per_epoch + self._iteration_in_epoch
+        check_finite(f"iteration {iteration} (epoch {self.current_epoch})", self.optimizer.param_groups[0]["lr"],
+                     Path(self.output_folder) / "checkpoint_latest.pth", float(np.asarray(loss, dtype=np.float64)),
+                     grad_norm)
 
     def schedule(self, iteration: int) -> None:
         """Warmup + cosine, set per iteration."""
@@ -276,6 +292,15 @@ class MedGMAETrainer(nnUNetTrainer):
             return super().save_checkpoint(filename)
         with atomic_path(filename) as tmp:  # nnU-Net's torch.save writes in place
             super().save_checkpoint(str(tmp))
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        """nnU-Net's, with a checkpoint file read as tensors and plain data only (`--continue`, `--c`):
+        nnU-Net's own `torch.load(weights_only=False)` would run whatever a planted pickle asks."""
+        if not isinstance(filename_or_checkpoint, dict):
+            from medgmae_plans.runtime.safe_load import load_torch
+
+            filename_or_checkpoint = load_torch(filename_or_checkpoint, "nnU-Net checkpoint")
+        super().load_checkpoint(filename_or_checkpoint)
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         s = self.medgmae

@@ -115,6 +115,10 @@ def _main(argv: Sequence[str] | None) -> int:
     settings = replace(DEFAULTS, **given, device=resolve_device(args.device).type,
                        datasets=metadata.get("datasets", []), images=metadata.get("image_collections", []))
     settings.out = str(out)
+    if int(os.environ.get("RANK", "0")) == 0:  # one writer per run folder (the other ranks are this run's)
+        from medgmae_plans.runtime.locks import hold_folder
+
+        hold_folder(out, "medgmae_pretrain run")
     results = pretrain(settings, cases, metadata)  # a signal: `Interrupted`, exit 128 + signum (cli_entry)
     if int(os.environ.get("RANK", "0")) == 0:
         write_run_json(Path(settings.out), "pretrain", vars(settings), results)

@@ -113,6 +113,10 @@ class PretrainSettings:
         if crop < patch or crop % patch:
             raise UserError(f"--crop-size {crop}: must be a positive multiple of the ViT patch {patch} "
                             f"(e.g. {max(1, round(crop / patch)) * patch})")
+        tokens = (crop // patch) ** 3
+        if max(1, int(tokens * (1 - s.mask_ratio))) >= tokens:  # masking's rule: at least one token visible
+            raise UserError(f"--crop-size {crop}: {tokens} ViT patch(es) of {patch} at --mask-ratio {s.mask_ratio:g} "
+                            "leave none masked (the loss would be 0); give a crop of at least two patches an edge")
         return self
 def make_logger(out: Path, info: DistInfo) -> logging.Logger:
     """Console + `log.txt` (appended) on rank 0; warnings only, console only, elsewhere."""
@@ -148,8 +152,8 @@ def pretrain(settings: PretrainSettings, cases: Sequence[PretrainCase], metadata
 def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dict:
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
-    log = make_logger(out, info)
-    run_dir = run.RunFolder(out, ckpt.FORMAT, ckpt.WHAT, s.resume, log)
+    run_dir = run.RunFolder(out, ckpt.FORMAT, ckpt.WHAT, s.resume)  # before the log: a refusal writes nothing
+    log = run_dir.log = make_logger(out, info)
     latest, final = run_dir.latest, run_dir.final
 
     torch.manual_seed(s.seed)  # identical initial weights on every rank

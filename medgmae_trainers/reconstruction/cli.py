@@ -101,10 +101,15 @@ def prepare_volume(args) -> tuple[torch.Tensor, tuple[float, ...]]:
     t = torch.from_numpy(np.ascontiguousarray(vol))
     if args.downsample > 1:
         f = args.downsample
+        if f > min(t.shape):  # avg_pool3d's own error is a traceback
+            raise UserError(f"--downsample {f}: larger than the volume's smallest axis ({tuple(t.shape)} voxels)")
         t = torch.nn.functional.avg_pool3d(t[None, None], f)[0, 0]
         spacing = tuple(s * f for s in spacing)
     if min(t.shape) < 4:
         raise UserError(f"{args.volume}: volume {tuple(t.shape)} is too small to reconstruct (at least 4 voxels an axis)")
+    if float(t.max()) <= 0.05:  # the fbp init's air threshold: refused here, before the run's folder and log
+        raise UserError(f"{args.volume}: nothing but air in the CT window (no voxel above 5 % of it, about -154 HU); "
+                        "nothing to reconstruct")
     return t.contiguous(), spacing
 
 
@@ -209,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     truth, spacing = prepare_volume(args)
     # the decoder sees each window at its own pretraining spacing (3 mm for a 3d_lowres checkpoint)
     zooms = {init: spacing[0] / s for init, s in pretrain_spacing.items()}
+    from medgmae_plans.runtime.locks import hold_folder
+
+    hold_folder(out, "medgmae_reconstruct run")  # one writer per output folder
     log = setup_run_log(out, NAME, args.verbose)
 
     kwargs = {}

@@ -78,7 +78,11 @@ def fit(gaussians: dict, projector, measured: torch.Tensor, truth: torch.Tensor,
                 f"K {fld.num_gaussians}  fit {fit_s:7.1f} s")
 
     with torch.no_grad():
-        evaluate(0, fld.render(s.cutoff, s.backend))
+        # the initial Gaussians' own projection loss (it was logged as the "nan" placeholder of a loss not
+        # computed yet, on every run); all views, as the evaluation sees the whole volume
+        vol = fld.render(s.cutoff, s.backend)
+        loss_val = float(torch.mean(((projector(vol) - measured) / norm) ** 2))
+        evaluate(0, vol)
     bar = progress(range(1, s.iterations + 1), enabled=pbar, desc="fit", unit="it")
     d = s.densify
     vol = None

@@ -29,6 +29,8 @@ def load_volume(path: str | Path, spacing: float = PRETRAIN_SPACING) -> tuple[np
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
+    if path.name.endswith("_seg.b2nd"):
+        raise UserError(f"{path}: a preprocessed label map, not a CT; give the case's image ({path.name[:-9]}.b2nd)")
     if path.name.endswith(".b2nd"):
         return _load_preprocessed(path)
     import SimpleITK as sitk
@@ -53,8 +55,6 @@ def _resample(image, spacing: float):
 
 
 def _load_preprocessed(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    import pickle
-
     import blosc2
 
     try:
@@ -65,9 +65,15 @@ def _load_preprocessed(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
         raise UserError(f"{path}: expected a single-channel preprocessed case [1, D, H, W], got {arr.shape}")
     spacing = (PRETRAIN_SPACING,) * 3
     pkl = path.with_suffix(".pkl")
+    if not pkl.is_file():  # its spacing is its plan's (1.5 or 3 mm), written there only
+        raise UserError(f"{path}: its properties file {pkl.name} is missing (it holds the case's spacing); "
+                        "rerun medgmae_plan_and_preprocess with --clean")
     if pkl.is_file():
-        with open(pkl, "rb") as f:
-            spacing = tuple(float(s) for s in pickle.load(f).get("spacing_after_resampling", spacing))
+        from medgmae_plans.runtime.safe_load import load_pickle
+
+        properties = load_pickle(pkl)  # plain data only: a planted pickle runs nothing
+        spacing = tuple(float(s) for s in (properties.get("spacing_after_resampling", spacing)
+                                           if isinstance(properties, dict) else spacing))
     return arr[0], spacing
 
 

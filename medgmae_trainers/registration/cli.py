@@ -123,6 +123,10 @@ def _train(args) -> int:
         raise UserError(f"--ncc-kernel {args.ncc_kernel}: must be odd (a window centred on each voxel)")
     if args.out is not None:
         check_writable(args.out)  # before the phantom dataset is made on first use
+    if args.pretrained is not None:  # read (safely) before the phantom dataset is made on first use
+        from ..pretrain.checkpoint import load_checkpoint
+
+        load_checkpoint(args.pretrained)
     root = dataset_folder(args.dataset, not args.no_pbar)
     ds = RegistrationDataset(root)
     if args.network == "voxelmorph":
@@ -137,6 +141,9 @@ def _train(args) -> int:
                       steps=args.steps, lr=args.lr, w_ncc=args.w_ncc, w_diff=args.w_diff, w_dice=args.w_dice,
                       ncc_kernel=args.ncc_kernel, seed=args.seed, device=str(resolve_device(args.device)),
                       val_every=args.val_every, save_every=args.save_every, out=str(out), pbar=not args.no_pbar)
+    from medgmae_plans.runtime.locks import hold_folder
+
+    hold_folder(out, "medgmae_register run")  # one writer per run folder
     results = train(s, resume=args.resume)
     print(f"{out}: val mean Dice {results.get('val_mean_dice')} (unregistered {results.get('val_mean_dice_before')})")
     return 0
@@ -147,10 +154,15 @@ def _predict(args) -> int:
 
     from ..run import resolve_device
     from .predict import predict
+    from .trainer import load_trained
 
+    load_trained(args.model, torch.device("cpu"))  # a missing or unsafe model: before the phantom dataset is made
     ds = RegistrationDataset(dataset_folder(args.dataset, not args.no_pbar))
     model_dir = args.model if args.model.is_dir() else args.model.parent
     out = args.out or model_dir / args.split
+    from medgmae_plans.runtime.locks import hold_folder
+
+    hold_folder(out, "medgmae_register predict")  # one writer; a refusal leaves no folder with an empty log
     log = setup_run_log(out, "predict", args.verbose)
     predict(args.model, ds, args.split, out, resolve_device(args.device), pbar=not args.no_pbar, log=log.info)
     return 0

@@ -2,7 +2,8 @@
 
 Writing is `medgmae_plans.runtime.atomic.save_torch_atomic` (a temporary name, then a rename), so a run
 killed while saving still has its previous checkpoint. Every checkpoint carries a `format` tag
-("medgmae-<task>/<version>"), and `load_checkpoint` is the one reader: it refuses anything else.
+("medgmae-<task>/<version>"), and `load_checkpoint` is the one reader: it refuses anything else, and
+reads tensors and plain data only (`medgmae_plans.runtime.safe_load`), so a shared checkpoint runs no code.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Sequence
 import torch
 
 from medgmae_plans.runtime import UserError
+from medgmae_plans.runtime.safe_load import load_torch
 
 LATEST, FINAL = "checkpoint_latest.pt", "checkpoint_final.pt"
 
@@ -25,11 +27,9 @@ def load_checkpoint(path, fmt: str, what: str, keys: Sequence[str] = ()) -> dict
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such {what}")
-    try:
-        # weights_only=False: resumable checkpoints hold numpy/python RNG states, and they are our own files.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # unpickling a truncated or foreign file raises many kinds (zip, pickle, EOF, import)
-        raise UserError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from None
+    # tensors and plain data only (torch's weights_only, numpy's arrays allowed): a checkpoint shared by
+    # another lab can run no code here; a foreign or cut file is one line naming it
+    ckpt = load_torch(path, what)
     if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
         raise UserError(f"{path}: not a medgmae {what} (expected format {fmt!r})")
     missing = [key for key in keys if key not in ckpt]

@@ -12,7 +12,11 @@ import torch
 
 
 def capture_rng() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Plain types only (tensors, lists, numbers), so that checkpoints load with `weights_only=True`."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     # One state per CUDA device: the run's device need not be the current one (`--device cuda:1`).
     # While CUDA is untouched nothing has drawn from it, and asking would start it for nothing.
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -22,7 +26,11 @@ def capture_rng() -> dict:
 
 def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = (numpy_state["kind"], np.asarray(numpy_state["keys"], dtype=np.int64).astype(np.uint32),
+                       numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached_gaussian"])
+    np.random.set_state(numpy_state)  # (a tuple holding a numpy array: checkpoints written before 2027-01)
     random.setstate(state["python"])
     cuda = state.get("cuda")
     if cuda is None or not torch.cuda.is_available():

@@ -45,10 +45,11 @@ class RunFolder:
 
     `state` is the latest checkpoint when `resume` finds one, else None (a fresh run; a latest
     checkpoint without `resume` is refused, see `resume_state`). `key` numbers the run's progress
-    ("step" or "epoch") in the log, the metrics and the messages.
+    ("step" or "epoch") in the log, the metrics and the messages. `log` may be set after the folder is
+    opened, so that a refused resume writes no log (pretraining does).
     """
 
-    def __init__(self, out, fmt: str, what: str, resume: bool, log: logging.Logger, key: str = "step"):
+    def __init__(self, out, fmt: str, what: str, resume: bool, log: logging.Logger | None = None, key: str = "step"):
         self.out, self.fmt, self.log, self.key = Path(out), fmt, log, key
         self.latest, self.final = self.out / LATEST, self.out / FINAL
         self.state = resume_state(self.latest, resume, fmt, what)

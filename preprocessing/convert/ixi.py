@@ -7,7 +7,7 @@ Assumed source layout (TransMorph's preprocessed IXI release; see DATASETS.md):
     SOURCE/Val/subject_<n>.pkl          58                numpy arrays 160 x 192 x 224, image in [0, 1],
     SOURCE/Test/subject_<n>.pkl         115               label in FreeSurfer ids
 
-The pickles are opened with `pickle` (only convert files you trust: unpickling runs code). Labels are
+The pickles are read as plain data only (`medgmae_plans.runtime.safe_load`: numpy arrays, no code runs). Labels are
 remapped as TransMorph's `Seg_norm` does (FreeSurfer id -> its index in SEG_TABLE, 0..45), and Dice
 is reported on TransMorph's 30 VOI indices. Arrays are used in their stored axis order as (z, y, x)
 with 1 mm spacing and identity direction, which is how TransMorph feeds them to its networks.
@@ -15,12 +15,12 @@ Pairs: atlas (moving) -> each subject (fixed) for train, validation and test.
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
 
 from medgmae_plans.runtime import UserError
+from medgmae_plans.runtime.safe_load import load_pickle
 from preprocessing.validate import write_image
 
 from .registration_common import check_target, write_dataset
@@ -55,11 +55,7 @@ def seg_norm(label: np.ndarray) -> np.ndarray:
 
 
 def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with open(path, "rb") as fh:
-            obj = pickle.load(fh)
-    except Exception as err:
-        raise UserError(f"{path}: cannot be unpickled ({type(err).__name__}: {err})") from None
+    obj = load_pickle(path)  # plain data (numpy arrays) only: a planted pickle runs nothing
     if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
         raise UserError(f"{path}: expected a pickled (image, label) pair")
     img, lab = (np.asarray(a) for a in obj)

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     check_range("-np", args.workers, 1)
+    if args.preview is not None and (args.preview.is_dir() or args.preview.suffix.lower() != ".png"):
+        raise UserError(f"--preview {args.preview}: give a .png file to write the montage to")
     from .dataset import generate_dataset
     from .preview import write_preview
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from medgmae_plans.runtime.atomic import atomic_directory, write_json_atomic, write_text_atomic
 from medgmae_plans.runtime.paths import dataset_folder_name
-from medgmae_plans.runtime import UserError, check_writable, progress
+from medgmae_plans.runtime import UserError, check_range, check_writable, progress
 from preprocessing.validate import check_complete, write_image
 
 from ..labels import AMOS_LABELS
@@ -95,7 +95,11 @@ def generate_dataset(raw_root: str | Path, n_train: int = 20, n_test: int = 0, n
     jobs = [(kind, i, seed, spacing_scale, findings) for kind, n in (("train", n_train), ("test", n_test),
                                                            ("unlabeled", n_unlabeled)) for i in range(n)]
     start = time.time()
-    with atomic_directory(target) as tmp:
+    from medgmae_plans.runtime.locks import lock_folder, remove_unheld
+
+    # what a killed (SIGKILL) generation of this dataset left: its work folder, held by no live writer
+    remove_unheld(raw_root.glob(f".{target.name}.*.tmp"))
+    with atomic_directory(target) as tmp, lock_folder(tmp, "medgmae_make_phantom"):
         for images, labels, _ in KINDS.values():
             (tmp / images).mkdir()
             if labels:
@@ -121,10 +125,9 @@ def _validate(settings: dict) -> None:
             raise UserError(f"--{key[2:]} must be >= 0 (got {settings[key]})")
     if not 1 <= settings["dataset_id"] <= 999:
         raise UserError(f"--dataset-id must be in 1..999 (got {settings['dataset_id']})")
-    if settings["spacing_scale"] <= 0:
-        raise UserError(f"--spacing-scale must be > 0 (got {settings['spacing_scale']})")
-    if "findings_prevalence" in settings and not 0 <= settings["findings_prevalence"] <= 1:
-        raise UserError(f"--prevalence must be in [0, 1] (got {settings['findings_prevalence']})")
+    check_range("--spacing-scale", settings["spacing_scale"], 0, low_open=True)  # NaN and infinity too
+    if "findings_prevalence" in settings:
+        check_range("--prevalence", settings["findings_prevalence"], 0, 1)
 
 
 def _reusable(target: Path, settings: dict, raw_root: Path) -> bool:
