@@ -36,7 +36,8 @@ not "nan"):
 - 4: nothing left behind: `medgmae_reconstruct` of an all-air volume (refused before its folder and log),
   `medgmae_evaluate` refused after opening its log in a new `-o` folder (the folder goes again),
   the work folder of a SIGKILLed `medgmae_make_phantom` (removed by the next run, a live one's kept), a
-  label without its image in a raw dataset (ignored silently before);
+  label without its image in a raw dataset (ignored silently before), and in a source layout given
+  to `medgmae_convert` (tests/test_convert.py, every converter);
 - 2: full disks: an error that names no file ("writing ?") names the command's output folder; a cut or
   0-byte prediction that nnU-Net's export left (and called done) is refused, the full device named.
 """

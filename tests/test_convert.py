@@ -183,3 +183,43 @@ def test_existing_dataset_needs_overwrite(phantom, nnunet_env, tmp_path, capsys)
 def test_wrong_layout_is_one_line(nnunet_env, tmp_path, capsys):
     assert _convert(nnunet_env, "segthor", tmp_path) == 2
     assert "Patient_XX" in capsys.readouterr().err
+
+
+def _orphan_layouts(phantom, root):
+    """Each converter's published layout with one label map whose image is missing: (name, source, orphan)."""
+    (a, _), (la, lb) = phantom["images"], phantom["labels"]
+    amos = root / "amos"
+    _copy(a, amos / "imagesTr" / "amos_0001.nii.gz")
+    _copy(la, amos / "labelsTr" / "amos_0001.nii.gz")
+    _copy(la, amos / "labelsTr" / "amos_0507.nii.gz")  # an MRI label: left out on purpose, not an orphan
+    _copy(lb, amos / "labelsVa" / "amos_0002.nii.gz")  # no imagesVa/amos_0002
+    flare = root / "flare" / "FLARE22"
+    _copy(a, flare / "images" / "FLARE22_Tr_0001_0000.nii.gz")
+    _copy(la, flare / "labels" / "FLARE22_Tr_0001.nii.gz")
+    _copy(lb, flare / "labels" / "FLARE22_Tr_0002.nii.gz")
+    btcv_root = root / "btcv"
+    _btcv_source(phantom, btcv_root)
+    (btcv_root / "RawData" / "Training" / "img" / "img0002.nii.gz").unlink()
+    segthor = root / "segthor"
+    _copy(a, segthor / "train" / "Patient_01" / "Patient_01.nii.gz")
+    _copy(la, segthor / "train" / "Patient_01" / "GT.nii.gz")
+    _copy(lb, segthor / "train" / "Patient_02" / "GT.nii.gz")
+    atlas = root / "atlas"
+    _copy(a, atlas / "BDMAP_00000001" / "ct.nii.gz")
+    _copy(la, atlas / "BDMAP_00000001" / "segmentations" / "liver.nii.gz")
+    _copy(lb, atlas / "BDMAP_00000002" / "segmentations" / "liver.nii.gz")
+    return [("amos", amos, amos / "labelsVa" / "amos_0002.nii.gz"),
+            ("flare22", flare, flare / "labels" / "FLARE22_Tr_0002.nii.gz"),
+            ("btcv", btcv_root, btcv_root / "RawData" / "Training" / "label" / "label0002.nii.gz"),
+            ("segthor", segthor, segthor / "train" / "Patient_02" / "GT.nii.gz"),
+            ("abdomenatlas", atlas, atlas / "BDMAP_00000002" / "segmentations")]
+
+
+def test_a_label_without_its_image_is_refused_by_every_converter(phantom, nnunet_env, tmp_path, capsys):
+    """A partial download (a label whose image is missing) is one line naming the label, nothing written:
+    converting without it would drop a labelled case silently."""
+    for name, source, orphan in _orphan_layouts(phantom, tmp_path):
+        assert _convert(nnunet_env, name, source) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(orphan) in err[0] and "missing" in err[0], (name, err)
+        assert list(nnunet_env["nnUNet_raw"].iterdir()) == [], name

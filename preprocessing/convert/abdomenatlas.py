@@ -27,6 +27,11 @@ def find(source: Path) -> Conversion:
         if source.is_dir() else []
     if not case_dirs:
         raise UserError(f"{source}: expected per-case folders holding ct.nii.gz (AbdomenAtlas layout)")
+    orphans = sorted(p for p in source.iterdir() if p.is_dir() and (p / "segmentations").is_dir()
+                     and not (p / "ct.nii.gz").is_file())
+    if orphans:
+        raise UserError(f"{orphans[0] / 'segmentations'}: masks whose image ct.nii.gz is missing; restore the "
+                        "image or remove the case folder")
     notes: list[str] = []
     ignored: set[str] = set()
     train = []

@@ -13,7 +13,7 @@ from pathlib import Path
 from preprocessing.labels import AMOS_LABELS
 
 from medgmae_plans.runtime import UserError
-from .common import CaseSpec, Conversion, case_number, find_folder, nifti_files, strip_nifti
+from .common import CaseSpec, Conversion, case_number, find_folder, nifti_files, refuse_orphan_labels, strip_nifti
 
 DATASET_ID = 218
 DATASET_NAME = "AMOS2022_postChallenge_task1"
@@ -70,6 +70,8 @@ def find(source: Path) -> Conversion:
     if (root / "imagesVa").is_dir():
         train += _cases(root / "imagesVa", root / "labelsVa", notes)
     test = _cases(root / "imagesTs", None, notes) if (root / "imagesTs").is_dir() else []
+    for labels in ("labelsTr", "labelsVa"):  # MRI labels (ids > 500) are left out on purpose
+        refuse_orphan_labels(root / labels, train, kept=lambda p: int(case_number(p.name)) > MAX_CT_ID)
     notes.append(f"{len(train)} labelled CT cases (ids <= {MAX_CT_ID}), {len(test)} test CT cases")
     return Conversion(DATASET_NAME, dict(AMOS_LABELS), train, test, mapping, notes,
                       reference="AMOS22, https://amos22.grand-challenge.org")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from preprocessing.labels import AMOS_LABELS
 
-from .common import CaseSpec, Conversion, case_number, find_folder, nifti_files
+from .common import CaseSpec, Conversion, case_number, find_folder, nifti_files, refuse_orphan_labels
 
 DATASET_ID = 17
 DATASET_NAME = "BTCV"
@@ -30,6 +30,7 @@ def find(source: Path) -> Conversion:
             notes.append(f"{image}: no {label.name}; skipped")
             continue
         train.append(CaseSpec(f"btcv_{number}", image, label))
+    refuse_orphan_labels(training / "label", train)
     testing = training.parent / "Testing" / "img"
     test = [CaseSpec(f"btcv_{case_number(p.name)}", p) for p in nifti_files(testing, "img")] if testing.is_dir() else []
     notes.append(f"{len(train)} labelled cases, {len(test)} test images")

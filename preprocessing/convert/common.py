@@ -185,6 +185,18 @@ def case_number(text: str) -> str:
     return digits
 
 
+def refuse_orphan_labels(folder: Path, used: list[CaseSpec], kept=lambda label: False) -> None:
+    """Refuse a label map in `folder` that no case uses: its image is missing (a partial download or
+    copy), and converting without it would drop a labelled case without a word. `kept(label)` names
+    labels a converter leaves out on purpose (AMOS's MRI cases)."""
+    if not Path(folder).is_dir():
+        return
+    in_use = {case.label.resolve() for case in used if case.label is not None}
+    for label in nifti_files(folder):
+        if label.resolve() not in in_use and not kept(label):
+            raise UserError(f"{label}: a label map whose image is missing; restore the image or remove the label")
+
+
 def nifti_files(folder: Path, prefix: str = "") -> list[Path]:
     return sorted(p for p in Path(folder).iterdir()
                   if p.name.startswith(prefix) and p.name.lower().endswith((".nii.gz", ".nii")) and not p.name.startswith("."))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from preprocessing.labels import AMOS_LABELS
 
-from .common import CaseSpec, Conversion, find_folder, nifti_files, strip_nifti
+from .common import CaseSpec, Conversion, find_folder, nifti_files, refuse_orphan_labels, strip_nifti
 
 DATASET_ID = 22
 DATASET_NAME = "FLARE22"
@@ -29,6 +29,7 @@ def find(source: Path) -> Conversion:
         case_id = strip_nifti(image.name).removesuffix("_0000")
         label = labels / f"{case_id}.nii.gz"
         (train if label.is_file() else test).append(CaseSpec(case_id, image, label if label.is_file() else None))
+    refuse_orphan_labels(labels, train)
     notes.append(f"{len(train)} labelled cases, {len(test)} images without labels (written to imagesTs)")
     return Conversion(DATASET_NAME, LABELS, train, test, LABEL_MAP, notes,
                       reference="FLARE22, https://flare22.grand-challenge.org")

@@ -30,8 +30,11 @@ def find(source: Path) -> Conversion:
     train = []
     for patient in patients:
         image, label = patient / f"{patient.name}.nii.gz", patient / "GT.nii.gz"
-        if not image.is_file() or not label.is_file():
-            notes.append(f"{patient}: needs {image.name} and GT.nii.gz; skipped")
+        if label.is_file() and not image.is_file():
+            raise UserError(f"{label}: a label map whose image {image.name} is missing; restore the image or "
+                            "remove the label")
+        if not label.is_file():
+            notes.append(f"{patient}: no GT.nii.gz; skipped")
             continue
         train.append(CaseSpec(patient.name, image, label))
     test = []
