@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 
 from medgmae_plans.configurations import DEFAULT_CONFIGURATION
-from medgmae_plans.runtime import UserError, check_range, cli_entry
+from medgmae_plans.runtime import check_range, cli_entry
 from medgmae_trainers.networks import token_mask_to_voxels
 from medgmae_trainers.pretrain.model import load_pretrain_model, visible_mean_mse
 from preprocessing.pretrain_sampling import CropChunks, SamplingConfig

@@ -14,7 +14,9 @@ pretraining as the same patient in the same voxel layout as fine-tuning sees it.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
+import locale
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +56,24 @@ def _image_ending(name: str) -> str | None:
     return next((e for e in IMAGE_ENDINGS if lower.endswith(e)), None)
 
 
+@contextlib.contextmanager
+def keep_locale():
+    """Put the process's locale back after a GDCM call: ITK's GDCM reader and writer set the C locale
+    and leave it, after which every later `open()` of the command decodes text as ASCII (a dataset.json
+    or a log line with one accented letter would then fail)."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
 def _dicom_sources(folder: Path, root: Path) -> list[ImageSource]:
+    with keep_locale():
+        return _dicom_series(folder, root)
+
+
+def _dicom_series(folder: Path, root: Path) -> list[ImageSource]:
     reader = sitk.ImageSeriesReader
     series_ids = reader.GetGDCMSeriesIDs(str(folder)) or ()
     rel = folder.relative_to(root).as_posix() if folder != root else folder.name
@@ -117,7 +136,8 @@ def read_source(source: ImageSource) -> tuple[sitk.Image, str]:
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(list(source.dicom_files))
         try:
-            image = reader.Execute()
+            with keep_locale():
+                image = reader.Execute()
         except RuntimeError:
             raise UserError(f"{source.describe()}: cannot be read as a DICOM series") from None
     stored = sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(image.GetDirection())

@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import gzip
 import json
-import locale
 import shutil
 import struct
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from plan_support import REPO, make_phantom, run_module
+from preprocessing.image_sources import keep_locale
 
 DATASET = "Dataset990_AbdomenPhantom"
 CASE_IMAGE = f"imagesTr/phantom_000_0000.nii.gz"
@@ -137,8 +137,7 @@ def write_dicom_series(folder: Path, voxels: np.ndarray, spacing_mm: float = 2.0
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     files = []
-    saved_locale = locale.setlocale(locale.LC_ALL)
-    try:
+    with keep_locale():  # ITK's GDCM writer sets the C locale and leaves it
         for k in range(voxels.shape[0]):
             slice_ = sitk.GetImageFromArray(voxels[k:k + 1].astype(np.int16))[:, :, 0]
             slice_.SetSpacing((spacing_mm, spacing_mm))
@@ -149,10 +148,6 @@ def write_dicom_series(folder: Path, voxels: np.ndarray, spacing_mm: float = 2.0
             files.append(folder / f"slice_{k:03d}.dcm")
             writer.SetFileName(str(files[-1]))
             writer.Execute(slice_)
-    finally:
-        # ITK's GDCM writer sets the C locale and leaves it: later open() calls of the test session
-        # would then decode as ASCII
-        locale.setlocale(locale.LC_ALL, saved_locale)
     return files
 
 

@@ -114,7 +114,7 @@ def test_train_pretrained_checkpoint_with_a_payload(preprocessed, tmp_path, caps
 
 
 def test_reconstruct_checkpoint_with_a_payload(tmp_path, capsys, marker):
-    from reconstruction.cli import main
+    from medgmae_trainers.reconstruction.cli import main
 
     volume = write_ct(tmp_path / "ct.nii.gz", small_ct())
     path = planted_checkpoint(tmp_path / "ckpt.pt", marker)
@@ -232,7 +232,7 @@ def test_train_case_properties_with_a_payload(preprocessed, capsys, marker):
 
 
 def test_reconstruct_b2nd_properties_with_a_payload(preprocessed, tmp_path, capsys, marker):
-    from reconstruction.cli import main
+    from medgmae_trainers.reconstruction.cli import main
 
     data = preprocessed["nnUNet_preprocessed"] / DATASET / "MedGMAEPlans_3d_fullres"
     with open(data / "phantom_000.pkl", "wb") as f:
@@ -288,7 +288,7 @@ def raw(nnunet_env, phantom_source):
 
 
 def plan(capsys, env, *fragments):
-    from medgmae_plans.plan_and_preprocess import main
+    from preprocessing.plan_and_preprocess import main
 
     return refused(capsys, main, ["-d", "990", "-np", "1", "--no-pbar"], *fragments,
                    unchanged=[env["nnUNet_preprocessed"]])
@@ -317,7 +317,7 @@ def test_plan_label_header_contradicts_the_sform(raw, nnunet_env, capsys):
 
 
 def collection(capsys, env, images, *fragments):
-    from medgmae_plans.plan_and_preprocess import main
+    from preprocessing.plan_and_preprocess import main
 
     return refused(capsys, main, ["--images", images, "--name", "Bad", "-np", "1", "--no-pbar"], *fragments,
                    unchanged=[env["nnUNet_preprocessed"]])
@@ -338,7 +338,7 @@ def test_collection_sheared_direction(nnunet_env, tmp_path, capsys):
 
 
 def reconstruct(capsys, volume, tmp_path, *fragments):
-    from reconstruction.cli import main
+    from medgmae_trainers.reconstruction.cli import main
 
     refused(capsys, main, [volume, "--out", tmp_path / "out", "--iterations", "2", "--no-pbar"], *fragments,
             unchanged=[tmp_path])
@@ -545,7 +545,7 @@ def test_train_second_writer_of_the_same_fold(preprocessed, capsys, resume):
 
 def test_reconstruct_second_writer_of_the_same_out(tmp_path, capsys):
     from medgmae_plans.runtime.locks import lock_folder
-    from reconstruction.cli import main
+    from medgmae_trainers.reconstruction.cli import main
 
     volume = write_ct(tmp_path / "ct.nii.gz", small_ct())
     with lock_folder(tmp_path / "out"):
@@ -595,7 +595,7 @@ def test_a_lock_writes_nothing_and_leaves_no_folder(tmp_path):
 # ---------------------------------------------------------------- arguments and inputs checked before work
 
 def test_reconstruct_label_map_b2nd(preprocessed, tmp_path, capsys):
-    from reconstruction.cli import main
+    from medgmae_trainers.reconstruction.cli import main
 
     path = preprocessed["nnUNet_preprocessed"] / DATASET / "MedGMAEPlans_3d_fullres" / "phantom_000_seg.b2nd"
     refused(capsys, main, [path, "--out", tmp_path / "out", "--iterations", "2", "--no-pbar"], path, "label map",
@@ -604,7 +604,7 @@ def test_reconstruct_label_map_b2nd(preprocessed, tmp_path, capsys):
 
 def test_reconstruct_b2nd_without_its_pkl(preprocessed, tmp_path, capsys):
     """Its spacing is its plan's, written in the .pkl only (it was read at 1.5 mm whatever its plan)."""
-    from reconstruction.cli import main
+    from medgmae_trainers.reconstruction.cli import main
 
     data = preprocessed["nnUNet_preprocessed"] / DATASET / "MedGMAEPlans_3d_fullres"
     (data / "phantom_000.pkl").unlink()
@@ -613,7 +613,7 @@ def test_reconstruct_b2nd_without_its_pkl(preprocessed, tmp_path, capsys):
 
 
 def test_reconstruct_downsample_beyond_the_volume(tmp_path, capsys):
-    from reconstruction.cli import main
+    from medgmae_trainers.reconstruction.cli import main
 
     path = write_ct(tmp_path / "ct.nii.gz", small_ct())
     refused(capsys, main, [path, "--out", tmp_path / "out", "--iterations", "2", "--no-pbar", "--downsample", "100"],
@@ -686,7 +686,7 @@ def test_phantom_preview_not_a_png(nnunet_env, tmp_path, capsys, preview):
 
 def test_reconstruct_all_air_volume_leaves_no_output_folder(tmp_path, capsys):
     """Refused after its log was opened: the folder the command made holds only that log, and goes."""
-    from reconstruction.cli import main
+    from medgmae_trainers.reconstruction.cli import main
 
     path = write_ct(tmp_path / "ct.nii.gz", np.full((24, 24, 24), -1000, np.int16))
     refused(capsys, main, [path, "--out", tmp_path / "out", "--iterations", "2", "--no-pbar"], unchanged=[tmp_path])
@@ -733,7 +733,7 @@ def test_a_refused_command_leaves_no_folder_holding_only_its_log(tmp_path):
 def test_reconstruct_logs_a_finite_loss_from_iteration_0(tmp_path, capsys):
     """Iteration 0 was logged as "loss nan" on every run: the placeholder of a loss not computed yet.
     It is now the initial Gaussians' projection loss."""
-    from reconstruction.cli import main
+    from medgmae_trainers.reconstruction.cli import main
 
     path = write_ct(tmp_path / "ct.nii.gz", small_ct())
     assert main([str(path), "--out", str(tmp_path / "out"), "--iterations", "2", "--eval-every", "1", "--views", "8",
@@ -745,7 +745,7 @@ def test_reconstruct_logs_a_finite_loss_from_iteration_0(tmp_path, capsys):
 
 def test_disk_full_without_a_file_name_names_the_output_folder(tmp_path, capsys, monkeypatch):
     """An ENOSPC raised with no file name (a library writing through a file object) said "writing ?"."""
-    import reconstruction.cli as cli
+    import medgmae_trainers.reconstruction.cli as cli
     from bad_input_support import enospc
 
     path = write_ct(tmp_path / "ct.nii.gz", small_ct())
@@ -760,7 +760,7 @@ def test_predict_cut_prediction_is_not_accepted(tmp_path, monkeypatch):
     prediction is read back whole, and a full device is named as the cause."""
     from collections import namedtuple
 
-    from medgmae_plans import atomic
+    from medgmae_plans.runtime import atomic
     from medgmae_plans.runtime import UserError, os_error_line
     from medgmae_trainers.finetune.predict_cli import check_written
 

@@ -207,7 +207,7 @@ def outside_references(text: str) -> list[str]:
 def test_no_document_points_outside_the_repository():
     packages = [d for d in ROOT.iterdir() if (d / "__init__.py").exists()] + [ROOT / "tests"]
     pages = markdown_pages() + [ROOT / "run.py"] + [py for d in packages for py in d.rglob("*.py")]
-    found = {str(p.relative_to(ROOT)): outside_references(p.read_text()) for p in pages if p.name != "test_docs.py"}
+    found = {str(p.relative_to(ROOT)): outside_references(p.read_text(encoding="utf-8")) for p in pages if p.name != "test_docs.py"}
     assert not {page: lines for page, lines in found.items() if lines}
 
 

@@ -10,6 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from plan_support import make_phantom, nnunet_folders, run_module
+from preprocessing.image_sources import keep_locale
 
 
 def write_dicom_series(image: sitk.Image, folder) -> None:
@@ -33,7 +34,8 @@ def write_dicom_series(image: sitk.Image, folder) -> None:
         writer = sitk.ImageFileWriter()
         writer.KeepOriginalImageUIDOn()
         writer.SetFileName(str(folder / f"slice{z:04d}.dcm"))
-        writer.Execute(piece)
+        with keep_locale():  # ITK's GDCM writer sets the C locale and leaves it
+            writer.Execute(piece)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +123,7 @@ def test_a_ct_stored_flipped_preprocesses_to_the_same_array(nnunet_env, tmp_path
     from bad_input_support import small_ct, write_ct
 
     from preprocessing.image_sources import CANONICAL_ORIENTATION
-    from medgmae_plans.plan_and_preprocess import main
+    from preprocessing.plan_and_preprocess import main
     from preprocessing.collections import collection_data_folder, folder_cases, load_case, load_properties
 
     hu = small_ct((20, 24, 28))
@@ -143,3 +145,16 @@ def test_a_ct_stored_flipped_preprocesses_to_the_same_array(nnunet_env, tmp_path
     assert orientations["as_stored"] != orientations["flipped"]
     dataset_json = json.loads((collection_data_folder("Twice").parent / "dataset.json").read_text())
     assert dataset_json["orientation"] == CANONICAL_ORIENTATION == "RAS"
+
+
+def test_reading_a_dicom_series_keeps_the_locale(collection):
+    """GDCM sets the C locale and leaves it; the reader puts it back, or every later open() of the
+    command would decode text as ASCII."""
+    import locale
+
+    from preprocessing.image_sources import find_images, read_source
+
+    before = locale.setlocale(locale.LC_ALL)
+    sources = [s for s in find_images(collection["images"]) if s.dicom_files]
+    assert sources and read_source(sources[0])[0].GetDepth() > 1
+    assert locale.setlocale(locale.LC_ALL) == before

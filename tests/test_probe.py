@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from evaluation.probe import label_dice, main, probe_representation
-from medgmae_trainers.probe.cases import ProbeCase, load_preprocessed, probe_cases
+from medgmae_trainers.probe.cases import ProbeCase, probe_cases
 from medgmae_trainers.probe.features import EncoderFeatures, RawPatches, sample_field, voxel_points
 
 from finetune_support import DATASET, fake_checkpoint, minimal_preprocessed, small_trainer

@@ -56,7 +56,7 @@ def test_importing_the_toolkit_changes_no_environment():
 def test_every_console_command_sets_the_policy_first(script):
     """A command that loads torch lazily (inside main) must still set the policy: as its first act."""
     module = SCRIPTS[script].split(":")[0]
-    text = (REPO / (module.replace(".", "/") + ".py")).read_text()
+    text = (REPO / (module.replace(".", "/") + ".py")).read_text(encoding="utf-8")
     first_import = text.index("\nimport ") if "\nimport " in text else len(text)
     call = text.find("\nuse_sleeping_waiters()")
     assert 0 <= call < first_import, f"{script} ({module}): use_sleeping_waiters() must come before any other import"

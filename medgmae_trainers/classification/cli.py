@@ -6,7 +6,6 @@ from medgmae_plans.runtime.threads import use_sleeping_waiters
 use_sleeping_waiters()  # a console command's first act: before anything loads torch (see threads)
 
 import argparse
-from dataclasses import asdict
 from pathlib import Path
 
 from medgmae_plans.runtime.paths import nnunet_folder

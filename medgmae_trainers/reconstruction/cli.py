@@ -21,7 +21,6 @@ from medgmae_plans.runtime.threads import use_sleeping_waiters
 use_sleeping_waiters()  # a console command's first act: before anything loads torch (see threads)
 
 import argparse
-import math
 import time
 from pathlib import Path
 from typing import Sequence

@@ -156,7 +156,7 @@ def _predict(args) -> int:
     from .predict import predict
     from .trainer import load_trained
 
-    load_trained(args.model, torch.device("cpu"))  # a missing or unsafe model: before the phantom dataset is made
+    load_trained(args.model, resolve_device("cpu"))  # a missing or unsafe model: before the phantom dataset is made
     ds = RegistrationDataset(dataset_folder(args.dataset, not args.no_pbar))
     model_dir = args.model if args.model.is_dir() else args.model.parent
     out = args.out or model_dir / args.split
