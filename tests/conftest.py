@@ -1,4 +1,5 @@
-"""Shared fixtures: isolated nnU-Net folders per test, and the GPU marker's skip rule."""
+"""Shared fixtures: isolated nnU-Net folders per test, the hostile-input catalogues' phantom (built once a
+session for both catalogue files), and the GPU marker's skip rule."""
 from __future__ import annotations
 
 import pytest
@@ -35,3 +36,41 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# ---- the catalogues' shared data (tests/test_bad_input*.py), built once a session ----------------
+
+@pytest.fixture(scope="session")
+def phantom_source(tmp_path_factory):
+    from bad_input_support import build_phantom
+
+    return build_phantom(tmp_path_factory.mktemp("bad_input_phantom"))
+
+
+@pytest.fixture(scope="session")
+def preprocessed_source(tmp_path_factory, phantom_source):
+    import shutil
+
+    from bad_input_support import build_preprocessed
+
+    root = tmp_path_factory.mktemp("bad_input_preprocessed")
+    shutil.copytree(phantom_source.parent, root / "nnUNet_raw")
+    return build_preprocessed(root)
+
+
+@pytest.fixture
+def raw(nnunet_env, phantom_source):
+    """This test's own copy of the 2-case phantom raw dataset."""
+    from bad_input_support import copy_into
+
+    return copy_into(phantom_source, nnunet_env["nnUNet_raw"])
+
+
+@pytest.fixture
+def preprocessed(nnunet_env, preprocessed_source):
+    """This test's own copy of the phantom, raw and preprocessed; returns the nnU-Net folders."""
+    from bad_input_support import DATASET, copy_into
+
+    for var in ("nnUNet_raw", "nnUNet_preprocessed"):
+        copy_into(preprocessed_source[var] / DATASET, nnunet_env[var])
+    return nnunet_env

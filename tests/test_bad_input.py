@@ -18,40 +18,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from bad_input_support import (CASE_IMAGE, CASE_LABEL, DATASET, build_phantom, build_preprocessed, console_script,
-                               copy_into, enospc, refused, rewrite, set_nifti_spacing, small_ct, snapshot, truncate,
-                               write_ct, write_dicom_series, zero_bytes)
+from bad_input_support import (CASE_IMAGE, CASE_LABEL, DATASET, console_script, enospc, refused, rewrite,
+                               set_nifti_spacing, small_ct, truncate, write_ct, write_dicom_series, zero_bytes)
 from evaluate_support import reference_case, write_dataset_json, write_label_map
 from finetune_support import fake_checkpoint
 
 
 # ---------------------------------------------------------------- shared data (built once a session)
-
-@pytest.fixture(scope="session")
-def phantom_source(tmp_path_factory):
-    return build_phantom(tmp_path_factory.mktemp("bad_input_phantom"))
-
-
-@pytest.fixture(scope="session")
-def preprocessed_source(tmp_path_factory, phantom_source):
-    root = tmp_path_factory.mktemp("bad_input_preprocessed")
-    shutil.copytree(phantom_source.parent, root / "nnUNet_raw")
-    return build_preprocessed(root)
-
-
-@pytest.fixture
-def raw(nnunet_env, phantom_source):
-    """This test's own copy of the 2-case phantom raw dataset."""
-    return copy_into(phantom_source, nnunet_env["nnUNet_raw"])
-
-
-@pytest.fixture
-def preprocessed(nnunet_env, preprocessed_source):
-    """This test's own copy of the phantom, raw and preprocessed; returns the nnU-Net folders."""
-    for var in ("nnUNet_raw", "nnUNet_preprocessed"):
-        copy_into(preprocessed_source[var] / DATASET, nnunet_env[var])
-    return nnunet_env
-
 
 @pytest.fixture
 def not_writable(monkeypatch):

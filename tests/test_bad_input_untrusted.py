@@ -55,8 +55,8 @@ import torch
 
 import SimpleITK as sitk
 
-from bad_input_support import (CASE_IMAGE, CASE_LABEL, DATASET, build_phantom, build_preprocessed, copy_into, refused,
-                               rewrite, set_nifti_spacing, small_ct, write_ct)
+from bad_input_support import (CASE_IMAGE, CASE_LABEL, DATASET, refused, rewrite, set_nifti_spacing, small_ct,
+                               write_ct)
 from finetune_support import fake_checkpoint
 
 
@@ -82,25 +82,6 @@ def planted_checkpoint(path: Path, marker: Path, **extra) -> Path:
     ckpt = fake_checkpoint(path)
     torch.save({**ckpt, **extra, "payload": Payload(marker)}, path)
     return path
-
-
-@pytest.fixture(scope="session")
-def phantom_source(tmp_path_factory):
-    return build_phantom(tmp_path_factory.mktemp("untrusted_phantom"))
-
-
-@pytest.fixture(scope="session")
-def preprocessed_source(tmp_path_factory, phantom_source):
-    root = tmp_path_factory.mktemp("untrusted_preprocessed")
-    shutil.copytree(phantom_source.parent, root / "nnUNet_raw")
-    return build_preprocessed(root)
-
-
-@pytest.fixture
-def preprocessed(nnunet_env, preprocessed_source):
-    for var in ("nnUNet_raw", "nnUNet_preprocessed"):
-        copy_into(preprocessed_source[var] / DATASET, nnunet_env[var])
-    return nnunet_env
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -281,11 +262,6 @@ def test_own_checkpoints_hold_plain_rng_states_and_older_ones_still_load(tmp_pat
 
 
 # ---------------------------------------------------------------- images that cannot be CT in HU
-
-@pytest.fixture
-def raw(nnunet_env, phantom_source):
-    return copy_into(phantom_source, nnunet_env["nnUNet_raw"])
-
 
 def plan(capsys, env, *fragments):
     from preprocessing.plan_and_preprocess import main
