@@ -7,16 +7,23 @@
 - `get_dataloaders` makes `NonDetMultiThreadedAugmenter(..., seeds=None)`, whose workers then seed
   numpy from the OS; a replicate must get the same augmentation from the same `--seed`.
 
-Copying those long methods would fork nnU-Net's code; instead, `replaced` points the trainer module's
-name at a subclass while the call runs and puts the original back afterwards, also when the call
+- `nnUNetPredictor.initialize_from_trained_model_folder` reads each fold's checkpoint with
+  `torch.load(weights_only=False)`, which runs whatever a planted pickle asks; `medgmae_predict` reads
+  them safely first and hands nnU-Net those states (`preloaded_checkpoints`).
+
+Copying those long methods would fork nnU-Net's code; instead, `replaced` points the module's name at
+our replacement while the call runs and puts the original back afterwards, also when the call
 raises. Nothing else is touched: `nnUNetv2_predict` and other trainers see nnU-Net's own classes.
-Both hooks are tested in tests/test_finetune.py (the subclass' arguments, and the restore).
+The trainer hooks are tested in tests/test_finetune.py (the subclass' arguments, and the restore),
+the checkpoint hook in tests/test_bad_input_untrusted.py (a planted payload never runs).
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
-from typing import Iterator
+from types import ModuleType
+from typing import Callable, Iterator
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -24,14 +31,14 @@ TRAINER_MODULE = sys.modules[nnUNetTrainer.__module__]  # where nnUNetTrainer lo
 
 
 @contextlib.contextmanager
-def replaced(name: str, replacement: type) -> Iterator[None]:
-    """`TRAINER_MODULE.<name>` is `replacement` inside the block, the original again after it."""
-    original = getattr(TRAINER_MODULE, name)
-    setattr(TRAINER_MODULE, name, replacement)
+def replaced(name: str, replacement: type | Callable, module: ModuleType = TRAINER_MODULE) -> Iterator[None]:
+    """`module.<name>` is `replacement` inside the block, the original again after it."""
+    original = getattr(module, name)
+    setattr(module, name, replacement)
     try:
         yield
     finally:
-        setattr(TRAINER_MODULE, name, original)
+        setattr(module, name, original)
 
 
 def validation_predictor(step_size: float, mirroring: bool):
@@ -59,3 +66,19 @@ def seeded_augmenter(seed: int):
                 **kwargs, "seeds": [first + i for i in range(num_processes)]})
 
     return replaced("NonDetMultiThreadedAugmenter", Augmenter)
+
+
+def preloaded_checkpoints(loaded: dict[str, dict]):
+    """`torch.load` answers with the states in `loaded` (absolute path -> state, read safely before);
+    a file nnU-Net asks for that is not among them is refused, never unpickled."""
+    import torch
+
+    from medgmae_plans.runtime import UserError
+
+    def load(path, *args, **kwargs):
+        key = os.path.abspath(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else None
+        if key not in loaded:
+            raise UserError(f"{path}: nnU-Net asked for a checkpoint that was not read safely")
+        return loaded[key]
+
+    return replaced("load", load, module=torch)

@@ -225,26 +225,15 @@ def load_nnunet_checkpoint(path: Path) -> dict:
 
 
 def initialize_safely(predictor, model: Path, folds: list, checkpoint: str) -> None:
-    """nnU-Net's `initialize_from_trained_model_folder`, with the checkpoints read safely first and handed to it.
-
-    nnU-Net reads them with `torch.load(weights_only=False)`, which runs whatever a pickle asks; here its
-    call returns the state our reader loaded already (and any other file it asked for would be refused).
-    """
-    import torch
+    """nnU-Net's `initialize_from_trained_model_folder`, with the checkpoints read safely first and handed to it
+    (`nnunet_hooks.preloaded_checkpoints`: nnU-Net's own `torch.load(weights_only=False)` would run whatever
+    a pickle asks)."""
+    from .nnunet_hooks import preloaded_checkpoints
 
     loaded = {os.path.abspath(str(model / f"fold_{fold}" / checkpoint)):
               load_nnunet_checkpoint(model / f"fold_{fold}" / checkpoint) for fold in folds}
-
-    def preloaded(path, *args, **kwargs):
-        key = os.path.abspath(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else None
-        if key not in loaded:
-            raise UserError(f"{path}: nnU-Net asked for a checkpoint that was not read safely")
-        return loaded[key]
-    real, torch.load = torch.load, preloaded
-    try:
+    with preloaded_checkpoints(loaded):
         predictor.initialize_from_trained_model_folder(str(model), folds, checkpoint_name=checkpoint)
-    finally:
-        torch.load = real
 
 
 main = cli_entry(_main)
