@@ -24,6 +24,7 @@ MAIN = [
     (11.0, 2.0, "evaluate", "summary_medgmae.json\nTable 1, Dice, NSD", "medgmae_evaluate"),
 ]
 DOWNSTREAM = [
+    (2.2, 0.0, "probe", "probe.json: Dice of a\nfrozen linear probe", "medgmae_probe"),
     (4.4, 0.0, "classify", "AUROC (CT-RATE)", "medgmae_classify"),
     (6.6, 0.0, "register", "Dice, det(J) (OASIS, IXI)", "medgmae_register"),
     (8.8, 0.0, "reconstruct", "PSNR, SSIM (3DGR-CT)", "medgmae_reconstruct"),
@@ -53,9 +54,10 @@ def main() -> Path:
     for (x0, y0, *_), (x1, y1, *_) in zip(MAIN, MAIN[1:]):
         arrow(ax, (x0 + W + 0.07, y0 + H / 2), (x1 - 0.07, y1 + H / 2))
     ckpt, finetuned = MAIN[3], MAIN[4]
-    for x, y, *_ in DOWNSTREAM[:3]:  # the downstream tasks start from the pretrained encoder
+    *from_encoder, predict = DOWNSTREAM
+    for x, y, *_ in from_encoder:  # the probe and the downstream tasks start from the pretrained encoder
         arrow(ax, (ckpt[0] + W / 2, ckpt[1] - 0.07), (x + W / 2, y + H + 0.07))
-    arrow(ax, (finetuned[0] + W, finetuned[1] - 0.07), (DOWNSTREAM[3][0] + W / 2, H + 0.07))
+    arrow(ax, (finetuned[0] + W, finetuned[1] - 0.07), (predict[0] + W / 2, H + 0.07))
     ax.text(6.5, 3.6, "MedGMAE data flow. Blue: the segmentation pipeline; green: what starts from a pretrained "
             "encoder or a trained model. Italic: the command that writes each box.", ha="center", fontsize=9)
     ax.set_xlim(-0.2, 13.0)
