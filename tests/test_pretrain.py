@@ -199,6 +199,30 @@ def test_short_run_writes_checkpoints_metrics_and_pictures(tmp_path):
     assert masked_errors(model, crops) == masked_errors(twin.eval(), crops)
 
 
+def test_kept_steps_are_final_checkpoints_of_the_learning_curve(tmp_path):
+    """--keep-steps keeps checkpoint_step_<N>.pt in checkpoint_final.pt's format at step N (the weights
+    of that step, not the final ones); N must come before the last step."""
+    from medgmae_trainers.pretrain.checkpoint import encoder_state, load_checkpoint
+    from medgmae_trainers.networks import ViT3D
+    from medgmae_trainers.pretrain.trainer import kept_checkpoint
+
+    pretrain(settings(tmp_path / "run", keep_steps=(2, 6)), cases())
+    run = tmp_path / "run"
+    for step in (2, 6):
+        kept = load_checkpoint(kept_checkpoint(run, step), metadata_keys=("encoder_config", "step"))
+        assert kept["step"] == step and kept["metadata"]["step"] == step
+        encoder, _ = encoder_state(kept, run)
+        ViT3D(**kept["metadata"]["encoder_config"]).load_state_dict(encoder, strict=True)
+    final = torch.load(run / "checkpoint_final.pt", weights_only=False)["encoder"]
+    at6 = torch.load(kept_checkpoint(run, 6), weights_only=False)["encoder"]
+    assert final.keys() == at6.keys() and any(not torch.equal(final[k], at6[k]) for k in final)
+    assert sorted(p.name for p in run.glob("checkpoint_step_*.pt")) == ["checkpoint_step_0000002.pt",
+                                                                       "checkpoint_step_0000006.pt"]
+    for bad in ((0,), (8,)):  # the last step's checkpoint is checkpoint_final.pt
+        with pytest.raises(UserError, match="--keep-steps"):
+            pretrain(settings(tmp_path / f"bad{bad[0]}", keep_steps=bad), cases())
+
+
 def _params(path):
     return torch.load(path, weights_only=False)["model"]
 

@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true", help="no flips/rotations/intensity augmentation")
     p.add_argument("--save-every", type=int,
                    help=f"steps between checkpoint_latest.pt saves, >= 1 (default {d.save_every})")
+    p.add_argument("--keep-steps", type=int, nargs="+", metavar="N",
+                   help="also keep a final-format checkpoint_step_<N>.pt at each step N (1 <= N < --steps): a "
+                        "learning curve from one run, read by medgmae_train and medgmae_probe as checkpoint_final.pt")
     p.add_argument("--png-every", type=int, help=f"steps between snapshot PNGs, >= 1 (default {d.png_every})")
     p.add_argument("--log-every", type=int, help=f"steps between metrics.jsonl rows, >= 1 (default {d.log_every})")
     p.add_argument("--threads", type=int, help=f"torch CPU threads per process, >= 1 (default {d.threads})")
@@ -96,6 +99,8 @@ def _main(argv: Sequence[str] | None) -> int:
     from .data import pretraining_cases
 
     given = {name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name) is not None}
+    if args.keep_steps:
+        given["keep_steps"] = tuple(sorted(set(args.keep_steps)))
     checked = replace(DEFAULTS, **given).resolved().check()  # every range, before data is read or a file written
     folders = ensure_nnunet_env()
     geo = geometry(checked.configuration)

@@ -66,6 +66,9 @@ class PretrainSettings:
     augment: bool = True
     resume: bool = False
     save_every: int = 250
+    # Steps at which a final-format copy `checkpoint_step_<N>.pt` is kept: a learning curve from one
+    # run (fine-tuning and the probe read it as they read checkpoint_final.pt).
+    keep_steps: tuple = ()
     png_every: int = 250
     log_every: int = 10
     render_backend: str = "auto"
@@ -108,6 +111,8 @@ class PretrainSettings:
         check_range("--mask-ratio", s.mask_ratio, 0, 1, low_open=True, high_open=True)
         check_range("--lr", s.lr, 0, low_open=True)
         check_range("--max-scale", s.max_scale, 0, 1, low_open=True)
+        for kept in s.keep_steps:
+            check_range("--keep-steps", kept, 1, s.steps - 1)  # the last step's is checkpoint_final.pt
         geo = geometry(s.configuration)
         patch, crop = s.patch or geo.vit_patch, s.crop_size or geo.patch
         if crop < patch or crop % patch:
@@ -216,6 +221,8 @@ def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dic
                 if preview is None:
                     preview = torch.from_numpy(centre_crop(chunks.cases[0], crop))[None].to(info.device)
                 snapshot(model, preview, out / "snapshots" / f"step_{step:07d}.png", f"step {step}")
+            if step in s.keep_steps and info.is_main:
+                ckpt.save_final(kept_checkpoint(out, step), model=model, step=step, metadata=meta)
             if step % s.save_every == 0 and step < s.steps:
                 save_latest()
             if signum:
@@ -231,6 +238,11 @@ def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dic
         log.info(f"finished at step {step}; wrote {final}")
     barrier(info)
     return run_results(metrics, step, final, wall_s=time.time() - report.start)
+
+
+def kept_checkpoint(out: Path, step: int) -> Path:
+    """The final-format checkpoint `--keep-steps` keeps at `step`."""
+    return Path(out) / f"checkpoint_step_{step:07d}.pt"
 
 
 def build_model(s: PretrainSettings, metadata: dict, device) -> tuple[PretrainModel, dict]:

@@ -13,7 +13,7 @@ from .checkpoint import load_checkpoint
 # registration) is extended by resuming it with more (benchmarks.transfer relies on it).
 # Everything else, classification's `epochs` included, must match.
 RUN_ONLY = frozenset({"out", "resume", "device", "workers", "threads", "render_backend", "pbar",
-                      "save_every", "png_every", "log_every", "val_every", "steps"})
+                      "save_every", "keep_steps", "png_every", "log_every", "val_every", "steps"})
 
 
 def resume_state(latest: Path, resume: bool, fmt: str, what: str) -> dict | None:
