@@ -209,6 +209,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"Adam learning rate of the direct fit on the raw parameters, in (0, 1] (default {FIT_LR:g})")
     p.add_argument("--snapshot", metavar="PATH.png", help="picture of one crop under the first checkpoint")
     p.add_argument("--threads", type=int, help="torch (and CPU renderer) threads, >= 1 (default torch's)")
+    p.add_argument("--json", metavar="OUT.json", help="also write the table's numbers (checkpoint, decoder, step, "
+                                                      "ours, baseline, ceiling) there, atomically")
     return p
 
 
@@ -218,10 +220,11 @@ def _check(args) -> None:
     check_range("--fit-steps", args.fit_steps, 0)
     check_range("--fit-lr", args.fit_lr, 0, 1, low_open=True)
     check_range("--threads", args.threads, 1)
-    if args.snapshot is not None:
-        from medgmae_plans.runtime import check_writable
+    from medgmae_plans.runtime import check_writable
 
-        check_writable(Path(args.snapshot).resolve().parent, "snapshot folder")
+    for what, path in (("snapshot folder", args.snapshot), ("JSON folder", args.json)):
+        if path is not None:
+            check_writable(Path(path).resolve().parent, what)
 
 
 def _cell(value, width: int, fmt: str) -> str:
@@ -267,18 +270,23 @@ def _main(argv=None) -> int:
             rows.append((path, meta, ours, base, None, borrow))
         if n == 0 and args.snapshot:
             write_snapshot(model, crops[key], fit, Path(args.snapshot), f"{Path(path).parent.name}: middle slice")
-    _print_table(rows, ceilings)
+    table = _print_table(rows, ceilings)
+    if args.json:
+        from medgmae_plans.runtime.atomic import write_json_atomic
+
+        write_json_atomic(Path(args.json), {"rows": table, "crops": args.crops, "seed": args.seed,
+                                            "fit_steps": args.fit_steps, "seconds": round(time.perf_counter() - t0, 1)})
     print(f"({time.perf_counter() - t0:.1f} s; direct fit: {args.fit_steps} Adam steps, lr {args.fit_lr:g}"
           + (f"; snapshot {args.snapshot})" if args.snapshot else ")"))
     return 0
 
 
-def _print_table(rows, ceilings) -> None:
-    """Print the rows; a voxel row (borrow = (crop and masking key, its masks [n, D, H, W])) takes a
-    Gaussian checkpoint's ceiling where crops and masks agree."""
+def _print_table(rows, ceilings) -> list[dict]:
+    """Print the rows and return their numbers; a voxel row (borrow = (crop and masking key, its masks
+    [n, D, H, W])) takes a Gaussian checkpoint's ceiling where crops and masks agree."""
     print(f"{'checkpoint':<60} {'decoder':<12} {'step':>6} {'ours':>8} {'baseline':>8} {'ceiling':>8} "
           f"{'ours/base':>9} {'ours/ceil':>9} {'gap':>5}")
-    notes = []
+    notes, table = [], []
     for path, meta, ours, base, ceil, borrow in rows:
         if borrow is not None and borrow[0] in ceilings:
             source, masks, value = ceilings[borrow[0]]
@@ -286,8 +294,11 @@ def _print_table(rows, ceilings) -> None:
                 ceil = value
                 notes.append(f"{str(path)[-60:]}: ceiling of {source}")
         print(_row(path, meta, ours, base, ceil))
+        table.append({"checkpoint": str(path), "decoder": meta["decoder_type"], "step": meta.get("step"),
+                      "ours": ours, "baseline": base, "ceiling": ceil})
     for note in notes:
         print(note)
+    return table
 
 
 main = cli_entry(_main)

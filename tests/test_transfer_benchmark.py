@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from benchmarks import transfer
-from medgmae_plans import cpu_recipe as recipe
 from medgmae_plans.runtime import UserError
 
 
@@ -20,43 +19,63 @@ def flag(argv: list[str], name: str) -> str:
     return argv[argv.index(name) + 1]
 
 
-def test_default_budget_runs_every_init_and_replicate(tmp_path):
+def test_default_experiment_pretrains_five_seeds_along_a_learning_curve(tmp_path):
+    steps = steps_for(tmp_path)
+    assert [n for n in steps if n.startswith("pretrain")] == [
+        f"pretrain {decoder} s{seed}" for seed in range(41, 46) for decoder in ("voxel", "gaussian")]
+    for decoder in ("voxel", "gaussian"):  # seed k: the same init, crops and masks for both objectives
+        for seed in range(41, 46):
+            argv = steps[f"pretrain {decoder} s{seed}"]
+            assert flag(argv, "--steps") == "12000" and flag(argv, "--seed") == str(seed)
+            assert argv[argv.index("--keep-steps") + 1:argv.index("--keep-steps") + 3] == ["1000", "4000"]
+            assert flag(argv, "-c") == "3d_lowres" and flag(argv, "--threads") == "1"
+            assert flag(argv, "--crop-centres") == "body" and flag(argv, "--images") == "PhantomUnlabeled"
+            assert flag(argv, "--out") == str(transfer.pretrain_folder(tmp_path.resolve(), decoder, seed))
+            assert "--cpu-bf16" not in argv  # float32: bf16 measured no faster on this CPU
+    assert flag(steps["phantom"], "--unlabeled") == "200" and flag(steps["phantom"], "--test") == "10"
+
+
+def test_every_checkpoint_and_random_init_is_probed_at_both_fractions(tmp_path):
+    steps = steps_for(tmp_path)
+    root = tmp_path.resolve()
+    for k, seed in enumerate(range(41, 46)):
+        for name in ("voxel", "gaussian"):
+            argv = steps[f"probe {name} s{seed}"]
+            out = transfer.pretrain_folder(root, name, seed)
+            assert argv[argv.index("--checkpoint") + 1:argv.index("--checkpoint") + 4] == [
+                str(out / "checkpoint_step_0001000.pt"), str(out / "checkpoint_step_0004000.pt"),
+                str(out / "checkpoint_final.pt")]
+            assert "--random-init" not in argv
+        random = steps[f"probe random s{seed}"]
+        assert "--random-init" in random and flag(random, "--checkpoint").endswith(f"gaussian_tiny_body_s{seed}/checkpoint_final.pt")
+        for argv in (random, steps[f"probe gaussian s{seed}"]):
+            assert argv[argv.index("--fraction") + 1:argv.index("--fraction") + 3] == ["0.1", "1"]
+            assert flag(argv, "--seed") == str(seed) and flag(argv, "--fraction-seed") == str(12345 + k)
+            assert flag(argv, "--samples-per-class") == "1000" and flag(argv, "--threads") == "1"
+        quality = steps[f"quality s{seed}"]
+        assert sum(a.endswith(".pt") for a in quality) == 6 and flag(quality, "--json").endswith(f"s{seed}.json")
+
+
+def test_fine_tuning_pairs_replicates_and_keeps_one_optimiser(tmp_path):
     steps = steps_for(tmp_path)
     unetr = ("scratch", "voxelmae", "medgmae")
-    assert [n for n in steps if n.startswith("finetune")] == [  # the longest (nnU-Net's CNN) first
-        *(f"finetune nnunet f0.1 r{r}" for r in range(3)),      # the anchor row: fractions below 1 only
-        *(f"finetune {init} f0.1 r{r}" for r in range(3) for init in unetr),  # three replicates at 0.1
-        *(f"finetune {init} f1 r0" for init in unetr)]                        # one at 1.0
-    assert [n for n in steps if n.startswith("pretrain")] == [
-        f"pretrain {decoder} s{seed}" for decoder in ("voxel", "gaussian") for seed in (41, 42, 43)]
-    for decoder in ("voxel", "gaussian"):  # the same steps and seeds for both decoders, the main job's recipe
-        for seed in (41, 42, 43):
-            argv = steps[f"pretrain {decoder} s{seed}"]
-            assert flag(argv, "--steps") == str(recipe.PRETRAIN_STEPS) and flag(argv, "--seed") == str(seed)
-            assert flag(argv, "-c") == "3d_lowres" and flag(argv, "--threads") == "1"
-            assert flag(argv, "--crop-centres") == "body"  # label-free: the table claims a label fraction
-            assert flag(argv, "--out") == str(transfer.pretrain_folder(tmp_path.resolve(), decoder, seed))
-    for r in range(3):  # replicate r: trainer tagged r<r>, pretraining and fine-tuning seed 41 + r for every init
+    assert [n for n in steps if n.startswith("finetune")] == [
+        "finetune nnunet f0.1 r0",                                             # the anchor, longest first
+        *(f"finetune {init} f0.1 r{r}" for r in range(3) for init in unetr),  # three replicate pairs at 10 %
+        *(f"finetune scratch f1 r{r}" for r in range(3))]                      # the ceiling and gate G2
+    for r in range(3):  # replicate r: pretraining seed, fine-tuning seed 41 + r and labelled subset 12345 + r
         medgmae = steps[f"finetune medgmae f0.1 r{r}"]
         assert flag(medgmae, "--trainer") == f"MedGMAETrainer_medgmae_f10_r{r}"
         assert flag(medgmae, "--pretrained") == str(
             transfer.pretrain_folder(tmp_path.resolve(), "gaussian", 41 + r) / "checkpoint_final.pt")
         scratch = steps[f"finetune scratch f0.1 r{r}"]
-        assert flag(scratch, "--init") == "scratch" and flag(scratch, "--trainer") == f"MedGMAETrainer_scratch_f10_r{r}"
-        assert "--pretrained" not in scratch
-        for run in (medgmae, scratch):  # replicate r also labels its own subset of cases
-            assert flag(run, "--fraction-seed") == str(12345 + r)
-        nnunet = steps[f"finetune nnunet f0.1 r{r}"]
-        assert flag(nnunet, "--init") == "nnunet" and "--lr" not in nnunet  # nnU-Net keeps its own SGD lr
-        for argv in (medgmae, scratch, nnunet):
-            assert flag(argv, "--seed") == str(41 + r)
-            assert argv[1:3] == ["Phantom", "3d_lowres"]
-            assert flag(argv, "--epochs") == "9" and flag(argv, "--iters-per-epoch") == "50"  # same iterations
-        assert flag(medgmae, "--lr") == flag(scratch, "--lr") == "0.003"
-    ceiling = steps["finetune voxelmae f1 r0"]
-    assert flag(ceiling, "--trainer") == "MedGMAETrainer_voxelmae_f100_r0"
-    assert flag(ceiling, "--pretrained").endswith("voxel_tiny_body_s41/checkpoint_final.pt")
-    assert flag(steps["phantom"], "--test") == "10"  # the table is scored on 10 held-out cases
+        assert flag(scratch, "--init") == "scratch" and "--pretrained" not in scratch
+        for argv in (medgmae, scratch, steps[f"finetune voxelmae f0.1 r{r}"], steps[f"finetune scratch f1 r{r}"]):
+            assert flag(argv, "--fraction-seed") == str(12345 + r) and flag(argv, "--seed") == str(41 + r)
+            assert flag(argv, "--epochs") == "20" and flag(argv, "--iters-per-epoch") == "50"
+            assert flag(argv, "--lr") == "0.003" and argv[1:3] == ["Phantom", "3d_lowres"]
+    nnunet = steps["finetune nnunet f0.1 r0"]
+    assert flag(nnunet, "--init") == "nnunet" and "--lr" not in nnunet and flag(nnunet, "--epochs") == "20"
     assert "--test" in steps["evaluate"] and "--no-nsd" in steps["evaluate"] and list(steps)[-1] == "evaluate"
 
 
@@ -79,26 +98,27 @@ def test_trainer_tags_are_evaluate_replicates(tmp_path):
     assert run.replicate == "r2"
 
 
-def test_replicates_option_and_quick_budget(tmp_path):
-    steps = steps_for(tmp_path, "--replicates", "1", "--fractions", "0.1", "--inits", "scratch", "voxelmae", "medgmae")
-    assert [n for n in steps if n.startswith(("finetune", "pretrain"))] == [
-        "pretrain voxel s41", "pretrain gaussian s41", "finetune scratch f0.1 r0", "finetune voxelmae f0.1 r0",
-        "finetune medgmae f0.1 r0"]
+def test_quick_budget_still_checks_two_seeds_and_every_stage(tmp_path):
     quick = steps_for(tmp_path, "--quick")
-    assert sum(n.startswith("finetune") for n in quick) == 4 * 2 + 3  # quick still checks two replicates
-    with pytest.raises(UserError, match="--replicates must be at least 1"):
-        transfer.parse_args(["--root", str(tmp_path), "--replicates", "0"])
+    kinds = [n.split()[0] for n in quick]
+    assert list(dict.fromkeys(kinds)) == ["phantom", "preprocess", "pretrain", "quality", "probe", "finetune",
+                                         "evaluate"]
+    assert sum(k == "finetune" for k in kinds) == 1 + 3 * 2 + 2 and sum(k == "probe" for k in kinds) == 3 * 2
 
 
 def test_nsd_is_opt_in(tmp_path):
     assert "--no-nsd" not in steps_for(tmp_path, "--nsd")["evaluate"]
 
 
-def test_bad_budgets_are_refused(tmp_path):
-    with pytest.raises(UserError, match="--fractions"):
-        transfer.parse_args(["--root", str(tmp_path), "--fractions", "0"])
-    with pytest.raises(UserError, match="--cases must be at least 5"):
-        transfer.parse_args(["--root", str(tmp_path), "--cases", "3"])
+@pytest.mark.parametrize("extra,match", [(["--cases", "3"], "--cases must be at least 5"),
+                                         (["--replicates", "0"], "--replicates must be at least 1"),
+                                         (["--seeds", "2", "--replicates", "3"], "at most --seeds 2"),
+                                         (["--nnunet-replicates", "4"], "--nnunet-replicates 4"),
+                                         (["--keep-steps", "12000"], "--keep-steps"),
+                                         (["--unlabeled", "-1"], "--unlabeled")])
+def test_bad_budgets_are_refused(tmp_path, extra, match):
+    with pytest.raises(UserError, match=match):
+        transfer.parse_args(["--root", str(tmp_path), *extra])
 
 
 def test_timing_comparisons_are_per_run():
