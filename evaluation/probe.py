@@ -1,7 +1,7 @@
 """`medgmae_probe`: what a pretrained encoder has learned, measured in minutes by a frozen linear probe.
 
-    medgmae_probe -d DATASET -c CONFIGURATION --checkpoint CKPT [--random-init] [--fold 0] [--fraction 0.1]
-                  [--seed 0] [-o OUT]
+    medgmae_probe -d DATASET -c CONFIGURATION --checkpoint CKPT [CKPT ...] [--random-init] [--fold 0]
+                  [--fraction F [F ...]] [--seed 0] [-o OUT]
 
 The checkpoint's encoder (or, with `--random-init`, its architecture with fresh weights) is run
 frozen over sliding windows of every case; its features (`medgmae_trainers.probe.features`) feed a
@@ -12,6 +12,11 @@ has them, else on the validation cases. Raw intensities in token-sized patches, 
 the same width, go through the same fit in the same run: the baseline. Everything is on the
 configuration's preprocessed grid. The command lives in `evaluation` because it scores with
 `metrics` and `summary`; the features and the fit are in `medgmae_trainers/probe/`.
+
+Several checkpoints of one architecture (a learning curve) and several fractions are probed in one
+run, every (checkpoint, fraction) pair, reading the cases once (`probe_pairs`: the loop, the pairs'
+files, skipping pairs already done). This module checks the input, lays out the output and reads
+the cases.
 """
 from __future__ import annotations
 
@@ -23,26 +28,18 @@ import argparse
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
-from medgmae_plans.runtime.atomic import write_json_atomic
 from medgmae_plans.configurations import CONFIGURATIONS
-from medgmae_plans.constants import HU_WINDOW
 from medgmae_plans.runtime import (UserError, add_common_flags, check_range, check_writable, cli_entry, setup_run_log,
                                    write_run_json)
 
 from .folders import file_ending_of, read_dataset_labels
-from .metrics import confusion_counts, overlap_metrics
-from .summary import summarise
+from .probe_pairs import (OVERLAY_PNG, PENDING, PROBE_JSON, RUNS_JSON, Pair, ProbeContext, mark_finished, pair_folder,
+                          run_pairs)
 from .test_cases import test_cases
 
-PROBE_JSON = "probe.json"
-OVERLAY_PNG = "probe_overlay.png"
-OVERLAY_CASES = 3
 DEFAULT_FRACTION = 0.1
 
 
@@ -55,16 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
                     "a class-balanced linear softmax fitted on the fold's training cases of the fraction (L2 "
                     f"weight from {', '.join(f'{w:g}' for w in L2_WEIGHTS)} chosen on its validation cases), Dice "
                     "per organ on the test cases (else the validation cases); raw intensities in token-sized "
-                    "patches (PCA to the same width) as the baseline in the same run. Writes OUT/probe.json.")
+                    "patches (PCA to the same width) as the baseline in the same run. One checkpoint and one "
+                    "fraction write OUT/probe.json; several write OUT/<checkpoint file stem>_f<pct>/probe.json "
+                    "per (checkpoint, fraction) pair and OUT/probe_runs.json, reading the cases once and fitting "
+                    "the baseline once per fraction. A pair whose probe.json holds the same settings is skipped, "
+                    "so a stopped run continues where it stopped.")
     p.add_argument("-d", "--dataset", required=True, help="dataset id, name or alias (as medgmae_train)")
     p.add_argument("-c", "--configuration", required=True,
                    help="plans configuration: " + ", ".join(CONFIGURATIONS))
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="medgmae_pretrain checkpoint_final.pt")
+    p.add_argument("--checkpoint", required=True, nargs="+", metavar="CKPT",
+                   help="medgmae_pretrain checkpoint_final.pt or checkpoint_step_<N>.pt; several (e.g. a learning "
+                        "curve of one run) must share the encoder architecture and differ in file name")
     p.add_argument("--random-init", action="store_true",
-                   help="the checkpoint's architecture with fresh weights (drawn with --seed): the scratch representation")
+                   help="the checkpoint's architecture with fresh weights (drawn with --seed): the scratch "
+                        "representation; takes exactly one --checkpoint")
     p.add_argument("--fold", help="cross-validation fold 0..4 or 'all', as medgmae_train (default 0)")
-    p.add_argument("--fraction", help=f"fraction of the fold's training cases the probe is fitted on, in (0, 1]: "
-                                      f"the nested subsets of medgmae_train (default {DEFAULT_FRACTION:g})")
+    p.add_argument("--fraction", nargs="+", metavar="F",
+                   help=f"fraction(s) of the fold's training cases the probe is fitted on, each in (0, 1]: the "
+                        f"nested subsets of medgmae_train (default {DEFAULT_FRACTION:g})")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the training voxels drawn and of --random-init's weights, >= 0 (default 0)")
     p.add_argument("--fraction-seed", type=int,
@@ -72,70 +77,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples-per-class", type=int, default=PER_CLASS,
                    help=f"training voxels per class over the training cases, >= 1 (default {PER_CLASS})")
     p.add_argument("-o", "--out", help="output folder (default: $nnUNet_results/<Dataset>/MedGMAE_probe/"
-                                       "<checkpoint folder>__<pretrained|random>__<configuration>__fold<k>_f<pct>_s<seed>)")
+                                       "<first checkpoint's folder>__<pretrained|random>__<configuration>__fold<k>"
+                                       "_f<pct>_s<seed>, without _f<pct> when several fractions are given)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--threads", type=int, help="torch threads on a CPU, >= 1 (default: torch's)")
     return add_common_flags(p)
 
 
-@dataclass
-class Probed:
-    """One representation's probe: the L2 weights' validation Dice, the chosen one, its scored summary."""
-    name: str
-    width: int
-    l2_by_validation: dict
-    l2: float
-    summary: dict
-    segmentations: list
+def _fractions(values: Sequence[str] | None) -> list[float]:
+    """The --fraction values in their order; two with the same tag would write one pair's folder twice."""
+    from medgmae_trainers.finetune.fractions import fraction_tag, parse_fraction
+
+    fractions, tags = [], {}
+    for value in values or [DEFAULT_FRACTION]:
+        fraction = parse_fraction(value)
+        tag = fraction_tag(fraction)
+        if tag in tags:
+            raise UserError(f"--fraction {value}: given twice (as {tags[tag]}, both {tag})")
+        tags[tag] = value
+        fractions.append(fraction)
+    return fractions
 
 
-def score(cases, segmentations: Sequence[np.ndarray], labels: dict[int, str]) -> dict:
-    """nnU-Net's summary (Dice per label, nanmean over cases) of probe segmentations against the cases' labels."""
-    per_case = []
-    for case, seg in zip(cases, segmentations):
-        counts = confusion_counts(case.seg, seg, list(labels))
-        per_case.append({"reference_file": case.name, "prediction_file": case.name,
-                         "metrics": {label: overlap_metrics(*counts[label]) for label in labels}})
-    return summarise(per_case, labels)
+def _checkpoints(paths: Sequence[str], random_init: bool, plans: dict, configuration: str) -> list:
+    """The checkpoints read and checked: each fits the data; all share the first one's encoder (one
+    architecture, so one raw baseline serves them) and differ in file stem (their pairs' folders)."""
+    from medgmae_trainers.finetune.encoder_loading import check_fits, read_pretrained
 
-
-def label_dice(summary: dict, labels: dict[int, str]) -> tuple[dict[str, float], float]:
-    """({label name: mean Dice}, their mean over the labels with a Dice: a label in neither the reference nor
-    the prediction of any scored case has none, nnU-Net's NaN, and is left out)."""
-    dice = {name: float(summary["mean"][str(label)]["Dice"]) for label, name in labels.items()}
-    defined = [v for v in dice.values() if not math.isnan(v)]
-    return dice, float(np.mean(defined)) if defined else math.nan
-
-
-def probe_representation(rep, train, val, scored, labels: dict[int, str], n_classes: int, seed: int,
-                         per_class: int, log) -> Probed:
-    """Fit `rep`'s probe on `train` for every L2 weight, keep the best on `val`, segment and score `scored`."""
-    from medgmae_trainers.probe.linear import L2_WEIGHTS, fit_linear, training_samples
-
-    t0 = time.time()
-    rep.fit(train)
-    x, y = training_samples([rep.field(c.image) for c in train], [c.seg for c in train], rep.stride, n_classes,
-                            per_class, seed)
-    val_fields = [rep.field(c.image) for c in val]
-    log.info(f"{rep.name}: {x.shape[0]} training voxels x {x.shape[1]} features, {len(val)} validation cases "
-             f"({time.time() - t0:.1f} s)")
-    best, by_l2 = None, {}
-    probe = None
-    for l2 in L2_WEIGHTS:
-        probe = fit_linear(x, y, n_classes, l2, start=probe)
-        segs = [probe.segment(f, rep.stride, c.seg.shape) for f, c in zip(val_fields, val)]
-        _, mean = label_dice(score(val, segs, labels), labels)
-        by_l2[f"{l2:g}"] = round(mean, 6)
-        log.info(f"{rep.name}: L2 {l2:g}: validation mean Dice {mean:.4f}")
-        if best is None or mean > best[1]:
-            best = (probe, mean, segs)
-    probe, _, val_segs = best
-    if scored is val:
-        segs = val_segs
-    else:
-        segs = [probe.segment(rep.field(c.image), rep.stride, c.seg.shape) for c in scored]
-    log.info(f"{rep.name}: L2 {probe.l2:g} chosen; {time.time() - t0:.1f} s")
-    return Probed(rep.name, rep.width, by_l2, probe.l2, score(scored, segs, labels), segs)
+    if random_init and len(paths) > 1:
+        raise UserError(f"--random-init takes exactly one --checkpoint (the architecture to draw), got {len(paths)}")
+    checkpoints, by_stem = [], {}
+    for path in paths:
+        pre = read_pretrained(path)
+        check_fits(pre, plans, configuration)
+        first = checkpoints[0] if checkpoints else pre
+        differs = sorted(k for k in set(pre.encoder_config) | set(first.encoder_config)
+                         if pre.encoder_config.get(k) != first.encoder_config.get(k))
+        if differs:
+            k = differs[0]
+            raise UserError(f"{pre.path}: encoder {k} {pre.encoder_config.get(k)!r}, but {first.path.name}'s is "
+                            f"{first.encoder_config.get(k)!r}; --checkpoint takes checkpoints of one architecture")
+        if pre.path.stem in by_stem:
+            raise UserError(f"{pre.path}: the same file name as {by_stem[pre.path.stem]}; each checkpoint's pairs "
+                            f"go to OUT/<file stem>_f<pct>, so several checkpoints need different names")
+        by_stem[pre.path.stem] = pre.path
+        checkpoints.append(pre)
+    return checkpoints
 
 
 def _window(plans: dict, configuration: str, plans_file: Path) -> int:
@@ -161,40 +148,61 @@ def _test_pairs(raw_dataset: Path, ending: str) -> list[tuple[str, Path, Path]]:
 
 
 def _default_out(results: Path, dataset: str, checkpoint: Path, random_init: bool, configuration: str, fold,
-                 fraction: float, seed: int) -> Path:
+                 fractions: Sequence[float], seed: int) -> Path:
+    """Named after the first checkpoint's run folder; with several fractions the pairs' folders name them."""
     from medgmae_trainers.finetune.fractions import fraction_tag
 
     init = "random" if random_init else "pretrained"
+    pct = f"_{fraction_tag(fractions[0])}" if len(fractions) == 1 else ""
     return (results / dataset / "MedGMAE_probe"
-            / f"{checkpoint.parent.name}__{init}__{configuration}__fold{fold}_{fraction_tag(fraction)}_s{seed}")
+            / f"{checkpoint.parent.name}__{init}__{configuration}__fold{fold}{pct}_s{seed}")
 
 
-def _table(probed: Sequence[Probed], labels: dict[int, str], scored_on: str) -> str:
-    widths = [max(10, len(p.name)) for p in probed]
-    head = f"{'label':>24}" + "".join(f"  {p.name:>{w}}" for p, w in zip(probed, widths))
-    lines = [f"Dice on the {scored_on} cases (probe L2 "
-             + ", ".join(f"{p.name} {p.l2:g}" for p in probed) + ")", head]
+def _read_cases(ctx: ProbeContext, pairs: Sequence[Pair], data: Path, test, plans: dict, configuration: str,
+                dataset_json: dict) -> None:
+    """Read, once, the cases the pending pairs need: the union of their fractions' training cases (nested, so
+    the largest fraction's), the validation cases, and the test cases (preprocessed from raw in memory)."""
+    from medgmae_trainers.probe.cases import load_preprocessed, preprocess_raw
+
+    names = list(dict.fromkeys(n for p in pairs if p.state == PENDING for n in ctx.splits[p.fraction].train))
+    ctx.train_cases = {c.name: c for c in load_preprocessed(data, names)}
+    ctx.val = load_preprocessed(data, next(iter(ctx.splits.values())).val)
+    ctx.scored = ([preprocess_raw(case, [image], label, plans, configuration, dataset_json)
+                   for case, image, label in test] if test else ctx.val)
+
+
+def _table(result: dict, labels: dict[int, str]) -> str:
+    """A pair's Dice per label, the encoder beside the raw baseline."""
+    l2 = result["settings"]["l2"]
+    columns = [(result["settings"]["init"], result["dice"], result["mean_dice"]),
+               ("raw", result["baselines"]["raw"]["dice"], result["baselines"]["raw"]["mean_dice"])]
+    widths = [max(10, len(name)) for name, _, _ in columns]
+    lines = [f"Dice on the {result['scored_on']} cases (probe L2 " + ", ".join(f"{n} {l2[n]:g}" for n, _, _ in columns)
+             + ")", f"{'label':>24}" + "".join(f"  {n:>{w}}" for (n, _, _), w in zip(columns, widths))]
     for label, name in labels.items():
-        lines.append(f"{f'{label} {name}':>24}" + "".join(f"  {p.summary['mean'][str(label)]['Dice']:{w}.4f}"
-                                                         for p, w in zip(probed, widths)))
-    lines.append(f"{'mean':>24}" + "".join(f"  {label_dice(p.summary, labels)[1]:{w}.4f}"
-                                           for p, w in zip(probed, widths)))
+        lines.append(f"{f'{label} {name}':>24}" + "".join(f"  {_num(d[name]):{w}.4f}"
+                                                         for (_, d, _), w in zip(columns, widths)))
+    lines.append(f"{'mean':>24}" + "".join(f"  {_num(m):{w}.4f}" for (_, _, m), w in zip(columns, widths)))
     return "\n".join(lines)
 
 
-def _overlay(cases, segs, out_png: Path, labels: dict[int, str], spacing, title: str, ras: bool) -> Path:
-    """The probe's segmentations over the ground truth; arrays read through the reorienting reader (RAS) are
-    turned to the radiological view of the other pictures (LPS: y and x reversed)."""
-    from .plots import OverlayArrays, overlay_arrays
+def _pairs_table(pairs: Sequence[Pair]) -> str:
+    """One line per pair: its mean Dice and L2, the raw baseline's, and whether it was probed now."""
+    lines = [f"{'pair':<36} {'mean Dice':>10} {'L2':>7} {'raw':>10} {'raw L2':>7}  state"]
+    for pair in pairs:
+        r = pair.result
+        init, l2 = r["settings"]["init"], r["settings"]["l2"]
+        lines.append(f"{pair.folder.name:<36} {_num(r['mean_dice']):10.4f} {l2[init]:7g} "
+                     f"{_num(r['baselines']['raw']['mean_dice']):10.4f} {l2['raw']:7g}  {pair.state}")
+    return "\n".join(lines)
 
-    low, high = HU_WINDOW
-    view = (lambda a: a[:, ::-1, ::-1]) if ras else (lambda a: a)
-    rows = [OverlayArrays(c.name, view(low + c.image * (high - low)), view(c.seg), view(s), spacing)
-            for c, s in zip(cases, segs)]
-    return overlay_arrays(rows, out_png, {0: "background", **labels}, title=title)
+
+def _num(value) -> float:
+    return math.nan if value is None else float(value)
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    start = time.time()
     args = build_parser().parse_args(argv)
     check_range("--seed", args.seed, 0)
     check_range("--threads", args.threads, 1)
@@ -203,18 +211,14 @@ def _main(argv: Sequence[str] | None) -> int:
     import torch
 
     from medgmae_plans.datasets import resolve_dataset
+    from medgmae_plans.runtime.locks import hold_folder
     from medgmae_plans.runtime.paths import ensure_nnunet_env
     from medgmae_trainers.finetune.cli import _fold, _plans
-    from medgmae_trainers.finetune.encoder_loading import check_fits, read_pretrained
-    from medgmae_trainers.finetune.fractions import parse_fraction
     from medgmae_trainers.finetune.run_record import Settings
-    from medgmae_trainers.pretrain.pretrained import load_pretrained
-    from medgmae_trainers.networks.vit import ViT3D
-    from medgmae_trainers.probe.cases import load_preprocessed, preprocess_raw, probe_cases
-    from medgmae_trainers.probe.features import EncoderFeatures, RawPatches
+    from medgmae_trainers.probe.cases import probe_cases
+    from medgmae_trainers.probe.linear import L2_WEIGHTS
 
-    start = time.time()
-    fraction = DEFAULT_FRACTION if args.fraction is None else parse_fraction(args.fraction)
+    fractions = _fractions(args.fraction)
     fold = 0 if args.fold is None else _fold(args.fold)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -227,9 +231,7 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UserError(f"-c {args.configuration}: not a configuration; expected one of {sorted(CONFIGURATIONS)}")
     plans = _plans(folders, dataset, args.configuration)
     preprocessed = folders["nnUNet_preprocessed"] / dataset
-    plans_file = preprocessed / f"{Settings.plans}.json"
-    pre = read_pretrained(args.checkpoint)
-    check_fits(pre, plans, args.configuration)
+    checkpoints = _checkpoints(args.checkpoint, args.random_init, plans, args.configuration)
     config = plans["configurations"][args.configuration]
     data = preprocessed / config["data_identifier"]
     dataset_json_file = preprocessed / "dataset.json"
@@ -237,65 +239,53 @@ def _main(argv: Sequence[str] | None) -> int:
     labels = {k: v for k, v in all_labels.items() if k > 0}
     if not labels:
         raise UserError(f"{dataset_json_file}: no foreground labels to probe")
-    n_classes = max(all_labels) + 1
-    dataset_json = json.loads(dataset_json_file.read_text())
+    dataset_json = json.loads(dataset_json_file.read_text(encoding="utf-8"))
     fraction_seed = Settings.fraction_seed if args.fraction_seed is None else args.fraction_seed
-    split = probe_cases(preprocessed, data, fold, fraction, fraction_seed)
+    splits = {f: probe_cases(preprocessed, data, fold, f, fraction_seed) for f in fractions}
     test = _test_pairs(folders["nnUNet_raw"] / dataset, file_ending_of(dataset_json_file))
-    out = Path(args.out) if args.out else _default_out(folders["nnUNet_results"], dataset, pre.path, args.random_init,
-                                                       args.configuration, fold, fraction, args.seed)
+    out = Path(args.out) if args.out else _default_out(folders["nnUNet_results"], dataset, checkpoints[0].path,
+                                                       args.random_init, args.configuration, fold, fractions, args.seed)
     check_writable(out)
-    out.mkdir(parents=True, exist_ok=True)
+    hold_folder(out, "medgmae_probe")  # one writer: two runs would probe the same pending pairs
     log = setup_run_log(out, "medgmae_probe", args.verbose)
-    log.info(f"{dataset} {args.configuration} fold {fold}: fitting on {len(split.train)} of {split.fold_train} "
-             f"training cases (fraction {fraction:g}), L2 chosen on {len(split.val)} validation cases, scored on "
-             + (f"{len(test)} test cases" if test else "the validation cases (the dataset has no labelsTs)"))
 
-    train = load_preprocessed(data, split.train)
-    val = load_preprocessed(data, split.val)
-    scored = ([preprocess_raw(case, [image], label, plans, args.configuration, dataset_json)
-               for case, image, label in test] if test else val)
-    log.info(f"cases read ({time.time() - start:.1f} s)")
-
-    if args.random_init:
-        torch.manual_seed(args.seed)
-    encoder = ViT3D(**pre.encoder_config)
-    if not args.random_init:
-        load_pretrained(encoder, pre)
-    window = _window(plans, args.configuration, plans_file)
-    features = EncoderFeatures(encoder, window, device)
-    features.name = "random-init" if args.random_init else "pretrained"
-    raw = RawPatches(features.stride, features.width, device)
-    probed = [probe_representation(rep, train, val, scored, labels, n_classes, args.seed, args.samples_per_class, log)
-              for rep in (features, raw)]
-    wall = round(time.time() - start, 1)
-
-    scored_on = "test" if test else "validation"
-    dice, mean = label_dice(probed[0].summary, labels)
-    raw_dice, raw_mean = label_dice(probed[1].summary, labels)
-    settings = {
-        "dataset": dataset, "configuration": args.configuration, "checkpoint": str(pre.path),
-        "init": features.name, "fold": fold, "fraction": fraction, "fraction_seed": fraction_seed, "seed": args.seed,
-        "train_cases": split.train, "validation_cases": split.val, "fold_training_cases": split.fold_train,
-        "window": window, "window_step": window // 2, "token_stride": features.stride,
-        "skip_blocks": list(features.taps), "features": {p.name: p.width for p in probed},
-        "samples_per_class": args.samples_per_class, "grid": "preprocessed",
-        "l2_by_validation": {p.name: p.l2_by_validation for p in probed}, "l2": {p.name: p.l2 for p in probed},
-        "device": device, "threads": torch.get_num_threads(), "wall_s": wall,
-    }
-    result = {"scored_on": scored_on, "cases": [c.name for c in scored], "dice": dice, "mean_dice": mean,
-              "baselines": {"raw": {"dice": raw_dice, "mean_dice": raw_mean}}, "settings": settings}
-    write_json_atomic(out / PROBE_JSON, result)
-    spacing = [float(s) for s in config["spacing"]]
-    overlay = _overlay(scored[:OVERLAY_CASES], probed[0].segmentations[:OVERLAY_CASES], out / OVERLAY_PNG, labels,
-                       spacing, f"{features.name} encoder probe on {scored_on} cases: outlines over the ground truth",
-                       dataset_json.get("overwrite_image_reader_writer") == "SimpleITKIOWithReorient")
-    write_run_json(out, "medgmae_probe", {k: v for k, v in vars(args).items() if k not in ("no_pbar", "verbose")},
-                   {"probe_json": str(out / PROBE_JSON), "overlay": str(overlay), "mean_dice": mean,
-                    "raw_mean_dice": raw_mean, "wall_s": wall})
-    print(_table(probed, labels, scored_on))
-    log.info(f"done in {wall} s; {out / PROBE_JSON}, {overlay}")
+    several = len(checkpoints) * len(fractions) > 1
+    pairs = [Pair(pre, f, pair_folder(out, pre.path, f) if several else out) for pre in checkpoints for f in fractions]
+    common = {"dataset": dataset, "configuration": args.configuration, "fold": fold,
+              "init": "random-init" if args.random_init else "pretrained", "fraction_seed": fraction_seed,
+              "seed": args.seed, "samples_per_class": args.samples_per_class, "l2_grid": list(L2_WEIGHTS)}
+    ctx = ProbeContext(common=common, labels=labels, n_classes=max(all_labels) + 1,
+                       window=_window(plans, args.configuration, preprocessed / f"{Settings.plans}.json"),
+                       device=device, splits=splits, scored_on="test" if test else "validation",
+                       spacing=[float(s) for s in config["spacing"]], log=log, start=start,
+                       ras=dataset_json.get("overwrite_image_reader_writer") == "SimpleITKIOWithReorient")
+    for f, split in splits.items():
+        log.info(f"{dataset} {args.configuration} fold {fold}: fraction {f:g} fits on {len(split.train)} of "
+                 f"{split.fold_train} training cases, L2 chosen on {len(split.val)} validation cases, scored on "
+                 + (f"{len(test)} test cases" if test else "the validation cases (the dataset has no labelsTs)"))
+    mark_finished(ctx, pairs)
+    if any(p.state == PENDING for p in pairs):
+        _read_cases(ctx, pairs, data, test, plans, args.configuration, dataset_json)
+        log.info(f"cases read ({time.time() - ctx.start:.1f} s)")
+    run_pairs(ctx, pairs, out / RUNS_JSON if several else None)
+    _report(out, args, pairs, labels, several, round(time.time() - start, 1), log)
     return 0
+
+
+def _report(out: Path, args, pairs: Sequence[Pair], labels: dict[int, str], several: bool, wall: float, log) -> None:
+    """Print the Dice table (per organ for one pair, one line per pair for several) and write the run's JSON."""
+    if several:
+        results = {"probe_runs": str(out / RUNS_JSON), "probe_jsons": [str(p.json) for p in pairs], "wall_s": wall}
+        print(_pairs_table(pairs))
+    else:
+        result = pairs[0].result
+        results = {"probe_json": str(out / PROBE_JSON), "overlay": str(out / OVERLAY_PNG),
+                   "mean_dice": result["mean_dice"], "raw_mean_dice": result["baselines"]["raw"]["mean_dice"],
+                   "state": pairs[0].state, "wall_s": wall}
+        print(_table(result, labels))
+    write_run_json(out, "medgmae_probe", {k: v for k, v in vars(args).items() if k not in ("no_pbar", "verbose")},
+                   results)
+    log.info(f"done in {wall} s; " + str(out / (RUNS_JSON if several else PROBE_JSON)))
 
 
 main = cli_entry(_main)

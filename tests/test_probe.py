@@ -1,5 +1,6 @@
-"""`medgmae_probe`: a known answer, noise at chance, determinism, random init against the checkpoint, and the
-same nested fraction subsets as `medgmae_train`."""
+"""`medgmae_probe`: a known answer, noise at chance, determinism, random init against the checkpoint, the
+same nested fraction subsets as `medgmae_train`, and several (checkpoint, fraction) pairs in one run: the
+numbers of separate runs, skipped when done, probed again when their settings change."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.probe import label_dice, main, probe_representation
+from evaluation.probe import main
+from evaluation.probe_pairs import label_dice, probe_representation
 from medgmae_trainers.probe.cases import ProbeCase, probe_cases
 from medgmae_trainers.probe.features import EncoderFeatures, RawPatches, sample_field, voxel_points
 
@@ -75,6 +77,24 @@ def test_features_that_encode_the_label_give_dice_one_and_noise_gives_chance():
     fractions = [np.mean([(c.seg == k).mean() for c in test]) for k in LABELS]
     chance = np.mean([2 * p / 3 / (p + 1 / 3) for p in fractions])
     assert abs(mean - chance) < 0.1, (mean, chance)
+
+
+def test_per_case_dice_of_a_label_in_neither_reference_nor_prediction_is_null(tmp_path):
+    """nnU-Net's NaN Dice becomes null in probe.json's per_case, which strict JSON readers accept."""
+    from evaluation.probe_pairs import per_case_dice, score
+    from medgmae_plans.runtime.atomic import write_json_atomic
+
+    cases = _cases(2)
+    cases[1].seg[cases[1].seg == 2] = 0  # organ2 is not in the second case ...
+    segs = [c.seg.copy() for c in cases]  # ... nor in its prediction
+    per_case = per_case_dice(score(cases, segs, LABELS), LABELS)
+    assert per_case == {"case_0": {"organ1": 1.0, "organ2": 1.0}, "case_1": {"organ1": 1.0, "organ2": None}}
+    write_json_atomic(tmp_path / "p.json", per_case)
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    assert json.loads((tmp_path / "p.json").read_text(encoding="utf-8"), parse_constant=refuse) == per_case
 
 
 def test_sampled_logits_equal_logits_of_sampled_features():
@@ -172,12 +192,15 @@ def probe_cli(nnunet_env, tmp_path, capsys):
     ckpt = tmp_path / "pretrain" / "checkpoint_final.pt"
     ckpt.parent.mkdir()
     fake_checkpoint(ckpt, patch=8, crop=16, embed=24, depth=3, heads=3, seed=3)  # not --seed 0's draw
+    step = ckpt.parent / "checkpoint_step_0000001.pt"  # a learning curve's earlier point: the same architecture
+    fake_checkpoint(step, patch=8, crop=16, embed=24, depth=3, heads=3, seed=4)
 
     def run(*args):
         code = main(["-d", DATASET, "-c", "3d_fullres", "--checkpoint", str(ckpt), "--fraction", "0.5",
                      "--samples-per-class", "500", "--threads", "1", "--no-pbar", *args])
         return code, capsys.readouterr()
 
+    run.final, run.step = ckpt, step
     threads = torch.get_num_threads()
     yield run
     torch.set_num_threads(threads)  # --threads 1 set the whole test process's
@@ -187,9 +210,16 @@ def test_command_writes_the_probe_json_and_picture(probe_cli, tmp_path):
     code, out = probe_cli("-o", str(tmp_path / "a"))
     assert code == 0, out.err
     result = json.loads((tmp_path / "a" / "probe.json").read_text())
-    assert set(result) == {"scored_on", "cases", "dice", "mean_dice", "baselines", "settings"}
+    assert set(result) == {"scored_on", "cases", "dice", "mean_dice", "per_case", "baselines", "settings"}
     assert result["scored_on"] == "test" and result["cases"] == ["test_case_0", "test_case_1"]
     assert set(result["dice"]) == set(LABELS.values()) == set(result["baselines"]["raw"]["dice"])
+    for block in (result, result["baselines"]["raw"]):  # per case, and its mean over the cases is the Dice
+        assert list(block["per_case"]) == result["cases"]
+        for name, dice in block["dice"].items():
+            assert np.nanmean([np.nan if c[name] is None else c[name] for c in block["per_case"].values()]) == \
+                pytest.approx(dice, nan_ok=True)
+    assert result["settings"]["l2_grid"][-1] == 1e-6 and len(result["settings"]["l2_by_validation"]["raw"]) == 7
+    assert not (tmp_path / "a" / "probe_runs.json").exists()  # one pair: today's layout
     assert result["settings"]["train_cases"] and len(result["settings"]["train_cases"]) == 4
     assert (tmp_path / "a" / "probe_overlay.png").stat().st_size > 0
     assert "mean" in out.out and "raw" in out.out
@@ -206,8 +236,101 @@ def test_command_writes_the_probe_json_and_picture(probe_cli, tmp_path):
     assert scratch["settings"]["l2_by_validation"]["random-init"] != result["settings"]["l2_by_validation"]["pretrained"]
 
 
+def _same_but_timing(result: dict) -> dict:
+    return {**result, "settings": {k: v for k, v in result["settings"].items() if k != "wall_s"}}
+
+
+def test_several_pairs_give_single_runs_numbers_and_a_rerun_skips_them(probe_cli, tmp_path):
+    """Two checkpoints x two fractions in one run: each pair's probe.json is the one a run of that pair alone
+    writes (cases read once, fields cached per checkpoint, the raw baseline fitted once per fraction); the same
+    command again skips every pair and rewrites none."""
+    several = ["--checkpoint", str(probe_cli.step), str(probe_cli.final), "--fraction", "0.5", "1.0"]
+    code, out = probe_cli("-o", str(tmp_path / "multi"), *several)
+    assert code == 0, out.err
+    runs = json.loads((tmp_path / "multi" / "probe_runs.json").read_text(encoding="utf-8"))
+    folders = ["checkpoint_step_0000001_f50", "checkpoint_step_0000001_f100", "checkpoint_final_f50",
+               "checkpoint_final_f100"]
+    assert [r["folder"] for r in runs["pairs"]] == folders
+    assert [r["state"] for r in runs["pairs"]] == ["probed"] * 4
+    assert all(r["probe_json"] == f"{r['folder']}/probe.json" and r["mean_dice"] is not None for r in runs["pairs"])
+    assert all(folder in out.out for folder in folders)  # the pairs' table
+
+    results = {}
+    for row in runs["pairs"]:
+        folder = tmp_path / "multi" / row["folder"]
+        results[row["folder"]] = json.loads((folder / "probe.json").read_text(encoding="utf-8"))
+        assert (folder / "probe_overlay.png").stat().st_size > 0
+        code, out = probe_cli("-o", str(tmp_path / row["folder"]), "--checkpoint", row["checkpoint"],
+                              "--fraction", str(row["fraction"]))
+        assert code == 0, out.err
+        alone = json.loads((tmp_path / row["folder"] / "probe.json").read_text(encoding="utf-8"))
+        assert _same_but_timing(alone) == _same_but_timing(results[row["folder"]]), row["folder"]
+    assert results[folders[0]]["dice"] != results[folders[2]]["dice"]  # two checkpoints, two probes
+    assert results[folders[0]]["baselines"] == results[folders[2]]["baselines"]  # one baseline per fraction
+    assert results[folders[0]]["settings"]["train_cases"] != results[folders[1]]["settings"]["train_cases"]
+
+    stamps = {f: (tmp_path / "multi" / f / "probe.json").stat().st_mtime_ns for f in folders}
+    code, out = probe_cli("-o", str(tmp_path / "multi"), *several)
+    assert code == 0, out.err
+    assert out.err.count("exists (same settings); skipped") == 4 and "probing" not in out.err
+    assert stamps == {f: (tmp_path / "multi" / f / "probe.json").stat().st_mtime_ns for f in folders}
+    runs = json.loads((tmp_path / "multi" / "probe_runs.json").read_text(encoding="utf-8"))
+    assert [r["state"] for r in runs["pairs"]] == ["exists"] * 4
+
+
+def test_a_stopped_run_continues_and_other_settings_are_probed_again(probe_cli, tmp_path, monkeypatch):
+    import evaluation.probe_pairs as probe_pairs
+
+    out_dir = tmp_path / "curve"
+    several = ["-o", str(out_dir), "--fraction", "0.5", "1.0"]
+    first, second = out_dir / "checkpoint_final_f50" / "probe.json", out_dir / "checkpoint_final_f100" / "probe.json"
+    done, calls = probe_pairs.pair_result, []
+
+    def stopped_at_the_second_pair(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as a Ctrl-C while the second pair is being probed
+        return done(*args)
+
+    monkeypatch.setattr(probe_pairs, "pair_result", stopped_at_the_second_pair)
+    code, out = probe_cli(*several)
+    assert code == 130 and first.is_file() and not second.exists(), out.err
+    runs = json.loads((out_dir / "probe_runs.json").read_text(encoding="utf-8"))
+    assert [r["state"] for r in runs["pairs"]] == ["probed", "pending"]
+    assert runs["pairs"][1]["mean_dice"] is None
+    monkeypatch.setattr(probe_pairs, "pair_result", done)
+
+    stamp = first.stat().st_mtime_ns
+    code, out = probe_cli(*several)
+    assert code == 0, out.err
+    assert f"{first}: exists" in out.err and f"{second}: exists" not in out.err and second.is_file()
+    assert first.stat().st_mtime_ns == stamp
+
+    # a probe.json of other settings is probed again: another checkpoint path, or another --samples-per-class
+    edited = json.loads(second.read_text(encoding="utf-8"))
+    edited["settings"]["checkpoint"] = str(tmp_path / "elsewhere.pt")
+    second.write_text(json.dumps(edited), encoding="utf-8")
+    code, out = probe_cli(*several)
+    assert code == 0 and f"{first}: exists" in out.err and f"{second}: other settings (checkpoint" in out.err
+    assert json.loads(second.read_text(encoding="utf-8"))["settings"]["checkpoint"] == str(probe_cli.final)
+    code, out = probe_cli(*several, "--samples-per-class", "400")
+    assert code == 0 and "exists" not in out.err, out.err
+    assert json.loads(first.read_text(encoding="utf-8"))["settings"]["samples_per_class"] == 400
+
+
 def test_command_refuses_bad_input_with_one_line(probe_cli, tmp_path):
+    other = tmp_path / "other" / "checkpoint_wide.pt"
+    other.parent.mkdir()
+    fake_checkpoint(other, patch=8, crop=16, embed=48, depth=3, heads=3)
+    twin = tmp_path / "twin" / "checkpoint_final.pt"
+    twin.parent.mkdir()
+    twin.write_bytes(probe_cli.final.read_bytes())
     for args, words in ((["--fraction", "2"], "--fraction"), (["--seed", "-1"], "--seed"),
-                        (["--fold", "x"], "--fold"), (["--checkpoint", str(tmp_path / "none.pt")], "none.pt")):
+                        (["--fold", "x"], "--fold"), (["--checkpoint", str(tmp_path / "none.pt")], "none.pt"),
+                        (["--fraction", "0.5", "0.50"], "--fraction 0.50"),
+                        (["--checkpoint", str(probe_cli.final), str(other)], str(other)),
+                        (["--checkpoint", str(probe_cli.final), str(twin)], str(twin)),
+                        (["--checkpoint", str(probe_cli.final), str(probe_cli.step), "--random-init"],
+                         "--random-init")):
         code, out = probe_cli(*args)
         assert code == 2 and words in out.err and len(out.err.strip().splitlines()) == 1, out.err
