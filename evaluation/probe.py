@@ -1,7 +1,7 @@
 """`medgmae_probe`: what a pretrained encoder has learned, measured in minutes by a frozen linear probe.
 
     medgmae_probe -d DATASET -c CONFIGURATION --checkpoint CKPT [--random-init] [--fold 0] [--fraction 0.1]
-                  [--seed 0] [-o OUT]
+                  [--seed 0] [-o OUT] [--force]
 
 The checkpoint's encoder (or, with `--random-init`, its architecture with fresh weights) is run
 frozen over sliding windows of every case; its features (`medgmae_trainers.probe.features`) feed a
@@ -10,8 +10,11 @@ class-balanced linear softmax fitted on the fold's training cases of the fractio
 segmentation is scored with Dice per organ on the test cases (`imagesTs`/`labelsTs`) when the dataset
 has them, else on the validation cases. Raw intensities in token-sized patches, reduced by PCA to
 the same width, go through the same fit in the same run: the baseline. Everything is on the
-configuration's preprocessed grid. The command lives in `evaluation` because it scores with
-`metrics` and `summary`; the features and the fit are in `medgmae_trainers/probe/`.
+configuration's preprocessed grid. A rerun whose inputs (the settings that change the numbers, and
+the checkpoint, preprocessed and test files) are those OUT/probe.json records reuses it (`--force`
+recomputes), so a job stopped half way resumes without probing twice. The command lives in
+`evaluation` because it scores with `metrics` and `summary`; the features and the fit are in
+`medgmae_trainers/probe/`.
 """
 from __future__ import annotations
 
@@ -75,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "<checkpoint folder>__<pretrained|random>__<configuration>__fold<k>_f<pct>_s<seed>)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--threads", type=int, help="torch threads on a CPU, >= 1 (default: torch's)")
+    p.add_argument("--force", action="store_true",
+                   help="probe again even if OUT/probe.json was made from the same inputs and settings")
     return add_common_flags(p)
 
 
@@ -169,6 +174,28 @@ def _default_out(results: Path, dataset: str, checkpoint: Path, random_init: boo
             / f"{checkpoint.parent.name}__{init}__{configuration}__fold{fold}_{fraction_tag(fraction)}_s{seed}")
 
 
+def _inputs(settings: dict, checkpoint: Path, data: Path, test: Sequence[tuple[str, Path, Path]]) -> dict:
+    """What probe.json's numbers depend on: the settings that change them, and the checkpoint, preprocessed
+    and test files they were computed from (path, size, modification time, as a summary's inputs)."""
+    files = [Path(checkpoint).resolve(), *sorted(p.resolve() for p in data.iterdir() if p.is_file()),
+             *(p.resolve() for _, image, label in test for p in (image, label))]
+    stamps = []
+    for path in files:
+        stat = path.stat()
+        stamps.append([str(path), stat.st_size, stat.st_mtime_ns])
+    return {"settings": settings, "files": stamps}
+
+
+def _reusable(probe_json: Path, inputs: dict) -> dict | None:
+    """The probe.json at `probe_json` if it was made from exactly `inputs`, else None (missing, unreadable,
+    written before probe.json recorded its inputs, or made from other inputs)."""
+    try:
+        result = json.loads(probe_json.read_text())
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) and result.get("inputs") == inputs else None
+
+
 def _table(probed: Sequence[Probed], labels: dict[int, str], scored_on: str) -> str:
     widths = [max(10, len(p.name)) for p in probed]
     head = f"{'label':>24}" + "".join(f"  {p.name:>{w}}" for p, w in zip(probed, widths))
@@ -247,6 +274,16 @@ def _main(argv: Sequence[str] | None) -> int:
     check_writable(out)
     out.mkdir(parents=True, exist_ok=True)
     log = setup_run_log(out, "medgmae_probe", args.verbose)
+    key = {"dataset": dataset, "configuration": args.configuration, "random_init": args.random_init, "fold": fold,
+           "fraction": fraction, "fraction_seed": fraction_seed, "seed": args.seed,
+           "samples_per_class": args.samples_per_class, "device": device}
+    inputs = json.loads(json.dumps(_inputs(key, pre.path, data, test)))  # as it reads back from the file
+    reused = None if args.force else _reusable(out / PROBE_JSON, inputs)
+    if reused is not None:
+        log.info(f"{out / PROBE_JSON}: made from the same checkpoint, cases and settings; reused "
+                 f"(mean Dice {reused['mean_dice']:.4f}, raw {reused['baselines']['raw']['mean_dice']:.4f}); "
+                 f"--force probes again")
+        return 0
     log.info(f"{dataset} {args.configuration} fold {fold}: fitting on {len(split.train)} of {split.fold_train} "
              f"training cases (fraction {fraction:g}), L2 chosen on {len(split.val)} validation cases, scored on "
              + (f"{len(test)} test cases" if test else "the validation cases (the dataset has no labelsTs)"))
@@ -284,8 +321,8 @@ def _main(argv: Sequence[str] | None) -> int:
         "device": device, "threads": torch.get_num_threads(), "wall_s": wall,
     }
     result = {"scored_on": scored_on, "cases": [c.name for c in scored], "dice": dice, "mean_dice": mean,
-              "baselines": {"raw": {"dice": raw_dice, "mean_dice": raw_mean}}, "settings": settings}
-    write_json_atomic(out / PROBE_JSON, result)
+              "baselines": {"raw": {"dice": raw_dice, "mean_dice": raw_mean}}, "settings": settings,
+              "inputs": inputs}
     spacing = [float(s) for s in config["spacing"]]
     overlay = _overlay(scored[:OVERLAY_CASES], probed[0].segmentations[:OVERLAY_CASES], out / OVERLAY_PNG, labels,
                        spacing, f"{features.name} encoder probe on {scored_on} cases: outlines over the ground truth",
@@ -293,6 +330,7 @@ def _main(argv: Sequence[str] | None) -> int:
     write_run_json(out, "medgmae_probe", {k: v for k, v in vars(args).items() if k not in ("no_pbar", "verbose")},
                    {"probe_json": str(out / PROBE_JSON), "overlay": str(overlay), "mean_dice": mean,
                     "raw_mean_dice": raw_mean, "wall_s": wall})
+    write_json_atomic(out / PROBE_JSON, result)  # last: a probe.json that matches its inputs is a finished run
     print(_table(probed, labels, scored_on))
     log.info(f"done in {wall} s; {out / PROBE_JSON}, {overlay}")
     return 0

@@ -187,7 +187,7 @@ def test_command_writes_the_probe_json_and_picture(probe_cli, tmp_path):
     code, out = probe_cli("-o", str(tmp_path / "a"))
     assert code == 0, out.err
     result = json.loads((tmp_path / "a" / "probe.json").read_text())
-    assert set(result) == {"scored_on", "cases", "dice", "mean_dice", "baselines", "settings"}
+    assert set(result) == {"scored_on", "cases", "dice", "mean_dice", "baselines", "settings", "inputs"}
     assert result["scored_on"] == "test" and result["cases"] == ["test_case_0", "test_case_1"]
     assert set(result["dice"]) == set(LABELS.values()) == set(result["baselines"]["raw"]["dice"])
     assert result["settings"]["train_cases"] and len(result["settings"]["train_cases"]) == 4
@@ -204,6 +204,48 @@ def test_command_writes_the_probe_json_and_picture(probe_cli, tmp_path):
     assert scratch["settings"]["init"] == "random-init" and result["settings"]["init"] == "pretrained"
     assert scratch["baselines"] == result["baselines"]  # the raw baseline does not depend on the encoder
     assert scratch["settings"]["l2_by_validation"]["random-init"] != result["settings"]["l2_by_validation"]["pretrained"]
+
+
+def test_a_rerun_reuses_probe_json_and_force_probes_again(probe_cli, tmp_path):
+    out = tmp_path / "a" / "probe.json"
+    code, first = probe_cli("-o", str(tmp_path / "a"))
+    assert code == 0, first.err
+    made = out.stat().st_mtime_ns
+
+    code, again = probe_cli("-o", str(tmp_path / "a"))
+    assert code == 0 and "reused" in again.err and out.stat().st_mtime_ns == made
+
+    code, forced = probe_cli("-o", str(tmp_path / "a"), "--force")
+    assert code == 0 and "reused" not in forced.err and out.stat().st_mtime_ns > made
+
+
+def test_probe_json_is_reused_only_for_the_same_settings_and_files(tmp_path):
+    import os
+
+    from evaluation.probe import _inputs, _reusable
+
+    ckpt, data, image, label = tmp_path / "c.pt", tmp_path / "data", tmp_path / "t_0000.nii.gz", tmp_path / "t.nii.gz"
+    data.mkdir()
+    for path in (ckpt, data / "case_0.b2nd", image, label):
+        path.write_bytes(b"x")
+    settings = {"seed": 0, "fraction": 0.1}
+
+    def inputs(**changed):
+        return json.loads(json.dumps(_inputs({**settings, **changed}, ckpt, data, [("t", image, label)])))
+
+    probe_json = tmp_path / "probe.json"
+    probe_json.write_text(json.dumps({"mean_dice": 0.5, "inputs": inputs()}))
+    assert _reusable(probe_json, inputs()) is not None
+    assert _reusable(probe_json, inputs(seed=1)) is None
+    for path in (ckpt, data / "case_0.b2nd", label):  # a new checkpoint, preprocessed case or test label
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+        assert _reusable(probe_json, inputs()) is None
+        probe_json.write_text(json.dumps({"mean_dice": 0.5, "inputs": inputs()}))
+    (data / "case_1.b2nd").write_bytes(b"y")
+    assert _reusable(probe_json, inputs()) is None
+    probe_json.write_text("{")  # cut short
+    assert _reusable(probe_json, inputs()) is None
 
 
 def test_command_refuses_bad_input_with_one_line(probe_cli, tmp_path):
