@@ -1,7 +1,9 @@
-"""The main job's plain report (`evaluation.main_job_report`) on a fake report folder, and the endpoint organs."""
+"""The main job's plain report (`evaluation.main_job_report`) on a fake report folder, the endpoint organs,
+and the probe steps' order in `run.py demo`."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 from pathlib import Path
 
@@ -114,3 +116,36 @@ def test_endpoint_organs_are_label_names_every_abdominal_converter_writes():
     assert len(ENDPOINT_ORGANS) == len(set(ENDPOINT_ORGANS)) == 8
     for labels in (AMOS_LABELS, abdomenatlas.LABELS, btcv.LABELS, flare22.LABELS):
         assert set(ENDPOINT_ORGANS) <= set(labels)
+
+
+def _run_py():
+    spec = importlib.util.spec_from_file_location("run_py", ROOT / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_probes_the_finished_checkpoint_then_reports(tmp_path):
+    run = _run_py()
+    env = {var: str(tmp_path / var) for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    stages = run.demo_stages(env, [])
+    commands = [(i, step) for i, stage in enumerate(stages) for _, steps in stage for step in steps]
+
+    def stage_of(name, *flags):
+        found = [i for i, step in commands if Path(step[0]).name == name and all(f in step for f in flags)]
+        assert len(found) == 1, (name, flags)
+        return found[0]
+
+    checkpoint = str(run.pretrain_folder(env) / "checkpoint_final.pt")
+    pretrain = stage_of("medgmae_pretrain")
+    probe_pretrained = stage_of("medgmae_probe", str(run.DEMO_ROOT / "report" / "probe_pretrained"))
+    probe_random = stage_of("medgmae_probe", "--random-init", str(run.DEMO_ROOT / "report" / "probe_random_init"))
+    # stages run one after the other: both probes start after the pretraining's stage has finished
+    assert pretrain < probe_pretrained and pretrain < probe_random
+    for i, step in commands:
+        if Path(step[0]).name == "medgmae_probe":
+            assert step[step.index("--checkpoint") + 1] == checkpoint and "--no-pbar" in step
+            assert step[step.index("--threads") + 1] == "1"
+    # the report reads the evaluation's and the probes' outputs, so it comes after both
+    evaluate, report = stage_of("medgmae_evaluate"), stage_of("python", "evaluation.main_job_report")
+    assert max(probe_pretrained, probe_random, evaluate) < report == len(stages) - 1
