@@ -146,3 +146,18 @@ def case_dice(summary: dict) -> dict[str, float]:
         finite = [v for v in values if not math.isnan(v)]
         out[Path(entry["reference_file"]).name] = float(np.mean(finite)) if finite else math.nan
     return out
+
+
+def organ_mean(dice: dict[str, float | None], organs: Sequence[str] | None = None, where: str = "scores") -> float:
+    """The mean Dice over `organs` (every organ in `dice` when None) that have one: an organ absent from
+    both reference and prediction has none (NaN, or null in JSON) and is left out; NaN when none has.
+    An organ not in `dice` at all is an error naming `where`."""
+    from medgmae_plans.runtime import UserError
+
+    names = list(dice) if organs is None else list(organs)
+    missing = [o for o in names if o not in dice]
+    if missing:
+        raise UserError(f"{where}: no Dice for the organ(s) {', '.join(missing)}")
+    values = [dice[o] for o in names if dice[o] is not None and not math.isnan(dice[o])]
+    return float(np.mean(values)) if values else math.nan
+

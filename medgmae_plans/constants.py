@@ -38,8 +38,3 @@ def window_hu(hu: np.ndarray, window=HU_WINDOW) -> np.ndarray:
     """HU -> [0, 1]: clip to `window` (low, high), then (HU - low) / (high - low); float32."""
     low, high = window
     return ((np.clip(hu, low, high) - low) / (high - low)).astype(np.float32)
-
-# The label-efficiency experiment's endpoint (issue 26, `benchmarks.transfer`): mean Dice over these
-# eight abdominal organs, AMOS's names (the phantom's labels), fixed before any run. The 15-organ mean
-# is reported beside it; these are the organs every abdominal CT shows and the phantom draws large.
-ENDPOINT_ORGANS = ("liver", "spleen", "right kidney", "left kidney", "stomach", "aorta", "postcava", "pancreas")

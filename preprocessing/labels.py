@@ -21,3 +21,10 @@ AMOS_LABELS: dict[str, int] = {
     "bladder": 14,
     "prostate/uterus": 15,
 }
+
+# The experiment's endpoint (issue 26): Dice averaged over these eight organs, by their names above.
+# Each is labelled by the phantom and by every abdominal dataset the converters read (AMOS, FLARE22,
+# BTCV, AbdomenAtlas), so the endpoint is computed the same way on each. The main job's report
+# (`evaluation.main_job_report`) and the experiment's benchmark read it from here.
+ENDPOINT_ORGANS: tuple[str, ...] = ("liver", "spleen", "right kidney", "left kidney", "stomach", "aorta",
+                                    "postcava", "pancreas")

@@ -11,7 +11,8 @@ import pytest
 from benchmarks import transfer
 from benchmarks.transfer import analysis, report
 from benchmarks.transfer.steps import DECODERS, PROBE_FRACTIONS, checkpoints_of, probe_json, trainer_of
-from medgmae_plans.constants import ENDPOINT_ORGANS
+from evaluation.summary import organ_mean
+from preprocessing.labels import ENDPOINT_ORGANS
 
 CASES = [f"phantom_ts{i:03d}" for i in range(10)]
 OTHER = ("gall bladder", "esophagus")  # outside the endpoint: in the 15-organ mean only
@@ -71,9 +72,9 @@ def fabricate(tmp_path, *, probe_lead=0.0, ft_lead=0.0, voxel_over_random=0.05, 
 
 def test_endpoint_is_the_mean_over_the_eight_organs_that_have_a_dice():
     dice = {o: 0.5 for o in ENDPOINT_ORGANS} | {"liver": 0.9, "pancreas": None, "gall bladder": 0.0}
-    assert analysis.case_mean(dice, ENDPOINT_ORGANS) == pytest.approx((0.9 + 0.5 * 6) / 7)
-    assert analysis.case_mean(dice) == pytest.approx((0.9 + 0.5 * 6 + 0.0) / 8)
-    assert math.isnan(analysis.case_mean({"liver": None}, ENDPOINT_ORGANS))
+    assert organ_mean(dice, ENDPOINT_ORGANS) == pytest.approx((0.9 + 0.5 * 6) / 7)
+    assert organ_mean(dice) == pytest.approx((0.9 + 0.5 * 6 + 0.0) / 8)
+    assert math.isnan(organ_mean({o: None for o in ENDPOINT_ORGANS}, ENDPOINT_ORGANS))
 
 
 def test_a_clear_lead_in_every_seed_helps(tmp_path):

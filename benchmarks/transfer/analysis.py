@@ -15,9 +15,10 @@ from typing import Sequence
 
 import numpy as np
 
-from medgmae_plans.constants import ENDPOINT_ORGANS
+from preprocessing.labels import ENDPOINT_ORGANS
 
 from evaluation.seeds import SeedComparison, compare_over_seeds, t_interval
+from evaluation.summary import organ_mean
 
 from .settings import SEED
 from .steps import DECODERS, LOW, PROBE_FRACTIONS, checkpoints_of, probe_json, quality_json, trainer_of
@@ -43,20 +44,11 @@ class Arm:
         return float(per_seed.mean()), low, high
 
 
-def case_mean(dice_by_organ: dict[str, float | None], organs: Sequence[str] | None = None) -> float:
-    """The mean Dice over `organs` (all when None) that have one in this case (NaN/None: absent from
-    reference and prediction); NaN when none has."""
-    names = organs if organs is not None else list(dice_by_organ)
-    values = [dice_by_organ.get(o) for o in names]
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return float(np.mean(values)) if values else math.nan
-
-
 def arm_from(name: str, seeds: list[int], per_case: list[dict[str, dict[str, float | None]]]) -> Arm:
     """An arm from one {case: {organ: Dice}} per seed; only the cases every seed scored with an endpoint."""
     cases = sorted(set.intersection(*(set(p) for p in per_case)))
-    end = np.array([[case_mean(p[c], ENDPOINT_ORGANS) for c in cases] for p in per_case])
-    every = np.array([[case_mean(p[c]) for c in cases] for p in per_case])
+    end = np.array([[organ_mean(p[c], ENDPOINT_ORGANS, f"{name} {c}") for c in cases] for p in per_case])
+    every = np.array([[organ_mean(p[c], where=f"{name} {c}") for c in cases] for p in per_case])
     keep = np.isfinite(end).all(axis=0) & np.isfinite(every).all(axis=0)
     return Arm(name, seeds, [c for c, k in zip(cases, keep) if k], end[:, keep], every[:, keep])
 
