@@ -109,6 +109,19 @@ def test_sampled_logits_equal_logits_of_sampled_features():
     torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(24, 32, 16), (21, 30, 9)])  # the grid's full extent, and a padded image
+def test_upsampled_field_is_the_field_sampled_at_every_voxel(shape):
+    from medgmae_trainers.probe.features import upsample_field
+    from medgmae_trainers.probe.linear import LinearProbe
+
+    field = torch.randn(5, 3, 4, 2)
+    sampled = sample_field(field, 8, voxel_points(shape)).T.reshape(5, *shape)
+    torch.testing.assert_close(upsample_field(field, 8, shape), sampled, rtol=1e-5, atol=1e-5)
+    probe = LinearProbe(torch.randn(3, 5), torch.randn(3), 0.0)
+    expected = sample_field(probe.logits_field(field), 8, voxel_points(shape)).argmax(1).reshape(shape)
+    assert np.array_equal(probe.segment(field, 8, shape), expected.numpy())
+
+
 def _checkpoint(tmp_path):
     from medgmae_trainers.finetune.encoder_loading import read_pretrained
 

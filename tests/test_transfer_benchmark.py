@@ -72,10 +72,10 @@ def test_fine_tuning_pairs_replicates_and_keeps_one_optimiser(tmp_path):
         assert flag(scratch, "--init") == "scratch" and "--pretrained" not in scratch
         for argv in (medgmae, scratch, steps[f"finetune voxelmae f0.1 r{r}"], steps[f"finetune scratch f1 r{r}"]):
             assert flag(argv, "--fraction-seed") == str(12345 + r) and flag(argv, "--seed") == str(41 + r)
-            assert flag(argv, "--epochs") == "20" and flag(argv, "--iters-per-epoch") == "50"
+            assert flag(argv, "--epochs") == "15" and flag(argv, "--iters-per-epoch") == "50"
             assert flag(argv, "--lr") == "0.003" and argv[1:3] == ["Phantom", "3d_lowres"]
     nnunet = steps["finetune nnunet f0.1 r0"]
-    assert flag(nnunet, "--init") == "nnunet" and "--lr" not in nnunet and flag(nnunet, "--epochs") == "20"
+    assert flag(nnunet, "--init") == "nnunet" and "--lr" not in nnunet and flag(nnunet, "--epochs") == "15"
     assert "--test" in steps["evaluate"] and "--no-nsd" in steps["evaluate"] and list(steps)[-1] == "evaluate"
 
 

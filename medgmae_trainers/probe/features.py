@@ -60,6 +60,14 @@ def sample_field(field: torch.Tensor, stride: int, points: torch.Tensor) -> torc
     return out.reshape(field.shape[0], -1).T
 
 
+def upsample_field(field: torch.Tensor, stride: int, shape: Sequence[int]) -> torch.Tensor:
+    """field [C, gd, gh, gw] at every voxel of `shape` (within the grid): [C, D, H, W], the values
+    `sample_field` gives there. At an integer scale factor with align_corners=False, interpolation
+    reads voxel i at cell (i + .5) / stride - .5, clamped to the grid: sample_field's border rule."""
+    out = F.interpolate(field[None].float(), scale_factor=stride, mode="trilinear", align_corners=False)[0]
+    return out[:, :int(shape[0]), :int(shape[1]), :int(shape[2])]
+
+
 def voxel_points(shape: Sequence[int], device=None) -> torch.Tensor:
     """Every voxel index of `shape`, [D*H*W, 3], in raster order."""
     axes = [torch.arange(int(s), device=device) for s in shape]
