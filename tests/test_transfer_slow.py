@@ -1,7 +1,9 @@
-"""`python -m benchmarks.transfer --quick` end to end: every init, fraction and replicate trained, each
-scored on the held-out test cases, the table with the nnU-Net row and the paired intervals, and a
-second run that resumes everything without retraining. Slow: about 15 minutes on two cores, more beside
-other jobs, hence its own timeout above the suite's 900 s."""
+"""`python -m benchmarks.transfer --quick` end to end: every stage (data, pretraining with a kept step,
+quality, the probes, paired fine-tuning, the comparison, the analysis) on a tiny budget, and a second
+run that resumes everything without retraining. Slow: 704 s for the first run on two idle cores
+(2026-12-07; nine fine-tuning runs of about 80 s each, mostly nnU-Net's start, final validation and
+the test-case prediction), hence its own timeout above the suite's 900 s. The default suite checks
+the steps (test_transfer_benchmark) and the analysis on fabricated outputs (test_transfer_analysis)."""
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@ package docstring says what they are). Nothing here runs a command."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass, field
