@@ -24,9 +24,8 @@ from medgmae_plans.runtime import UserError, add_common_flags, cli_entry
 from medgmae_plans.runtime.atomic import write_text_atomic
 from preprocessing.labels import ENDPOINT_ORGANS
 
-from .summary import organ_mean
-
 from .display import column_header
+from .summary import organ_mean
 
 LEARNED_PCT = 50.0  # an organ counts as learned at a mean test Dice of at least this
 REPORT_MD = "main_job.md"
