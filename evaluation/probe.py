@@ -213,13 +213,13 @@ def _main(argv: Sequence[str] | None) -> int:
     from medgmae_plans.datasets import resolve_dataset
     from medgmae_plans.runtime.locks import hold_folder
     from medgmae_plans.runtime.paths import ensure_nnunet_env
-    from medgmae_trainers.finetune.cli import _fold, _plans
+    from medgmae_trainers.finetune.cli import parse_fold, read_plans
     from medgmae_trainers.finetune.run_record import Settings
     from medgmae_trainers.probe.cases import probe_cases
     from medgmae_trainers.probe.linear import L2_WEIGHTS
 
     fractions = _fractions(args.fraction)
-    fold = 0 if args.fold is None else _fold(args.fold)
+    fold = 0 if args.fold is None else parse_fold(args.fold)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available")
@@ -229,7 +229,7 @@ def _main(argv: Sequence[str] | None) -> int:
     dataset = resolve_dataset(args.dataset)
     if args.configuration not in CONFIGURATIONS:
         raise UserError(f"-c {args.configuration}: not a configuration; expected one of {sorted(CONFIGURATIONS)}")
-    plans = _plans(folders, dataset, args.configuration)
+    plans = read_plans(folders, dataset, args.configuration)
     preprocessed = folders["nnUNet_preprocessed"] / dataset
     checkpoints = _checkpoints(args.checkpoint, args.random_init, plans, args.configuration)
     config = plans["configurations"][args.configuration]

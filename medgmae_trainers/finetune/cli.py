@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     return add_common_flags(p)
 
 
-def _fold(text: str | None):
+def parse_fold(text: str | None):
+    """--fold as medgmae_train reads it (also medgmae_probe's): a fold number, 'all', or the default."""
     if text is None:
         return DEFAULTS.fold
     if text == "all":
@@ -125,7 +126,8 @@ def _fold(text: str | None):
     raise UserError(f"--fold {text!r}: give a fold number (0..4) or 'all'")
 
 
-def _plans(folders, dataset: str, configuration: str) -> dict:
+def read_plans(folders, dataset: str, configuration: str) -> dict:
+    """The dataset's MedGMAE plans, refused in one line unless `configuration` is planned and preprocessed."""
     plans_file = folders["nnUNet_preprocessed"] / dataset / f"{PLANS}.json"
     if not plans_file.is_file():
         raise UserError(f"{plans_file}: no MedGMAE plans; run medgmae_plan_and_preprocess -d {dataset} first")
@@ -149,7 +151,7 @@ def make_settings(args, plans: dict) -> Settings:
     from .trainers import parse_trainer_name, trainer_name
 
     fraction = DEFAULTS.fraction if args.fraction is None else parse_fraction(args.fraction)
-    fold = _fold(args.fold)
+    fold = parse_fold(args.fold)
     pre = None
     if args.pretrained:
         pre = read_pretrained(args.pretrained)
@@ -289,7 +291,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
     folders = ensure_nnunet_env()
     dataset = resolve_dataset(args.dataset)
-    plans = _plans(folders, dataset, args.configuration)
+    plans = read_plans(folders, dataset, args.configuration)
     args.device = resolve_device(args.device).type  # cpu or cuda (the flag's choices)
     if args.num_gpus > 1 and args.device != "cuda":
         raise UserError("--num-gpus > 1 needs --device cuda (nnU-Net's DDP is NCCL only)")

@@ -230,10 +230,10 @@ def _pretrain(s: PretrainSettings, cases, metadata: dict, info: DistInfo) -> dic
                 raise run_dir.interrupted(signum, f"at step {step}", saved_at=step)
     bar.close()
     save_latest()
-    digest = weights_digest(model, info)
+    if info.distributed:  # one process has nothing to compare its weights with
+        digest = weights_digest(model, info)
+        log.info(f"weights identical on all {info.world_size} ranks (sha256 {digest[:16]})")
     if info.is_main:
-        if info.distributed:
-            log.info(f"weights identical on all {info.world_size} ranks (sha256 {digest[:16]})")
         ckpt.save_final(final, model=model, step=step, metadata=meta)
         log.info(f"finished at step {step}; wrote {final}")
     barrier(info)
