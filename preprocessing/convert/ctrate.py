@@ -30,7 +30,7 @@ from medgmae_plans.runtime.atomic import atomic_directory, write_json_atomic, wr
 from medgmae_plans.runtime.paths import dataset_folder_name
 from medgmae_plans.runtime import UserError
 
-from ..layouts.classification import LABELS_CSV, SOURCES_CSV, LabelTable, write_labels
+from ..layouts.classification import LABELS_CSV, SOURCES_CSV, LabelTable, read_rows, write_labels
 
 DATASET_NAME = "CTRATE"
 DEFAULT_DATASET_ID = 992
@@ -47,11 +47,9 @@ SPLIT_FILES = {
 
 
 def _read_csv(path: Path) -> list[dict]:
-    try:
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    except OSError as err:
-        raise UserError(f"cannot read {path}: {err.strerror or err}") from None
+    """CT-RATE's CSV as one dict per row, keyed by its header."""
+    rows = read_rows(path, "CT-RATE table")
+    return [dict(zip(rows[0], row)) for row in rows[1:]] if rows else []
 
 
 def _root(source: Path) -> Path:

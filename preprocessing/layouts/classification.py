@@ -40,7 +40,7 @@ class LabelTable:
 def read_rows(path: Path, what: str) -> list[list[str]]:
     """The rows of a CSV file; an unreadable file is a one-line `UserError` naming it as `what`."""
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8") as f:
             return list(csv.reader(f))
     except OSError as err:
         raise UserError(f"cannot read {what} {path}: {err.strerror or err}") from None
