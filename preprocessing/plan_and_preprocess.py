@@ -35,8 +35,9 @@ from typing import Sequence
 from medgmae_plans.runtime.atomic import remove_leftovers, write_json_atomic
 from medgmae_plans.configurations import CONFIGURATIONS, DEFAULT_CONFIGURATION, PLANS_NAME, geometry
 from medgmae_plans.datasets import dataset_id, resolve_dataset
+from medgmae_plans.runtime.locks import lock_folder
 from medgmae_plans.runtime.paths import ensure_nnunet_env, nnunet_folder
-from medgmae_plans.runtime import (UserError, add_common_flags, check_writable, cli_entry, exclusive_lock, progress, setup_run_log,
+from medgmae_plans.runtime import (UserError, add_common_flags, check_writable, cli_entry, progress, setup_run_log,
                       write_run_json)
 
 RUN_NAME = "medgmae_plan_and_preprocess"
@@ -253,7 +254,7 @@ def _lock(source: Path, name: str):
     lock is taken on the raw folder it reads (nothing is written to take it)."""
     if not Path(source).is_dir():
         return contextlib.nullcontext()  # the run itself says what is missing
-    return exclusive_lock(source, name)
+    return lock_folder(source, f"medgmae_plan_and_preprocess run for {name}")
 
 
 if __name__ == "__main__":

@@ -141,7 +141,7 @@ def test_plan_second_run_on_the_same_dataset(raw, nnunet_env, capsys):
     from preprocessing.plan_and_preprocess import _lock
 
     with _lock(raw, DATASET):  # the first run holds it (flock: another open file conflicts, even in-process)
-        plan(capsys, nnunet_env, raw, "another run is working on", DATASET)
+        plan(capsys, nnunet_env, raw, "another medgmae_plan_and_preprocess run for", DATASET)
     assert os.listdir(raw.parent) == [DATASET]  # taking the lock wrote nothing
 
 

@@ -10,9 +10,9 @@ A command module starts with `use_sleeping_waiters()` (before torch loads), buil
 `add_common_flags`, and wraps its `main` in `cli_entry`. The names below are the runtime's API.
 """
 from .command import (EXIT_USER_ERROR, Interrupted, StopSignals, UserError, add_common_flags, check_range,
-                      check_writable, cli_entry, exclusive_lock, os_error_line, progress, setup_run_log,
+                      check_writable, cli_entry, os_error_line, progress, setup_run_log,
                       write_run_json)
 
 __all__ = ["EXIT_USER_ERROR", "Interrupted", "StopSignals", "UserError", "add_common_flags", "check_range",
-           "check_writable", "cli_entry", "exclusive_lock", "os_error_line", "progress", "setup_run_log",
+           "check_writable", "cli_entry", "os_error_line", "progress", "setup_run_log",
            "write_run_json"]

@@ -8,7 +8,6 @@ traceback only with `--verbose`; so do a full disk and a folder that may not be 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import functools
 import json
@@ -96,27 +95,6 @@ def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Pa
         raise UserError(f"{folder}: {what} is not writable" + ("" if existing == folder else
                                                               f" ({existing} is not writable)"))
     return folder
-
-
-@contextlib.contextmanager
-def exclusive_lock(folder: str | os.PathLike, what: str):
-    """Hold an exclusive lock on the existing `folder` for the block; a second holder gets a one-line
-    `UserError`.
-
-    flock on the folder itself, so that nothing is written to take it, and the kernel releases it
-    when the holder dies (a killed run never blocks the next).
-    """
-    import fcntl
-
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{folder}: another run is working on {what}; wait for it to finish") from None
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""One writer per run or output folder: an advisory lock, as planning's (`runtime.exclusive_lock`).
+"""One writer per run or output folder (and one planning run per raw dataset): an advisory lock.
 
 Two `medgmae_pretrain` with the same `--out`, or `medgmae_train --continue` while the first run still
 trains, would interleave their metrics and replace each other's checkpoints. Every command that writes
