@@ -1,6 +1,8 @@
 """benchmarks.pretrain_quality's direct-fit ceiling, its flags and its table (tiny models, 16^3 crops)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -79,8 +81,13 @@ def test_table_gives_the_voxel_model_the_gaussian_ceiling_and_draws_a_snapshot(t
     monkeypatch.setattr("medgmae_plans.runtime.paths.ensure_nnunet_env", lambda: None)
     voxel, gauss = _checkpoint(tmp_path, "voxel"), _checkpoint(tmp_path, "gaussian")
     png = tmp_path / "snap.png"
-    assert main([str(voxel), str(gauss), "--crops", "2", "--fit-steps", "3", "--snapshot", str(png)]) == 0
+    table = tmp_path / "quality.json"
+    assert main([str(voxel), str(gauss), "--crops", "2", "--fit-steps", "3", "--snapshot", str(png),
+                 "--json", str(table)]) == 0
     lines = capsys.readouterr().out.splitlines()
+    rows = json.loads(table.read_text())["rows"]  # the printed table's numbers, for benchmarks.transfer
+    assert [r["decoder"] for r in rows] == ["voxel", "gaussian"] and rows[0]["ceiling"] == rows[1]["ceiling"]
+    assert all(r["ours"] > 0 and r["baseline"] > 0 for r in rows)
     voxel_row, gauss_row = (next(line for line in lines if line.startswith(f"{p}"[-60:])) for p in (voxel, gauss))
     assert voxel_row.split()[5] == gauss_row.split()[5] != "-"  # the same ceiling
     assert any(line.endswith(f"ceiling of {gauss}") for line in lines)
