@@ -367,6 +367,9 @@ def test_cpu_training_step_autocasts_to_bf16_only_where_the_cpu_has_it(nnunet_en
     assert seen == [(expected, torch.bfloat16 if expected else torch.float32)]
     assert np.isfinite(loss) and trainer.network.out.conv.conv.weight.dtype == torch.float32
     assert not torch.equal(before, trainer.network.out.conv.conv.weight)
+    batch["data"][0, 0, 0, 0, 0] = float("nan")  # either step's divergence is one line naming the iteration
+    with pytest.raises(UserError, match="non-finite .* at iteration 2 "):
+        trainer.train_step(batch)
 
 
 # ---- seeds and nnU-Net's own network as the baseline row ------------------------------------

@@ -241,18 +241,19 @@ class MedGMAETrainer(nnUNetTrainer):
         self.schedule(self.current_epoch * self.num_iterations_per_epoch + self._iteration_in_epoch)
         self._iteration_in_epoch += 1
         out = self._cpu_bf16_step(batch) if self._cpu_bf16() else super().train_step(batch)
-        self._check_finite(out["loss"])
+        self._check_finite(out["loss"], out.pop("grad_norm", None))
         if self._bar is not None:
             self._bar.update()
             self._bar.set_postfix(loss=f"{float(out['loss']):.4f}")
         return out
 
-    def _check_finite(self, loss) -> None:
+    def _check_finite(self, loss, grad_norm: float | None = None) -> None:
         """A diverged run fails, as the run core's loops do (`run.check_finite`): a non-finite loss, or
         (without nnU-Net's fp16 grad scaler, which skips such steps by design) a non-finite gradient, ends
-        the run with one line naming the iteration and the lr; nnU-Net's final checkpoint is never written."""
-        grad_norm = None
-        if self.grad_scaler is None:
+        the run with one line naming the iteration and the lr; nnU-Net's final checkpoint is never written.
+        `grad_norm` is the step's own clipping norm where our step computed it (the CPU bf16 step);
+        nnU-Net's train_step discards its, so then it is computed here."""
+        if grad_norm is None and self.grad_scaler is None:
             grads = [p.grad.detach() for p in self.network.parameters() if p.grad is not None]
             if grads:
                 grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
@@ -276,9 +277,9 @@ class MedGMAETrainer(nnUNetTrainer):
         with bf16_autocast(self.device, cpu=True):
             loss = self.loss(self.network(data), target)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
         self.optimizer.step()
-        return {"loss": loss.detach().cpu().numpy()}
+        return {"loss": loss.detach().cpu().numpy(), "grad_norm": float(grad_norm)}
 
     def on_train_epoch_end(self, train_outputs):
         if self._bar is not None:
