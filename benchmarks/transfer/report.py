@@ -86,7 +86,7 @@ def markdown(result: dict, args, wall_s: float | None) -> str:
              *comparison_rows({k: g for k, (g, _) in result["gates"].items()}), ""]
     lines += [f"- {name}: {'passes' if ok else 'fails'}" for name, (_, ok) in result["gates"].items()]
     lines += ["", "## Probe: the learning curve (mean over seeds, Dice %)", "", *curve_rows(result, args), "",
-              "## Probe comparisons (12,000-step encoders at 10 %)" if not args.quick else "## Probe comparisons", "",
+              f"## Probe comparisons ({args.pretrain_steps}-step encoders at 10 %)", "",
               *comparison_rows(result["probe"]), "", "## Fine-tuning on the test cases", "",
               *finetune_rows(result), "", "## Fine-tuning comparisons at 10 %", "", *comparison_rows(result["finetune"]),
               "", "## Other comparisons (not part of the rules)", "", *comparison_rows(result["other"]), ""]
