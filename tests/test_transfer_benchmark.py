@@ -158,3 +158,16 @@ def test_runner_runs_stages_in_order_two_lanes_and_stops_at_a_failure(tmp_path):
     assert (tmp_path / "a").is_file() and float((tmp_path / "data").read_text()) < float((tmp_path / "a").read_text())
     assert not (tmp_path / "after").exists() and not (tmp_path / "finetune").exists()
     assert "first" in (tmp_path / "logs" / "pretrain_b.log").read_text() and saved[-1].startswith("failed")
+
+
+def test_a_resumed_experiment_counts_the_stopped_runs_wall_time(tmp_path):
+    from benchmarks.transfer.__main__ import earlier_wall
+
+    record = tmp_path / "transfer.json"
+    assert earlier_wall(record) == 0.0  # the first run
+    record.write_text('{"results": {"status": "running", "wall_s": 100.0}}')  # written by the first code
+    assert earlier_wall(record) == 100.0
+    record.write_text('{"results": {"status": "failed at step x", "wall_s": 50.0, "wall_s_before": 100.0}}')
+    assert earlier_wall(record) == 150.0
+    record.write_text('{"results": {"status": "finished", "wall_s": 9.0, "wall_s_before": 150.0}}')
+    assert earlier_wall(record) == 0.0  # a rerun of a finished experiment measures itself only

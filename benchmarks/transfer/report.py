@@ -82,7 +82,7 @@ def markdown(result: dict, args, wall_s: float | None) -> str:
              f"Endpoint: mean Dice over the 8 endpoint organs on {len(next(iter(result['finetune_arms'].values())).cases)} "
              f"test cases; {args.seeds} pretraining seeds, {args.replicates} fine-tuning replicates; "
              f"{args.pretrain_steps} pretraining steps, fine-tuning {args.epochs} x {args.iters_per_epoch} iterations."
-             + (f" Wall time {wall_s:.0f} s." if wall_s else ""), "", "## Gates", "",
+             + (f" Wall time {wall_s:.0f} s (summed over the runs that completed it)." if wall_s else ""), "", "## Gates", "",
              *comparison_rows({k: g for k, (g, _) in result["gates"].items()}), ""]
     lines += [f"- {name}: {'passes' if ok else 'fails'}" for name, (_, ok) in result["gates"].items()]
     lines += ["", "## Probe: the learning curve (mean over seeds, Dice %)", "", *curve_rows(result, args), "",
