@@ -80,8 +80,6 @@ def pretrain_folder(root: Path, decoder: str, seed: int) -> Path:
 def trainer_of(init: str, fraction: float, replicate: int) -> str:
     """medgmae_train's trainer_name() with the replicate's tag; spelled out here because its module
     imports nnU-Net."""
-    from medgmae_trainers.finetune.fractions import fraction_tag
-
     return f"MedGMAETrainer_{init}_{fraction_tag(fraction)}_{REPLICATE_TAG.format(replicate)}"
 
 
@@ -177,7 +175,7 @@ def pretrain_step(args, decoder: str, seed: int, pool: list[str], common: list[s
         "--steps", str(args.pretrain_steps), *keep, *warmup, "--seed", str(seed),
         "--crop-centres", recipe.PRETRAIN_CROP_CENTRES, "--threads", str(recipe.THREADS_PER_RUN),
         "--out", str(out), "--resume", *common]],
-        done=finished, kind="pretrain", init=_init_of(decoder), replicate=seed - SEED)
+        done=finished, kind="pretrain", init=INIT_BY_DECODER[decoder], replicate=seed - SEED)
 
 
 def quality_step(args, seed: int, pool: list[str]) -> Step:
@@ -237,9 +235,6 @@ def finetune_step(args, init: str, fraction: float, k: int, budget: list[str], c
          "-o", str(args.root / "report" / "runs" / trainer), *common]],
         done=finished, kind="finetune", init=init, replicate=k)
 
-
-def _init_of(decoder: str) -> str:
-    return INIT_BY_DECODER[decoder]
 
 def comparisons(steps: list[Step]) -> list[str]:
     """Ours against the baseline measured in this run, as seconds per run (the runs were timed side by
